@@ -1,0 +1,88 @@
+"""``descore`` — the command line: ``descore <group> <command> [--config FILE.yaml] [--key value ...]``.
+
+Each command is a row of a table (help, config dataclasses, run function). Flags follow the
+``HfArgumentParser`` / TRL convention: the YAML file sets defaults, flags override them, and unknown keys
+are errors. Exceptions propagate, so a failed job exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from reward.cli import Command
+
+GROUPS: dict[str, tuple[str, Callable[[], dict[str, Command]]]] = {}
+
+
+def _reward_commands() -> dict[str, Command]:
+    from reward.cli import commands
+
+    return commands()
+
+
+def _bench_commands() -> dict[str, Command]:
+    from .demo import DemoConfig, run_demo
+
+    return {"demo": Command("Tiny end-to-end run: build models and data, train, score", (DemoConfig,), run_demo, str)}
+
+
+GROUPS["reward"] = ("Train, score and export DeScore reward models", _reward_commands)
+
+
+def _usage() -> str:
+    lines = ["usage: descore <group> <command> [--config FILE.yaml] [--key value ...]", "", "groups:"]
+    lines += [f"  {name:<8} {description}" for name, (description, _) in GROUPS.items()]
+    lines += ["  demo     Tiny end-to-end run on CPU (tiny models, synthetic data, training, scoring)"]
+    return "\n".join(lines)
+
+
+def _set_run_environment(configs: tuple) -> None:
+    """Trackers stay local unless the user opts in: wandb runs offline, next to the job's outputs."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    output_dir = next((getattr(c, "output_dir", None) for c in configs if getattr(c, "output_dir", None)), None)
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        os.environ.setdefault("WANDB_DIR", os.path.abspath(output_dir))
+
+
+def run_command(prog: str, command: Command, argv: list[str]) -> int:
+    from trl import TrlParser
+
+    parser = TrlParser(command.configs, prog=prog, description=command.help)
+    configs = parser.parse_args_and_config(argv)
+    _set_run_environment(configs)
+    result = command.run(*configs)
+    if command.report is not None:
+        report = command.report(result)
+        if report:
+            sys.stdout.write(report + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage() + "\n")
+        return 0 if argv else 2
+    group, rest = argv[0], argv[1:]
+    if group == "demo":
+        return run_command("descore demo", _bench_commands()["demo"], rest)
+    if group not in GROUPS:
+        sys.stderr.write(f"descore: unknown group {group!r}\n\n{_usage()}\n")
+        return 2
+    description, load = GROUPS[group]
+    table = load()
+    if not rest or rest[0] in ("-h", "--help") or rest[0] not in table:
+        listing = "\n".join(f"  {name:<8} {command.help}" for name, command in table.items())
+        problem = "" if not rest or rest[0] in ("-h", "--help") else f"descore {group}: unknown command {rest[0]!r}\n\n"
+        (sys.stderr if problem else sys.stdout).write(f"{problem}descore {group}: {description}\n\ncommands:\n{listing}\n")
+        return 2 if problem or not rest else 0
+    return run_command(f"descore {group} {rest[0]}", table[rest[0]], rest[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The reward-model interface and registry.
+
+Every reward model — DeScore with or without CoT, and later VideoAlign, VLM judges, composites, remote
+clients — scores a batch of (video, prompt) and returns one :class:`ScoredItem` per input. A failure is
+reported as such (``reward`` NaN, ``error`` set), never replaced by a made-up number. A registry maps a
+config entry ``{"name": ..., "path": ..., **options}`` to an instance, so reward models are swapped from
+YAML alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from .errors import ConfigError
+from .video import VideoSource
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    """One scored video: the reward (NaN when scoring failed) and what the model said about it.
+
+    ``parse_ok`` is None when the model writes no structured answer (e.g. no-CoT mode).
+    """
+
+    reward: float
+    cot: str | None = None
+    sub_scores: dict[str, Any] | None = None
+    overall_score: float | None = None
+    parse_ok: bool | None = None
+    parse_error: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and math.isfinite(self.reward)
+
+
+@dataclass(frozen=True)
+class RewardOutput:
+    items: list[ScoredItem]
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        """float32 rewards, NaN where an item failed."""
+        return torch.tensor([item.reward for item in self.items], dtype=torch.float32)
+
+    @property
+    def failures(self) -> int:
+        return sum(not item.ok for item in self.items)
+
+    @property
+    def parse_failure_rate(self) -> float:
+        """Share of CoTs without a valid answer block among those that were parsed (NaN if none)."""
+        parsed = [item.parse_ok for item in self.items if item.parse_ok is not None]
+        return float("nan") if not parsed else sum(not ok for ok in parsed) / len(parsed)
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """Scores videos (paths or in-memory frames) against their prompts."""
+
+    name: str
+
+    def score(self, videos: Sequence[VideoSource], prompts: Sequence[str]) -> RewardOutput: ...
+
+
+RewardFactory = Callable[..., RewardModel]
+_REGISTRY: dict[str, RewardFactory] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
+    """Class or factory decorator: make ``name`` resolvable by :func:`build_reward`."""
+
+    def decorate(factory: RewardFactory) -> RewardFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"reward model {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def registered_rewards() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_reward(entry: Mapping[str, Any]) -> RewardModel:
+    """Instantiate a reward model from a config entry: ``{"name": ..., **options}``.
+
+    Raises:
+        ConfigError: unknown name (the message lists the registered ones) or options the model does not take.
+    """
+    options = dict(entry)
+    name = options.pop("name", None)
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown reward model {name!r}; registered: {registered_rewards()}")
+    factory = _REGISTRY[name]
+    accepted = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(f"reward model {name!r} does not take options {unknown}; it takes {sorted(accepted)}")
+    return factory(**options)

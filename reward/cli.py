@@ -1,0 +1,41 @@
+"""The ``descore reward …`` commands: one table of (config dataclasses, run function)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI job: its help line, the dataclasses its flags fill, and the function that runs it."""
+
+    help: str
+    configs: tuple[type, ...]
+    run: Callable[..., Any]
+    report: Callable[[Any], str] | None = None
+
+
+def _report_score(summary: Any) -> str:
+    lines = [f"scored {summary.scored} video(s), {summary.failed} failed, {summary.skipped_rows} data row(s) skipped"]
+    if summary.parse_failure_rate == summary.parse_failure_rate:  # not NaN: CoTs were parsed
+        lines.append(f"CoT answer parse failures: {summary.parse_failure_rate:.1%}")
+    if summary.accuracy is not None:
+        lines.append(f"pairwise accuracy: {summary.accuracy:.4f} over {summary.decided_pairs} decided pair(s)")
+    return "\n".join(lines)
+
+
+def _report_train(metrics: dict[str, float]) -> str:
+    return "\n".join(f"{key}: {value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("accuracy"))
+
+
+def commands() -> dict[str, Command]:
+    # Imported here so that `descore --help` does not pay for torch/transformers start-up.
+    from .cold_start import ColdStartConfig, run
+    from .jobs import ExportConfig, ScoreConfig, run_export, run_score
+
+    return {
+        "train": Command("DeScore stage 1 (cold start): BT training of the <Reward> head", (ColdStartConfig,), run, _report_train),
+        "score": Command("Score videos with a DeScore checkpoint (CoT or --no-cot)", (ScoreConfig,), run_score, _report_score),
+        "export": Command("Export a plain merged backbone for HF/vLLM loaders", (ExportConfig,), run_export, lambda path: f"wrote {path}"),
+    }

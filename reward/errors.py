@@ -1,0 +1,24 @@
+"""Typed errors of the reward package; every message names the culprit (file, row, key or value)."""
+
+from __future__ import annotations
+
+
+class VideoDecodeError(ValueError):
+    """A video could not be turned into frames: missing, unreadable, corrupt, empty or malformed."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"cannot read video {source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class DataError(ValueError):
+    """A preference-data file is malformed; the message lists the offending lines."""
+
+
+class CheckpointError(ValueError):
+    """A reward checkpoint directory is incomplete or does not match the model it is loaded into."""
+
+
+class ConfigError(ValueError):
+    """A job configuration is invalid; the message names the key and the fix."""

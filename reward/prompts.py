@@ -1,0 +1,140 @@
+"""The DeScore judge prompt and the parser for its answer block.
+
+The prompt follows the structure of the official DeScore judge (reference/descore.md §2.4), written in our
+own words: the model first decodes the T2V prompt into expected visuals, then describes what the clip
+really shows, then scores five sub-dimensions (2 / 1 / 0 / "N/A") and gives an overall score in 1–5,
+and finally emits only a JSON object inside ``<answer>`` tags. Like the official parser (and unlike the
+project page), no ``<think>`` block is required (descore.md §9 #2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+SUB_DIMENSIONS: tuple[str, ...] = ("subject", "dynamics", "camera", "environment", "style")
+VIDEO_PLACEHOLDER = "<video>"
+SUB_SCORE_VALUES: tuple[object, ...] = (0, 1, 2, "N/A")
+
+JUDGE_TEMPLATE = """You are a strict, expert judge of text-to-video alignment. Decide how faithfully the generated \
+video below realises its text prompt.
+
+Text prompt: [{prompt}]
+
+Video: <video>
+
+Work in three stages and write your reasoning as plain text.
+1. Expected visuals. Before looking at the video, derive a reference from the prompt: the objects, people, \
+actions and on-screen text it names explicitly, and, for abstract wording (a mood, a "cinematic" look, chaos), \
+the observable cues that would express it, such as lighting, depth of field or the pace of camera motion.
+2. Visual evidence. Report neutrally what the video actually shows, without bending the description towards \
+the prompt: the main subject, exactly what moves and how, and any visual defects, invented content or \
+misspelled text.
+3. Dimensional analysis. Compare the evidence with the expectations on five dimensions:
+- subject (primary): the main entities, and correct spelling of any rendered text;
+- dynamics (primary): actions, physical plausibility, how events unfold over time;
+- camera (secondary): camera motion, viewing angle, shot type and framing;
+- environment (secondary): scene, background and lighting;
+- style (secondary): artistic style, aesthetics and overall visual quality.
+Score each dimension 2 (fully correct), 1 (partly correct or minor flaws), 0 (failed or hallucinated) or \
+"N/A" (the prompt does not constrain it).
+
+Then give an overall score between 1.00 and 5.00:
+- 5.00: subject and dynamics are 2, every secondary dimension is 2 or "N/A", and nothing is wrong;
+- 4.00-4.99: subject and dynamics are 2, and the only defects are in secondary dimensions;
+- 3.00-3.99: one primary dimension is 1, or the main intent is met but secondary dimensions clearly fail;
+- 2.00-2.99: one primary dimension is 0, with serious hallucinated content;
+- 1.00-1.99: subject and dynamics are both 0, so video and prompt are unrelated.
+
+After your reasoning, output only a JSON object, with no reasoning inside it, between <answer> and </answer>, \
+fenced as json, in exactly this form:
+<answer>
+```json
+{{"dimensional_scores": {{"subject": 2, "dynamics": 1, "camera": "N/A", "environment": 2, "style": 1}}, \
+"overall_score": 3.50}}
+```
+</answer>"""
+
+
+@dataclass(frozen=True)
+class JudgeText:
+    """The user-turn text around the video: ``prefix`` comes before the video, ``suffix`` after it."""
+
+    prefix: str
+    suffix: str
+
+
+def judge_text(prompt: str, instruction: str | None = None) -> JudgeText:
+    """Return the judge instruction for a T2V ``prompt``, split at the video position.
+
+    ``instruction`` overrides the template verbatim (the ``problem`` column of the official DeScore
+    stage-1 CSV). An instruction without a ``<video>`` marker puts the video first, as the official
+    stage-1 collator does.
+    """
+    text = JUDGE_TEMPLATE.format(prompt=prompt.strip()) if instruction is None else instruction
+    if text.count(VIDEO_PLACEHOLDER) > 1:
+        raise ValueError(f"the judge instruction contains {VIDEO_PLACEHOLDER} more than once: {text[:200]!r}")
+    prefix, marker, suffix = text.partition(VIDEO_PLACEHOLDER)
+    if not marker:
+        return JudgeText(prefix="", suffix=text)
+    return JudgeText(prefix=prefix, suffix=suffix)
+
+
+@dataclass(frozen=True)
+class JudgeAnswer:
+    """The structured answer of one judged video."""
+
+    dimensional_scores: dict[str, int | str]
+    overall_score: float | None
+
+
+class ParsedAnswer(NamedTuple):
+    """``answer`` when the CoT ends in a valid answer block, else ``None`` and the ``reason``."""
+
+    answer: JudgeAnswer | None
+    reason: str | None
+
+
+_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_JSON_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def parse_judge_answer(text: str) -> ParsedAnswer:
+    """Parse the last ``<answer>`` block of a CoT into sub-scores and the overall score.
+
+    Requires all five sub-dimensions with values in 0/1/2/"N/A"; ``overall_score`` may be absent (the
+    official format reward only requires ``dimensional_scores``) but, when present, must lie in [1, 5].
+    """
+    blocks = _ANSWER_BLOCK.findall(text)
+    if not blocks:
+        return ParsedAnswer(None, "no <answer>...</answer> block")
+    content = blocks[-1].strip()
+    fenced = _JSON_FENCE.match(content)
+    if fenced:
+        content = fenced.group(1)
+    try:
+        payload = json.loads(content)
+    except json.JSONDecodeError as error:
+        return ParsedAnswer(None, f"answer block is not valid JSON: {error.msg} at char {error.pos}")
+    if not isinstance(payload, dict) or not isinstance(payload.get("dimensional_scores"), dict):
+        return ParsedAnswer(None, "answer JSON has no 'dimensional_scores' object")
+    scores = payload["dimensional_scores"]
+    missing = [name for name in SUB_DIMENSIONS if name not in scores]
+    if missing:
+        return ParsedAnswer(None, f"dimensional_scores lacks {missing}")
+    for name in SUB_DIMENSIONS:
+        value = scores[name]
+        if isinstance(value, bool) or value not in SUB_SCORE_VALUES:
+            return ParsedAnswer(None, f"dimensional_scores[{name!r}] = {value!r} is not one of 0, 1, 2, 'N/A'")
+    overall = payload.get("overall_score")
+    if overall is not None:
+        if isinstance(overall, bool) or not isinstance(overall, (int, float)) or not math.isfinite(overall):
+            return ParsedAnswer(None, f"overall_score = {overall!r} is not a number")
+        if not 1.0 <= overall <= 5.0:
+            return ParsedAnswer(None, f"overall_score = {overall} is outside [1, 5]")
+        overall = float(overall)
+    answer = JudgeAnswer(dimensional_scores={name: scores[name] for name in SUB_DIMENSIONS}, overall_score=overall)
+    return ParsedAnswer(answer, None)

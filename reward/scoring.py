@@ -1,0 +1,186 @@
+"""DeScore scoring: think (generate a CoT), then score (read the head at ``<Reward>``).
+
+With CoT, each video gets one greedy CoT from HF ``generate`` (batched, left-padded; DeScore's inference
+uses greedy decoding with repetition penalty 1.05), then the CoT + ``<Reward>`` sequence goes through one
+forward pass. Without CoT, video + prompt + ``<Reward>`` is scored in a single forward — valid because
+stage 1 drops the CoT for half of the pairs, and the fast mode RL loops need.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .base import RewardOutput, ScoredItem, register_reward
+from .errors import VideoDecodeError
+from .inputs import encode, generation_text, scoring_text
+from .modeling import DeScoreModel
+from .prompts import JudgeText, judge_text, parse_judge_answer
+from .video import SampledVideo, VideoSource, load_video
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How the CoT is written. ``temperature`` 0 means greedy decoding."""
+
+    max_new_tokens: int = 2048
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.05
+
+    def generate_kwargs(self) -> dict:
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else {"do_sample": False}
+        return {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty, **sampling}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class DeScoreReward:
+    """DeScore as a :class:`reward.base.RewardModel`.
+
+    Args:
+        path: a DeScore checkpoint directory (alternatively pass a loaded ``model``).
+        use_cot: generate a CoT before scoring (``False``: the one-forward fast mode).
+        batch_size: videos per generate / forward call.
+        generation: CoT decoding settings.
+        skip_invalid: record unreadable videos as failed items (reward NaN, ``error`` set) instead of raising.
+        device, dtype: where and in which dtype to load the backbone (default: CUDA if present, bf16 there).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        model: DeScoreModel | None = None,
+        use_cot: bool = True,
+        batch_size: int = 4,
+        generation: GenerationSettings | Mapping[str, Any] | None = None,
+        skip_invalid: bool = False,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
+        if (path is None) == (model is None):
+            raise ValueError("pass exactly one of path and model")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device) if device is not None else default_device()
+        if model is None:
+            dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+            model = DeScoreModel.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+        self.model = model.to(self.device).eval()
+        self.use_cot = use_cot
+        self.batch_size = batch_size
+        if isinstance(generation, Mapping):
+            generation = GenerationSettings(**generation)
+        self.generation = generation or GenerationSettings()
+        self.skip_invalid = skip_invalid
+        self.name = "descore" if use_cot else "descore_no_cot"
+
+    def score(
+        self,
+        videos: Sequence[VideoSource],
+        prompts: Sequence[str],
+        *,
+        cots: Sequence[str | None] | None = None,
+        instructions: Sequence[str | None] | None = None,
+    ) -> RewardOutput:
+        """Score each video against its prompt.
+
+        ``cots`` supplies pre-written CoTs (e.g. the ``cot_a``/``cot_b`` columns) instead of generating;
+        ``instructions`` replaces the judge template per item (the official CSV's ``problem`` text).
+        """
+        if len(videos) != len(prompts):
+            raise ValueError(f"got {len(videos)} videos and {len(prompts)} prompts")
+        count = len(videos)
+        cots = list(cots) if cots is not None else [None] * count
+        instructions = list(instructions) if instructions is not None else [None] * count
+        items: list[ScoredItem | None] = [None] * count
+        loaded: list[tuple[int, SampledVideo]] = []
+        for index, source in enumerate(videos):
+            try:
+                loaded.append((index, load_video(source, self.model.video_spec)))
+            except VideoDecodeError as error:
+                if not self.skip_invalid:
+                    raise
+                logger.warning("skipping %s", error)
+                items[index] = ScoredItem(reward=math.nan, error=str(error))
+        for start in range(0, len(loaded), self.batch_size):
+            chunk = loaded[start : start + self.batch_size]
+            indices = [index for index, _ in chunk]
+            judges = [judge_text(prompts[i], instructions[i]) for i in indices]
+            clips = [clip for _, clip in chunk]
+            chunk_cots: list[str | None] = [None] * len(chunk)
+            if self.use_cot:
+                missing = [j for j, i in enumerate(indices) if cots[i] is None]
+                written = self.generate_cots([judges[j] for j in missing], [clips[j] for j in missing]) if missing else []
+                chunk_cots = [cots[i] for i in indices]
+                for j, text in zip(missing, written):
+                    chunk_cots[j] = text
+            rewards = self.head_rewards(judges, clips, chunk_cots)
+            for index, reward, cot in zip(indices, rewards.tolist(), chunk_cots):
+                items[index] = _scored(reward, cot)
+        return RewardOutput(items=items)
+
+    @torch.no_grad()
+    def generate_cots(self, judges: Sequence[JudgeText], videos: Sequence[SampledVideo]) -> list[str]:
+        processor = self.model.processor
+        texts = [generation_text(processor, judge) for judge in judges]
+        batch = encode(processor, texts, videos, padding_side="left").to(self.device)
+        output = self.model.backbone.generate(
+            **batch,
+            **self.generation.generate_kwargs(),
+            suppress_tokens=[self.model.reward_token_id],
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        return processor.batch_decode(new_tokens, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def head_rewards(
+        self, judges: Sequence[JudgeText], videos: Sequence[SampledVideo], cots: Sequence[str | None]
+    ) -> torch.Tensor:
+        model = self.model
+        texts = [
+            scoring_text(model.processor, judge, cot, placement=model.cot_placement, reward_token=model.reward_token)
+            for judge, cot in zip(judges, cots)
+        ]
+        batch = encode(model.processor, texts, videos).to(self.device)
+        return model(**batch).float().cpu()
+
+
+def _scored(reward: float, cot: str | None) -> ScoredItem:
+    if cot is None:
+        return ScoredItem(reward=reward)
+    parsed = parse_judge_answer(cot)
+    answer = parsed.answer
+    return ScoredItem(
+        reward=reward,
+        cot=cot,
+        sub_scores=answer.dimensional_scores if answer else None,
+        overall_score=answer.overall_score if answer else None,
+        parse_ok=answer is not None,
+        parse_error=parsed.reason,
+    )
+
+
+@register_reward("descore")
+def descore_reward(path: str, **options) -> DeScoreReward:
+    """DeScore with a generated CoT (think, then score)."""
+    return DeScoreReward(path, use_cot=True, **options)
+
+
+@register_reward("descore_no_cot")
+def descore_no_cot_reward(path: str, **options) -> DeScoreReward:
+    """DeScore in one forward pass without a CoT — the fast mode for RL loops."""
+    return DeScoreReward(path, use_cot=False, **options)
+

@@ -1,0 +1,90 @@
+"""``DeScoreTrainer``: transformers ``Trainer`` with a pairwise loss and DeScore checkpoints.
+
+The Trainer supplies everything else — accelerate (DDP / FSDP / DeepSpeed), mixed precision, activation
+checkpointing, schedules, trackers, evaluation loops, resumable ``checkpoint-*`` folders. This subclass
+only says how a batch of pairs becomes a loss and how the model is written and read back: every checkpoint
+folder is a loadable DeScore checkpoint (adapter format), so any of them can be scored directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import EvalPrediction, Trainer
+
+from .losses import pairwise_accuracy
+from .modeling import DeScoreModel
+
+PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DeScoreTrainer(Trainer):
+    """Trains a :class:`DeScoreModel` on batches from :class:`reward.pairs.PairCollator`.
+
+    ``pair_loss(margin, label)`` returns one loss per pair; the batch loss is their mean and the Trainer
+    divides it by the accumulation steps.
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, pair_loss: PairLoss, training_info: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pair_loss = pair_loss
+        self.training_info = training_info
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        rewards = model(**inputs)
+        pair_rewards = rewards.view(2, -1).T  # (pairs, 2): columns r_A, r_B
+        loss = self.pair_loss(pair_rewards[:, 0] - pair_rewards[:, 1], labels).mean()
+        return (loss, pair_rewards) if return_outputs else loss
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"]
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, pair_rewards = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), pair_rewards.detach(), labels
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        training = {**self.training_info, "global_step": self.state.global_step}
+        model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict, training=training)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        (model or self.model).load_trained_weights(Path(resume_from_checkpoint))
+
+    def _load_best_model(self) -> None:
+        self.accelerator.unwrap_model(self.model).load_trained_weights(Path(self.state.best_model_checkpoint))
+
+
+def pairwise_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    """Held-out accuracy over decided pairs from the (pairs, 2) rewards gathered by the evaluation loop."""
+    rewards = torch.as_tensor(prediction.predictions, dtype=torch.float64)
+    labels = torch.as_tensor(prediction.label_ids)
+    accuracy, decided = pairwise_accuracy(rewards[:, 0] - rewards[:, 1], labels)
+    return {"accuracy": accuracy, "decided_pairs": float(decided)}
+
+
+def unwrap_descore(trainer: Trainer) -> DeScoreModel:
+    return trainer.accelerator.unwrap_model(trainer.model)

@@ -1,0 +1,263 @@
+"""The video contract: one way from any video source to the frames a reward model sees.
+
+Every path — training, HF and vLLM scoring, RL reward calls, evaluation — calls :func:`load_video`, so the
+same clip gives the same frames, timestamps and token count everywhere. Sampling and resizing are those of
+``qwen-vl-utils`` (the reference preprocessing of Qwen-VL and of the official DeScore code): its
+``smart_nframes`` picks the frame count for the target fps, frames are taken at
+``linspace(0, total - 1, n).round()``, and its ``smart_resize`` picks a size that is a multiple of the pixel
+factor within the per-frame pixel budget, applied with antialiased bicubic resizing of uint8 frames.
+Sources of another fps are resampled to ``VideoSpec.fps``, never mis-timed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from qwen_vl_utils.vision_process import FRAME_FACTOR, VIDEO_MAX_TOKEN_NUM, smart_nframes, smart_resize
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.functional import resize
+from transformers.video_utils import VideoMetadata
+
+from .errors import VideoDecodeError
+
+# qwen-vl-utils caps a clip's total pixels at 0.9 x its model sequence length (128k tokens) x factor^2.
+_DEFAULT_MAX_TOTAL_TOKENS = int(128_000 * 0.9)
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """How a reward model samples and sizes video; saved in every reward checkpoint.
+
+    Defaults are DeScore stage 1 on Qwen3-VL (reference/descore.md §2.6): 2 fps, 4–768 frames, at most
+    200,704 pixels per frame (448²), at least 128 merged tokens per frame, and a pixel factor of 32
+    (16-px patches merged 2×2). Qwen2.5-VL uses a pixel factor of 28.
+    """
+
+    fps: float = 2.0
+    min_frames: int = 4
+    max_frames: int = 768
+    min_pixels: int = 128 * 32 * 32
+    max_pixels: int = 200_704
+    pixel_factor: int = 32
+    max_total_tokens: int = _DEFAULT_MAX_TOTAL_TOKENS
+
+    def __post_init__(self) -> None:
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"VideoSpec.fps must be a positive number, got {self.fps}")
+        if not FRAME_FACTOR <= self.min_frames <= self.max_frames:
+            raise ValueError(
+                f"VideoSpec needs {FRAME_FACTOR} <= min_frames <= max_frames, got {self.min_frames} and {self.max_frames}"
+            )
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(
+                f"VideoSpec needs 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}"
+            )
+        if self.pixel_factor <= 0 or self.max_total_tokens <= 0:
+            raise ValueError(f"VideoSpec.pixel_factor and max_total_tokens must be positive: {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> VideoSpec:
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown VideoSpec keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+    def frame_pixel_budget(self, num_frames: int) -> int:
+        """Largest pixel count per frame for a clip of ``num_frames`` sampled frames (qwen-vl-utils' rule)."""
+        factor_area = self.pixel_factor**2
+        budget = min(VIDEO_MAX_TOKEN_NUM * factor_area, self.max_total_tokens * factor_area / num_frames * FRAME_FACTOR)
+        return int(min(self.max_pixels, max(budget, int(self.min_pixels * 1.05))))
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """Decoded frames in memory (e.g. a generator rollout) with the fps they were made at.
+
+    ``frames`` is uint8 ``(T, H, W, 3)`` or float ``(T, 3, H, W)`` in [0, 1]; floats are quantised to uint8
+    the way a video encoder would, so in-memory clips and files go through one identical resize.
+    """
+
+    frames: torch.Tensor | np.ndarray
+    fps: float
+    name: str = "<in-memory video>"
+
+
+VideoSource = Union[str, Path, VideoFrames]
+
+
+@dataclass(frozen=True)
+class SampledVideo:
+    """The frames a model sees (float32 ``(T, 3, H, W)`` in [0, 255]) and where they came from."""
+
+    frames: torch.Tensor
+    source: str
+    source_fps: float
+    total_frames: int
+    frame_indices: list[int] = field(repr=False)
+
+    @property
+    def sample_fps(self) -> float:
+        return len(self.frame_indices) / self.total_frames * self.source_fps
+
+    @property
+    def timestamps(self) -> list[float]:
+        return [index / self.source_fps for index in self.frame_indices]
+
+    def hf_metadata(self) -> VideoMetadata:
+        """Metadata for the HF processors: Qwen3-VL derives timestamps, Qwen2.5-VL the sampled fps from it."""
+        _, _, height, width = self.frames.shape
+        return VideoMetadata(
+            total_num_frames=self.total_frames,
+            fps=self.source_fps,
+            width=width,
+            height=height,
+            duration=self.total_frames / self.source_fps,
+            frames_indices=list(self.frame_indices),
+        )
+
+
+def load_video(source: VideoSource, spec: VideoSpec) -> SampledVideo:
+    """Decode (or take) a video, sample it at ``spec.fps`` and resize it as the model expects.
+
+    Raises:
+        VideoDecodeError: the file is missing, unreadable or corrupt, has no frames, or in-memory frames
+            have the wrong shape, dtype or range. The message names the source and the reason.
+    """
+    if isinstance(source, VideoFrames):
+        frames = _frames_from_memory(source)
+        name, source_fps = source.name, float(source.fps)
+        if not (source_fps > 0 and math.isfinite(source_fps)):
+            raise VideoDecodeError(name, f"fps must be a positive number, got {source.fps}")
+        indices = _sample_indices(name, len(frames), source_fps, spec)
+        chosen = torch.from_numpy(np.ascontiguousarray(frames[indices])).permute(0, 3, 1, 2)
+        total = len(frames)
+    else:
+        name = str(source)
+        reader = _open(name)
+        total, source_fps = reader.total_frames, reader.fps
+        indices = _sample_indices(name, total, source_fps, spec)
+        chosen = reader.frames(indices)
+    height, width = chosen.shape[-2:]
+    try:
+        size = smart_resize(
+            height,
+            width,
+            factor=spec.pixel_factor,
+            min_pixels=spec.min_pixels,
+            max_pixels=spec.frame_pixel_budget(len(indices)),
+        )
+    except ValueError as error:
+        raise VideoDecodeError(name, str(error)) from error
+    resized = resize(chosen, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    return SampledVideo(
+        frames=resized, source=name, source_fps=source_fps, total_frames=total, frame_indices=indices
+    )
+
+
+def probe_video(path: str | Path) -> None:
+    """Open a video file and check it has at least two frames, without decoding them.
+
+    Raises:
+        VideoDecodeError: missing, unreadable (e.g. truncated: no moov atom), or too few frames.
+    """
+    total = _open(str(path)).total_frames
+    if total < FRAME_FACTOR:
+        raise VideoDecodeError(str(path), f"it has {total} frame(s); at least {FRAME_FACTOR} are needed")
+
+
+def _sample_indices(name: str, total_frames: int, source_fps: float, spec: VideoSpec) -> list[int]:
+    if total_frames < FRAME_FACTOR:
+        raise VideoDecodeError(name, f"it has {total_frames} frame(s); at least {FRAME_FACTOR} are needed")
+    request = {"fps": spec.fps, "min_frames": spec.min_frames, "max_frames": min(spec.max_frames, total_frames)}
+    count = smart_nframes(request, total_frames=total_frames, video_fps=source_fps)
+    return torch.linspace(0, total_frames - 1, count).round().long().tolist()
+
+
+def _frames_from_memory(video: VideoFrames) -> np.ndarray:
+    """Validate in-memory frames and return them as uint8 ``(T, H, W, 3)``."""
+    frames = video.frames
+    array = frames.detach().cpu() if isinstance(frames, torch.Tensor) else torch.as_tensor(np.asarray(frames))
+    if array.ndim != 4:
+        raise VideoDecodeError(video.name, f"frames must be 4-D (T, H, W, 3) uint8 or (T, 3, H, W) float, got shape {tuple(array.shape)}")
+    if array.dtype == torch.uint8:
+        if array.shape[-1] != 3:
+            raise VideoDecodeError(video.name, f"uint8 frames must be (T, H, W, 3), got shape {tuple(array.shape)}")
+        return array.numpy()
+    if not array.is_floating_point():
+        raise VideoDecodeError(video.name, f"frames must be uint8 or floating point, got {array.dtype}")
+    if array.shape[1] != 3:
+        raise VideoDecodeError(video.name, f"float frames must be (T, 3, H, W), got shape {tuple(array.shape)}")
+    array = array.float()
+    if not torch.isfinite(array).all():
+        raise VideoDecodeError(video.name, "float frames contain NaN or infinity")
+    low, high = array.min().item(), array.max().item()
+    if low < 0.0 or high > 1.0:
+        raise VideoDecodeError(video.name, f"float frames must lie in [0, 1], got [{low:.4g}, {high:.4g}]")
+    return (array * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class _Reader:
+    """An opened video file: frame count, average fps and random access to uint8 ``(T, 3, H, W)`` frames."""
+
+    def __init__(self, name: str, total_frames: int, fps: float, read) -> None:
+        self.name, self.total_frames, self.fps, self._read = name, total_frames, fps, read
+
+    def frames(self, indices: list[int]) -> torch.Tensor:
+        try:
+            array = self._read(indices)
+        except Exception as error:  # decoder errors have no common type; re-raised with the file named
+            raise VideoDecodeError(self.name, f"decoding failed: {error}") from error
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+
+
+def _open(name: str) -> _Reader:
+    path = Path(name)
+    if not path.is_file():
+        raise VideoDecodeError(name, "no such file")
+    reasons = []
+    for opener in (_open_decord, _open_pyav):
+        try:
+            reader = opener(name)
+        except ImportError as error:
+            reasons.append(str(error))
+            continue
+        except Exception as error:  # each backend raises its own types (RuntimeError, av.FFmpegError, ...)
+            reasons.append(f"{opener.__name__.removeprefix('_open_')}: {error}".strip())
+            continue
+        if reader.total_frames == 0:
+            raise VideoDecodeError(name, "the video stream has no frames")
+        if not (reader.fps > 0 and math.isfinite(reader.fps)):
+            raise VideoDecodeError(name, f"the container reports an invalid frame rate ({reader.fps})")
+        return reader
+    raise VideoDecodeError(name, "; ".join(reasons))
+
+
+def _open_decord(name: str) -> _Reader:
+    try:
+        import decord
+    except ImportError as error:
+        raise ImportError("decord is not installed") from error
+    video = decord.VideoReader(name, num_threads=1)
+    return _Reader(name, len(video), float(video.get_avg_fps()), lambda indices: video.get_batch(indices).asnumpy())
+
+
+def _open_pyav(name: str) -> _Reader:
+    """PyAV fallback: decodes the whole stream once (clips are short) and indexes into it."""
+    import av
+
+    with av.open(name) as container:
+        if not container.streams.video:
+            raise ValueError("the file has no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    frames = np.stack(decoded) if decoded else np.zeros((0, 1, 1, 3), dtype=np.uint8)
+    return _Reader(name, len(frames), fps, lambda indices: frames[indices])
