@@ -1,0 +1,35 @@
+"""The reward side of the DeScore kit: video contract, DeScore model, stage-1 training, scoring, registry.
+
+>>> import reward
+>>> scorer = reward.load("runs/descore/final", cot=False)          # fast one-forward mode
+>>> scorer.score(["clip.mp4"], ["a red square moving left"]).rewards
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import RewardModel, RewardOutput, ScoredItem, build_reward, register_reward, registered_rewards
+from .scoring import DeScoreReward
+from .video import VideoFrames, VideoSpec, load_video
+
+
+def load(path: str | Path, *, cot: bool = True, **options: Any) -> DeScoreReward:
+    """Load a DeScore checkpoint as a reward model; ``options`` go to :class:`DeScoreReward`."""
+    return DeScoreReward(path, use_cot=cot, **options)
+
+
+__all__ = [
+    "DeScoreReward",
+    "RewardModel",
+    "RewardOutput",
+    "ScoredItem",
+    "VideoFrames",
+    "VideoSpec",
+    "build_reward",
+    "load",
+    "load_video",
+    "register_reward",
+    "registered_rewards",
+]

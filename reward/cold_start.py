@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transformers import AutoProcessor, TrainingArguments, set_seed
+from transformers import AutoProcessor, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import PreferenceData, check_videos, read_preferences
@@ -194,8 +194,11 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name.split("-")[-1]), default=None)
 
 
-def run(config: ColdStartConfig) -> dict[str, float]:
-    """Train stage 1 and write ``output_dir/final``; returns the final evaluation metrics (if any)."""
+def run(config: ColdStartConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, float]:
+    """Train stage 1 and write ``output_dir/final``; returns the final evaluation metrics (if any).
+
+    ``callbacks`` are extra ``TrainerCallback``s (early stopping, custom logging, ...).
+    """
     set_seed(config.seed)
     train = _load_pairs(config.train_data, config)
     evaluation = _load_pairs(config.eval_data, config) if config.eval_data else None
@@ -209,7 +212,7 @@ def run(config: ColdStartConfig) -> dict[str, float]:
         dtype=config.torch_dtype,
         attn_implementation=config.attn_implementation,
     )
-    collator = PairCollator(model.processor, model.reward_token, config.cot_placement, config.cot_drop_prob)
+    collator = PairCollator(model.processor, model.reward_token, config.cot_placement)
     eval_sets = None
     if evaluation is not None:
         eval_sets = {"no_cot": PairDataset(evaluation.pairs, spec, cot_mode="drop", skip_invalid=config.skip_invalid)}
@@ -229,12 +232,20 @@ def run(config: ColdStartConfig) -> dict[str, float]:
     trainer = DeScoreTrainer(
         model=model,
         args=config,
-        train_dataset=PairDataset(train.pairs, spec, cot_mode="random", skip_invalid=config.skip_invalid),
+        train_dataset=PairDataset(
+            train.pairs,
+            spec,
+            cot_mode="random",
+            cot_drop_prob=config.cot_drop_prob,
+            seed=config.seed,
+            skip_invalid=config.skip_invalid,
+        ),
         eval_dataset=eval_sets,
         data_collator=collator,
         compute_metrics=pairwise_metrics,
         pair_loss=pair_loss,
         training_info=training_info,
+        callbacks=callbacks,
     )
     checkpoint = last_complete_checkpoint(Path(config.output_dir))
     if checkpoint is not None:

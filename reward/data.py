@@ -144,10 +144,9 @@ def check_videos(data: PreferenceData, *, skip_invalid: bool = False) -> Prefere
     if not bad:
         return data
     problems = [
-        (pair.line, f"video {path}: {bad[path]}")
+        (pair.line, "; ".join(f"video {path}: {bad[path]}" for path in dict.fromkeys((pair.video_a, pair.video_b)) if path in bad))
         for pair in data.pairs
-        for path in (pair.video_a, pair.video_b)
-        if path in bad
+        if pair.video_a in bad or pair.video_b in bad
     ]
     if not skip_invalid:
         raise _invalid_rows_error(data.source, problems)
@@ -175,17 +174,18 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         raise DataError(f"preference file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: spreadsheet exports often start with a byte-order mark
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            rows, start = [], 2
-            # reader.line_num counts physical lines, so quoted multi-line CoTs keep correct numbers.
+            rows = []
             for row in reader:
-                rows.append((start, row))
-                start = reader.line_num + 1
+                # line_num is the record's last physical line; quoted CoTs may span several lines
+                inner_breaks = sum(value.count("\n") for value in row.values() if isinstance(value, str))
+                rows.append((reader.line_num - inner_breaks, row))
             return rows
     if suffix in (".jsonl", ".json"):
         rows = []
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:
             for line, text in enumerate(handle, start=1):
                 if not text.strip():
                     continue
@@ -263,7 +263,7 @@ def _official_row(row: dict[str, Any], line: int, root: Path) -> PreferencePair 
         return None
     try:
         videos = ast.literal_eval(str(row.get("videos")))
-    except (ValueError, SyntaxError) as error:
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
         raise _RowError(f"column 'videos' is not a list of two paths: {row.get('videos')!r}") from error
     if not (isinstance(videos, (list, tuple)) and len(videos) == 2 and all(isinstance(v, str) for v in videos)):
         raise _RowError(f"column 'videos' must hold exactly two paths, got {row.get('videos')!r}")

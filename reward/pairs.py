@@ -3,7 +3,8 @@
 A batch of N pairs becomes 2N sequences (all A videos, then all B videos) so both sides share one forward
 pass, with ``labels`` holding the N pair labels. Stage 1 drops the CoT of *both* videos of a pair with
 probability ``cot_drop_prob`` (one draw per pair, reference/descore.md §3.2), which teaches the head to
-score from video + prompt alone as well as from the CoT.
+score from video + prompt alone as well as from the CoT. The draw is a pure function of (seed, epoch, pair
+index): the same in every dataloader worker and exactly reproduced after a resume.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from transformers import BatchFeature, ProcessorMixin
@@ -32,38 +34,65 @@ class PairExample:
     pair: PreferencePair
     video_a: SampledVideo
     video_b: SampledVideo
-    cot_mode: CotMode
+    use_cot: bool
 
 
 class PairDataset(Dataset):
-    """Decodes both videos of a pair through the video contract.
+    """Decodes both videos of a pair through the video contract and decides whether the CoT is used.
 
-    ``cot_mode``: ``random`` (training: the collator draws the drop), ``keep`` (always score with the CoT)
-    or ``drop`` (never). With ``skip_invalid``, a pair whose video fails to decode mid-run is skipped with a
-    warning naming the file and the next pair is served instead; otherwise the error propagates.
+    ``cot_mode``: ``random`` (training: dropped with probability ``cot_drop_prob``), ``keep`` (always) or
+    ``drop`` (never). ``set_epoch`` (called by the trainer at each epoch start) changes the random draws.
+    With ``skip_invalid``, a pair whose video fails to decode mid-run is skipped with a warning naming the
+    file and the next pair is served instead; otherwise the error propagates.
     """
 
     def __init__(
-        self, pairs: Sequence[PreferencePair], spec: VideoSpec, *, cot_mode: CotMode, skip_invalid: bool = False
+        self,
+        pairs: Sequence[PreferencePair],
+        spec: VideoSpec,
+        *,
+        cot_mode: CotMode,
+        cot_drop_prob: float = 0.5,
+        seed: int = 0,
+        skip_invalid: bool = False,
     ) -> None:
         if not pairs:
             raise ValueError("a PairDataset needs at least one pair")
         if cot_mode == "keep" and not all(pair.has_cot for pair in pairs):
             raise ValueError("cot_mode='keep' needs a CoT for every pair (columns cot_a and cot_b)")
-        self.pairs, self.spec, self.cot_mode, self.skip_invalid = list(pairs), spec, cot_mode, skip_invalid
+        if not 0.0 <= cot_drop_prob <= 1.0:
+            raise ValueError(f"cot_drop_prob must lie in [0, 1], got {cot_drop_prob}")
+        self.pairs, self.spec, self.cot_mode = list(pairs), spec, cot_mode
+        self.cot_drop_prob, self.seed, self.skip_invalid = cot_drop_prob, seed, skip_invalid
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def use_cot(self, index: int) -> bool:
+        pair = self.pairs[index]
+        if self.cot_mode == "drop" or not pair.has_cot:
+            return False
+        if self.cot_mode == "keep":
+            return True
+        draw = np.random.default_rng((self.seed, self.epoch, index)).random()
+        return bool(draw >= self.cot_drop_prob)
+
     def __getitem__(self, index: int) -> PairExample:
         for offset in range(len(self.pairs)):
-            pair = self.pairs[(index + offset) % len(self.pairs)]
+            position = (index + offset) % len(self.pairs)
+            pair = self.pairs[position]
             try:
-                return PairExample(pair, load_video(pair.video_a, self.spec), load_video(pair.video_b, self.spec), self.cot_mode)
+                video_a, video_b = load_video(pair.video_a, self.spec), load_video(pair.video_b, self.spec)
             except VideoDecodeError as error:
                 if not self.skip_invalid:
                     raise VideoDecodeError(error.source, f"{error.reason} (data line {pair.line})") from error
                 logger.warning("skipping the pair on data line %d: %s", pair.line, error)
+                continue
+            return PairExample(pair, video_a, video_b, self.use_cot(position))
         raise VideoDecodeError("<dataset>", "no pair in the dataset can be decoded")
 
 
@@ -74,29 +103,20 @@ class PairCollator:
     processor: ProcessorMixin
     reward_token: str
     placement: CotPlacement
-    cot_drop_prob: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.cot_drop_prob <= 1.0:
-            raise ValueError(f"cot_drop_prob must lie in [0, 1], got {self.cot_drop_prob}")
-
-    def use_cot(self, example: PairExample) -> bool:
-        if example.cot_mode == "keep":
-            return True
-        if example.cot_mode == "drop" or not example.pair.has_cot:
-            return False
-        # Global torch RNG: seeded by the Trainer and restored on resume, so the draws are reproducible.
-        return bool(torch.rand(()) >= self.cot_drop_prob)
 
     def __call__(self, examples: Sequence[PairExample]) -> BatchFeature:
         texts_a, texts_b = [], []
         for example in examples:
-            pair, keep = example.pair, self.use_cot(example)
+            pair = example.pair
             judge = judge_text(pair.prompt, pair.instruction)
             for texts, cot in ((texts_a, pair.cot_a), (texts_b, pair.cot_b)):
                 texts.append(
                     scoring_text(
-                        self.processor, judge, cot if keep else None, placement=self.placement, reward_token=self.reward_token
+                        self.processor,
+                        judge,
+                        cot if example.use_cot else None,
+                        placement=self.placement,
+                        reward_token=self.reward_token,
                     )
                 )
         videos = [example.video_a for example in examples] + [example.video_b for example in examples]

@@ -74,12 +74,15 @@ def judge_text(prompt: str, instruction: str | None = None) -> JudgeText:
     stage-1 CSV). An instruction without a ``<video>`` marker puts the video first, as the official
     stage-1 collator does.
     """
-    text = JUDGE_TEMPLATE.format(prompt=prompt.strip()) if instruction is None else instruction
-    if text.count(VIDEO_PLACEHOLDER) > 1:
-        raise ValueError(f"the judge instruction contains {VIDEO_PLACEHOLDER} more than once: {text[:200]!r}")
-    prefix, marker, suffix = text.partition(VIDEO_PLACEHOLDER)
+    if instruction is None:
+        # Split before formatting, so a prompt that itself contains "<video>" stays text.
+        prefix, _, suffix = JUDGE_TEMPLATE.partition(VIDEO_PLACEHOLDER)
+        return JudgeText(prefix=prefix.format(prompt=prompt.strip()), suffix=suffix.format())
+    if instruction.count(VIDEO_PLACEHOLDER) > 1:
+        raise ValueError(f"the judge instruction contains {VIDEO_PLACEHOLDER} more than once: {instruction[:200]!r}")
+    prefix, marker, suffix = instruction.partition(VIDEO_PLACEHOLDER)
     if not marker:
-        return JudgeText(prefix="", suffix=text)
+        return JudgeText(prefix="", suffix=instruction)
     return JudgeText(prefix=prefix, suffix=suffix)
 
 

@@ -8,6 +8,7 @@ stage 1 drops the CoT for half of the pairs, and the fast mode RL loops need.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -173,14 +174,5 @@ def _scored(reward: float, cot: str | None) -> ScoredItem:
     )
 
 
-@register_reward("descore")
-def descore_reward(path: str, **options) -> DeScoreReward:
-    """DeScore with a generated CoT (think, then score)."""
-    return DeScoreReward(path, use_cot=True, **options)
-
-
-@register_reward("descore_no_cot")
-def descore_no_cot_reward(path: str, **options) -> DeScoreReward:
-    """DeScore in one forward pass without a CoT — the fast mode for RL loops."""
-    return DeScoreReward(path, use_cot=False, **options)
-
+register_reward("descore")(functools.partial(DeScoreReward, use_cot=True))
+register_reward("descore_no_cot")(functools.partial(DeScoreReward, use_cot=False))

@@ -67,7 +67,7 @@ def _training_corpus() -> list[str]:
     return [JUDGE_TEMPLATE, words, *scores, "The video shows a clean, smooth clip. <answer> </answer> ```json"] * 4
 
 
-def build_tiny_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(vocab_size: int = 2000) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on a small corpus and wrap it as a Qwen2 tokenizer with vision tokens."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -8,14 +8,14 @@ folder is a loadable DeScore checkpoint (adapter format), so any of them can be 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import EvalPrediction, Trainer
+from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from .losses import pairwise_accuracy
-from .modeling import DeScoreModel
 
 PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -34,6 +34,7 @@ class DeScoreTrainer(Trainer):
         self.pair_loss = pair_loss
         self.training_info = training_info
         self.model_accepts_loss_kwargs = False
+        self.add_callback(_EpochToDataset(self.train_dataset))
 
     def compute_loss(
         self,
@@ -78,13 +79,25 @@ class DeScoreTrainer(Trainer):
         self.accelerator.unwrap_model(self.model).load_trained_weights(Path(self.state.best_model_checkpoint))
 
 
+class _EpochToDataset(TrainerCallback):
+    """Tells the training dataset which epoch starts, before the epoch's workers copy it.
+
+    (accelerate forwards ``set_epoch`` to the sampler *or* the dataset, not both, so we do it here.)
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.dataset, "set_epoch"):
+            # state.epoch is fractional when resuming mid-epoch; its integer part is the epoch index
+            self.dataset.set_epoch(math.floor(state.epoch + 1e-9))
+        return control
+
+
 def pairwise_metrics(prediction: EvalPrediction) -> dict[str, float]:
     """Held-out accuracy over decided pairs from the (pairs, 2) rewards gathered by the evaluation loop."""
     rewards = torch.as_tensor(prediction.predictions, dtype=torch.float64)
     labels = torch.as_tensor(prediction.label_ids)
     accuracy, decided = pairwise_accuracy(rewards[:, 0] - rewards[:, 1], labels)
     return {"accuracy": accuracy, "decided_pairs": float(decided)}
-
-
-def unwrap_descore(trainer: Trainer) -> DeScoreModel:
-    return trainer.accelerator.unwrap_model(trainer.model)

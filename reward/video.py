@@ -184,7 +184,7 @@ def _sample_indices(name: str, total_frames: int, source_fps: float, spec: Video
 def _frames_from_memory(video: VideoFrames) -> np.ndarray:
     """Validate in-memory frames and return them as uint8 ``(T, H, W, 3)``."""
     frames = video.frames
-    array = frames.detach().cpu() if isinstance(frames, torch.Tensor) else torch.as_tensor(np.asarray(frames))
+    array = frames.detach().cpu() if isinstance(frames, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(frames))
     if array.ndim != 4:
         raise VideoDecodeError(video.name, f"frames must be 4-D (T, H, W, 3) uint8 or (T, 3, H, W) float, got shape {tuple(array.shape)}")
     if array.dtype == torch.uint8:

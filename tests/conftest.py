@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny real-architecture models and synthetic preference data, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.synthetic import make_preference_set
+from reward.tiny_models import save_tiny_vlm
+from reward.video import VideoSpec
+
+# Frames small enough for CPU: at most 64x64 px (4 merged tokens per frame for Qwen3-VL), 4-8 frames.
+TINY_SPEC = VideoSpec(fps=2.0, min_frames=4, max_frames=8, min_pixels=1024, max_pixels=4096, pixel_factor=32)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_vlm(tmp_path_factory.mktemp("tiny-qwen3-vl"), "qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_vlm(tmp_path_factory.mktemp("tiny-qwen2.5-vl"), "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def visual_pairs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(train.csv, eval.csv) of the synthetic task whose answer is in the pixels (and the CoTs)."""
+    root = tmp_path_factory.mktemp("visual-pairs")
+    train = make_preference_set(root, pairs=64, task="visual", seed=0, file_name="train.csv")
+    held_out = make_preference_set(root, pairs=32, task="visual", seed=1, file_name="eval.csv")
+    return train, held_out

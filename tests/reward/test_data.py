@@ -1,0 +1,472 @@
+"""Tests for reward/data.py: reading, validating and checking preference files (our layout and the official
+DeScore stage-1 CSV). Line numbers are physical lines of the file; the CSV header is line 1."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from benchmarks.synthetic import _write_tone, write_video
+from reward.data import PreferencePair, check_videos, read_preferences
+from reward.errors import DataError
+
+LABEL_HINT = "use A, B, tie (or 1, -1, 0)"
+
+
+@pytest.fixture(scope="module")
+def source_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real tiny videos (8 frames, 32x32, h264) plus unreadable ones, written once per module."""
+    root = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    clips = {
+        "a.mp4": write_video(root / "a.mp4", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), 8.0),
+        "b.mp4": write_video(root / "b.mp4", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), 8.0),
+        "one_frame.mp4": write_video(root / "one_frame.mp4", np.full((1, 32, 32, 3), 90, np.uint8), 8.0),
+    }
+    corrupt = root / "corrupt.mp4"
+    corrupt.write_bytes(rng.integers(0, 256, 2048, dtype=np.uint8).tobytes())
+    clips["corrupt.mp4"] = corrupt
+    # An mp4 holding only an audio track: a "video" with no video frames at all.
+    audio_only = root / "audio_only.mp4"
+    with av.open(str(audio_only), mode="w") as container:
+        _write_tone(container, container.add_stream("aac", rate=44100), seconds=0.5)
+    clips["audio_only.mp4"] = audio_only
+    return clips
+
+
+@pytest.fixture
+def folder(tmp_path: Path, source_clips) -> Path:
+    """A data folder holding a.mp4 and b.mp4 (and the bad clips), for files that reference them."""
+    for name, path in source_clips.items():
+        shutil.copy(path, tmp_path / name)
+    return tmp_path
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, lines: list[dict | str]) -> Path:
+    path.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines), encoding="utf-8"
+    )
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------
+# Our layout
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_our_csv_labels_and_fields(folder):
+    """Every accepted label spelling maps to +1 / -1 / 0; CoTs and JSON scores are carried through."""
+    labels = ["A", "B", "tie", "1", "-1", "0", "same", "a", "b", "TIE", "+1", " B ", "1.0"]
+    expected_labels = [1, -1, 0, 1, -1, 0, 0, 1, -1, 0, 1, -1, 1]
+    rows = [[f"prompt {i}", "a.mp4", "b.mp4", label, "", "", "", ""] for i, label in enumerate(labels)]
+    rows[0][4:] = ["cot of A", "cot of B", '{"subject": 2, "camera": "N/A"}', '{"subject": 0}']
+    path = write_csv(
+        folder / "prefs.csv",
+        ["prompt", "video_a", "video_b", "label", "cot_a", "cot_b", "scores_a", "scores_b"],
+        rows,
+    )
+
+    data = read_preferences(path)
+
+    a, b = str(folder / "a.mp4"), str(folder / "b.mp4")
+    first = PreferencePair(
+        prompt="prompt 0", video_a=a, video_b=b, label=1, line=2, cot_a="cot of A", cot_b="cot of B",
+        scores_a={"subject": 2, "camera": "N/A"}, scores_b={"subject": 0},
+    )
+    rest = [
+        PreferencePair(prompt=f"prompt {i}", video_a=a, video_b=b, label=label, line=i + 2)
+        for i, label in enumerate(expected_labels) if i > 0
+    ]
+    assert data.pairs == [first, *rest]
+    assert data.source == path
+    assert data.skipped == [] and data.excluded_invalid == 0
+    assert len(data) == 13
+    assert data.pairs[0].has_cot and not data.pairs[1].has_cot
+
+
+def test_our_jsonl_labels_and_fields(folder):
+    """JSONL takes string or numeric labels, JSON objects for scores, and skips blank lines (line 3 here)
+    without renumbering: the records are on lines 1, 2, 4, 5, 6, 7, 8."""
+    path = write_jsonl(
+        folder / "prefs.jsonl",
+        [
+            {"prompt": "p1", "video_a": "a.mp4", "video_b": "b.mp4", "label": "A", "cot_a": "ca", "cot_b": "cb",
+             "scores_a": {"subject": 2}, "scores_b": '{"subject": 1}'},
+            {"prompt": "p2", "video_a": "a.mp4", "video_b": "b.mp4", "label": 1},
+            "",
+            {"prompt": "p4", "video_a": "a.mp4", "video_b": "b.mp4", "label": -1},
+            {"prompt": "p5", "video_a": "a.mp4", "video_b": "b.mp4", "label": 0},
+            {"prompt": "p6", "video_a": "a.mp4", "video_b": "b.mp4", "label": "same"},
+            {"prompt": "p7", "video_a": "a.mp4", "video_b": "b.mp4", "label": 1.0},
+            {"prompt": "p8", "video_a": "b.mp4", "video_b": "a.mp4", "label": "b"},
+        ],
+    )
+
+    data = read_preferences(path)
+
+    a, b = str(folder / "a.mp4"), str(folder / "b.mp4")
+    assert data.pairs == [
+        PreferencePair("p1", a, b, 1, 1, cot_a="ca", cot_b="cb", scores_a={"subject": 2}, scores_b={"subject": 1}),
+        PreferencePair("p2", a, b, 1, 2),
+        PreferencePair("p4", a, b, -1, 4),
+        PreferencePair("p5", a, b, 0, 5),
+        PreferencePair("p6", a, b, 0, 6),
+        PreferencePair("p7", a, b, 1, 7),
+        PreferencePair("p8", b, a, -1, 8),
+    ]
+
+
+def test_relative_video_paths_resolve_against_the_data_file(folder, tmp_path, monkeypatch):
+    """Paths are relative to the data file's folder, not to the working directory; absolute paths stay."""
+    data_dir = folder / "data"
+    (data_dir / "clips").mkdir(parents=True)
+    shutil.copy(folder / "a.mp4", data_dir / "clips" / "a.mp4")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = write_csv(
+        data_dir / "prefs.csv",
+        ["prompt", "video_a", "video_b", "label"],
+        [["p", "clips/a.mp4", str(folder / "b.mp4"), "A"], ["q", "../b.mp4", "clips/a.mp4", "B"]],
+    )
+    monkeypatch.chdir(elsewhere)  # a.mp4 is not reachable from here as "clips/a.mp4"
+
+    pairs = read_preferences(path).pairs
+
+    assert pairs[0].video_a == str(data_dir / "clips" / "a.mp4")
+    assert pairs[0].video_b == str(folder / "b.mp4")
+    assert Path(pairs[1].video_a).resolve() == (folder / "b.mp4").resolve()
+    assert pairs[1].video_b == str(data_dir / "clips" / "a.mp4")
+
+
+def test_multiline_cot_keeps_line_numbers(folder):
+    """Quoted multi-line CoTs: each record's line is the physical line it starts on.
+
+    File layout: line 1 header; record 1 spans lines 2-4 (cot_a has two newlines); record 2 spans
+    lines 5-6 (cot_b has one); record 3 is line 7 (bad label); record 4 spans lines 8-10 and names a
+    missing video; record 5 is line 11.
+    """
+    text = (
+        "prompt,video_a,video_b,label,cot_a,cot_b\n"
+        'p1,a.mp4,b.mp4,A,"first line\nsecond line\nthird line",short\n'
+        'p2,a.mp4,b.mp4,B,short,"one\ntwo"\n'
+        "p3,a.mp4,b.mp4,X,short,short\n"
+        'p4,a.mp4,gone.mp4,A,"x\n\ny",short\n'
+        "p5,b.mp4,a.mp4,tie,short,short\n"
+    )
+    path = folder / "cot.csv"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(DataError) as caught:
+        read_preferences(path)
+    assert str(caught.value) == (
+        f"{path}: 2 invalid row(s); fix them or set skip_invalid: true to skip them\n"
+        f"  line 7: unknown label 'X'; {LABEL_HINT}\n"
+        f"  line 8: video file {folder / 'gone.mp4'} does not exist"
+    )
+
+    data = read_preferences(path, skip_invalid=True)
+    assert [(pair.line, pair.prompt) for pair in data.pairs] == [(2, "p1"), (5, "p2"), (11, "p5")]
+    assert data.pairs[0].cot_a == "first line\nsecond line\nthird line"
+    assert data.pairs[1].cot_b == "one\ntwo"
+    assert data.skipped == [
+        (7, f"unknown label 'X'; {LABEL_HINT}"),
+        (8, f"video file {folder / 'gone.mp4'} does not exist"),
+    ]
+
+
+def test_multiline_cot_with_crlf_line_endings(folder):
+    """The same numbering holds for a file written with csv's default CRLF line ends (record 2 on line 4)."""
+    path = write_csv(
+        folder / "crlf.csv",
+        ["prompt", "video_a", "video_b", "label", "cot_a", "cot_b"],
+        [["p1", "a.mp4", "b.mp4", "A", "one\r\ntwo\r\nthree", "c"], ["p2", "a.mp4", "b.mp4", "Z", "c", "c"]],
+    )
+    assert path.read_bytes().count(b"\r\n") == 5  # header, 2 + 1 for record 1, 1 for record 2
+    data = read_preferences(path, skip_invalid=True)
+    assert [pair.line for pair in data.pairs] == [2]
+    assert data.skipped == [(5, f"unknown label 'Z'; {LABEL_HINT}")]
+
+
+def test_blank_line_does_not_shift_line_numbers(folder):
+    """Line 3 is blank; the bad record is on line 4 and must be reported as line 4."""
+    path = folder / "blank.csv"
+    path.write_text("prompt,video_a,video_b,label\np1,a.mp4,b.mp4,A\n\np2,a.mp4,b.mp4,X\n", encoding="utf-8")
+    data = read_preferences(path, skip_invalid=True)
+    assert [pair.line for pair in data.pairs] == [2]
+    assert data.skipped == [(4, f"unknown label 'X'; {LABEL_HINT}")]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The official DeScore stage-1 CSV
+# --------------------------------------------------------------------------------------------------------
+
+OFFICIAL_HEADER = ["videos", "problem", "durations", "prompt", "CoT_A", "CoT_B", "GSB"]
+
+
+def official_problem(prompt: str) -> str:
+    return f"Judge the video.\nText prompt: [{prompt}]\n<video>\nAnswer in JSON."
+
+
+def test_official_stage1_csv_is_read_unchanged(folder):
+    """GSB A / B / same -> +1 / -1 / 0, ``invalid`` rows (any case) excluded and counted even when their
+    videos are missing; the instruction is the ``problem`` column verbatim; an empty ``prompt`` falls back
+    to the instruction. Each row spans 6 physical lines (the problem has 3 newlines, each CoT 1), so the
+    rows start on lines 2, 8, 14, 20, 26 and 32."""
+    rows = [
+        ["['a.mp4', 'b.mp4']", official_problem("a cat"), "[2.0, 2.0]", "a cat", "A is clean\nscore", "B\nnoisy", "A"],
+        ["['b.mp4', 'a.mp4']", official_problem("a dog"), "[2.0, 2.0]", "a dog", "x\ny", "z\nw", "B"],
+        ["['a.mp4', 'gone.mp4']", official_problem("x"), "[2.0, 2.0]", "x", "x\ny", "z\nw", "invalid"],
+        ["['a.mp4', 'b.mp4']", official_problem("a car"), "[2.0, 2.0]", "a car", "x\ny", "z\nw", "same"],
+        ["not a list", official_problem("y"), "[2.0, 2.0]", "y", "x\ny", "z\nw", "Invalid"],
+        ["['a.mp4', 'b.mp4']", official_problem("a cow"), "[2.0, 2.0]", "", "x\ny", "z\nw", "A"],
+    ]
+    path = write_csv(folder / "stage1.csv", OFFICIAL_HEADER, rows)
+
+    data = read_preferences(path)
+
+    a, b = str(folder / "a.mp4"), str(folder / "b.mp4")
+    assert data.pairs == [
+        PreferencePair("a cat", a, b, 1, 2, cot_a="A is clean\nscore", cot_b="B\nnoisy",
+                       instruction=official_problem("a cat")),
+        PreferencePair("a dog", b, a, -1, 8, cot_a="x\ny", cot_b="z\nw", instruction=official_problem("a dog")),
+        PreferencePair("a car", a, b, 0, 20, cot_a="x\ny", cot_b="z\nw", instruction=official_problem("a car")),
+        PreferencePair(official_problem("a cow"), a, b, 1, 32, cot_a="x\ny", cot_b="z\nw",
+                       instruction=official_problem("a cow")),
+    ]
+    assert data.excluded_invalid == 2
+    assert data.skipped == []
+
+
+def test_official_stage1_csv_bad_rows(folder):
+    """Malformed ``videos`` lists, missing files and unknown verdicts are reported by line.
+
+    Each row spans 4 physical lines (the problem text has 3 newlines): rows start on 2, 6, 10, ..., 26."""
+    videos = ["['a.mp4', 'b.mp4']", "['a.mp4']", "a.mp4, b.mp4", "['a.mp4', 'gone.mp4']", "['a.mp4' 'b.mp4']",
+              "[1, 2]", "['a.mp4', 'b.mp4']"]
+    verdicts = ["A", "A", "A", "B", "A", "A", "maybe"]
+    rows = [[v, official_problem("p"), "[1.0, 1.0]", "p", "c", "c", g] for v, g in zip(videos, verdicts)]
+    path = write_csv(folder / "stage1.csv", OFFICIAL_HEADER, rows)
+
+    expected = [
+        (6, "column 'videos' must hold exactly two paths, got \"['a.mp4']\""),
+        (10, "column 'videos' is not a list of two paths: 'a.mp4, b.mp4'"),
+        (14, f"video file {folder / 'gone.mp4'} does not exist"),
+        (18, "column 'videos' must hold exactly two paths, got \"['a.mp4' 'b.mp4']\""),
+        (22, "column 'videos' must hold exactly two paths, got '[1, 2]'"),
+        (26, f"unknown label 'maybe'; {LABEL_HINT}"),
+    ]
+    with pytest.raises(DataError) as caught:
+        read_preferences(path)
+    assert str(caught.value) == (
+        f"{path}: 6 invalid row(s); fix them or set skip_invalid: true to skip them\n"
+        + "\n".join(f"  line {line}: {reason}" for line, reason in expected)
+    )
+    data = read_preferences(path, skip_invalid=True)
+    assert [pair.line for pair in data.pairs] == [2]
+    assert data.skipped == expected
+
+
+def test_official_videos_that_literal_eval_rejects_with_type_error(folder):
+    """``{['a.mp4'], 'b.mp4'}`` is malformed like any other bad ``videos`` value: skipped with its line."""
+    rows = [["{['a.mp4'], 'b.mp4'}", "p", "", "p", "c", "c", "A"], ["['a.mp4', 'b.mp4']", "p", "", "p", "c", "c", "A"]]
+    path = write_csv(folder / "stage1.csv", OFFICIAL_HEADER, rows)
+    data = read_preferences(path, skip_invalid=True)
+    assert [pair.line for pair in data.pairs] == [3]
+    assert [line for line, _ in data.skipped] == [2]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Invalid rows and files
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_invalid_rows_are_all_listed(folder):
+    """One DataError lists every bad line with its reason; skip_invalid returns the good pairs instead."""
+    header = ["prompt", "video_a", "video_b", "label", "cot_a", "cot_b", "scores_a"]
+    rows = [
+        ["ok", "a.mp4", "b.mp4", "A", "", "", ""],  # line 2
+        ["bad label", "a.mp4", "b.mp4", "X", "", "", ""],  # line 3
+        ["no video", "a.mp4", "gone.mp4", "A", "", "", ""],  # line 4
+        ["one cot", "a.mp4", "b.mp4", "B", "only A", "", ""],  # line 5
+        ["reserved", "a.mp4", "b.mp4", "B", "fine", "then <Reward> here", ""],  # line 6
+        ["", "a.mp4", "b.mp4", "A", "", "", ""],  # line 7
+        ["bad scores", "a.mp4", "b.mp4", "A", "", "", "not json"],  # line 8
+        ["list scores", "a.mp4", "b.mp4", "A", "", "", "[1, 2]"],  # line 9
+        ["ok too", "b.mp4", "a.mp4", "tie", "c", "c", ""],  # line 10
+    ]
+    path = write_csv(folder / "prefs.csv", header, rows)
+    expected = [
+        (3, f"unknown label 'X'; {LABEL_HINT}"),
+        (4, f"video file {folder / 'gone.mp4'} does not exist"),
+        (5, "only one of the two CoTs is given; give both or neither"),
+        (6, "cot_b contains the reserved token '<Reward>'"),
+        (7, "column 'prompt' is empty"),
+        (8, "column 'scores_a' is not a JSON object: 'not json'"),
+        (9, "column 'scores_a' is not a JSON object: '[1, 2]'"),
+    ]
+
+    with pytest.raises(DataError) as caught:
+        read_preferences(path, reserved_tokens=("<Reward>",))
+    assert str(caught.value) == (
+        f"{path}: 7 invalid row(s); fix them or set skip_invalid: true to skip them\n"
+        + "\n".join(f"  line {line}: {reason}" for line, reason in expected)
+    )
+
+    data = read_preferences(path, skip_invalid=True, reserved_tokens=("<Reward>",))
+    assert [(pair.line, pair.prompt, pair.label) for pair in data.pairs] == [(2, "ok", 1), (10, "ok too", 0)]
+    assert data.skipped == expected
+    # Without the reserved token, line 6 is a valid pair.
+    relaxed = read_preferences(path, skip_invalid=True)
+    assert [pair.line for pair in relaxed.pairs] == [2, 6, 10]
+
+
+def test_more_than_fifty_invalid_rows_are_summarised(folder):
+    """60 bad rows: lines 2..51 are listed, then '... and 10 more'."""
+    rows = [[f"p{i}", "a.mp4", "b.mp4", "X"] for i in range(60)]
+    path = write_csv(folder / "prefs.csv", ["prompt", "video_a", "video_b", "label"], rows)
+    with pytest.raises(DataError) as caught:
+        read_preferences(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 60 invalid row(s);")
+    assert re.findall(r"line (\d+):", message) == [str(line) for line in range(2, 52)]
+    assert message.endswith("\n  ... and 10 more")
+
+
+def test_unknown_columns_name_both_layouts(folder):
+    path = write_csv(folder / "prefs.csv", ["prompt", "left", "right", "winner"], [["p", "a.mp4", "b.mp4", "A"]])
+    with pytest.raises(DataError) as caught:
+        read_preferences(path)
+    assert str(caught.value) == (
+        f"{path}: columns ['left', 'prompt', 'right', 'winner'] match neither layout; expected "
+        "['prompt', 'video_a', 'video_b', 'label'] (optional ['cot_a', 'cot_b', 'scores_a', 'scores_b']) "
+        "or the official DeScore stage-1 columns ['videos', 'problem', 'CoT_A', 'CoT_B', 'GSB']"
+    )
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere.csv"
+    with pytest.raises(DataError, match=re.escape(f"preference file {path} does not exist")):
+        read_preferences(path)
+
+
+@pytest.mark.parametrize("name", ["prefs.tsv", "prefs.parquet", "prefs"])
+def test_unsupported_extension(folder, name):
+    path = folder / name
+    path.write_text("prompt\tvideo_a\tvideo_b\tlabel\n", encoding="utf-8")
+    suffix = Path(name).suffix
+    with pytest.raises(DataError) as caught:
+        read_preferences(path)
+    assert str(caught.value) == f"{path}: unsupported extension {suffix!r}; use .csv or .jsonl"
+
+
+def test_header_only_csv_has_no_rows(folder):
+    path = write_csv(folder / "prefs.csv", ["prompt", "video_a", "video_b", "label"], [])
+    with pytest.raises(DataError) as caught:
+        read_preferences(path)
+    assert str(caught.value) == f"{path}: no data rows"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "p", "video_a": ', r"line 2: not valid JSON \(Expecting value\)"),
+        ("[1, 2]", r"line 2: expected a JSON object, got list"),
+    ],
+)
+def test_jsonl_syntax_errors_name_the_line(folder, line, message):
+    row = {"prompt": "p", "video_a": "a.mp4", "video_b": "b.mp4", "label": "A"}
+    path = write_jsonl(folder / "prefs.jsonl", [row, line, row])
+    with pytest.raises(DataError, match=re.escape(str(path)) + " " + message):
+        read_preferences(path)
+
+
+# --------------------------------------------------------------------------------------------------------
+# check_videos: open every video before a long job
+# --------------------------------------------------------------------------------------------------------
+
+
+def _pairs_with_bad_videos(folder: Path) -> Path:
+    return write_csv(
+        folder / "prefs.csv",
+        ["prompt", "video_a", "video_b", "label"],
+        [
+            ["ok", "a.mp4", "b.mp4", "A"],  # line 2
+            ["corrupt b", "a.mp4", "corrupt.mp4", "A"],  # line 3
+            ["one frame a", "one_frame.mp4", "b.mp4", "B"],  # line 4
+            ["ok swapped", "b.mp4", "a.mp4", "B"],  # line 5
+            ["both bad", "corrupt.mp4", "audio_only.mp4", "tie"],  # line 6
+            ["bad label", "a.mp4", "b.mp4", "?"],  # line 7
+        ],
+    )
+
+
+def test_check_videos_passes_readable_videos(folder):
+    path = write_csv(
+        folder / "prefs.csv", ["prompt", "video_a", "video_b", "label"],
+        [["p", "a.mp4", "b.mp4", "A"], ["q", "b.mp4", "a.mp4", "tie"]],
+    )
+    data = read_preferences(path)
+    assert check_videos(data) == data
+
+
+def test_check_videos_lists_lines_using_bad_videos(folder):
+    """corrupt.mp4 (lines 3, 6), one_frame.mp4 (line 4) and audio_only.mp4 (line 6) are reported."""
+    data = read_preferences(_pairs_with_bad_videos(folder), skip_invalid=True)
+    assert [pair.line for pair in data.pairs] == [2, 3, 4, 5, 6]
+
+    with pytest.raises(DataError) as caught:
+        check_videos(data)
+    message = str(caught.value)
+    assert message.startswith(f"{folder / 'prefs.csv'}: ")
+    assert "3 invalid row(s)" in message  # one entry per row, both bad videos of line 6 on it
+    rows = re.findall(r"line (\d+): (.*)", message)
+    assert [int(line) for line, _ in rows] == [3, 4, 6]
+    listed = [(line, *re.fullmatch(r"video (\S+): (.*)", part).groups()) for line, text in rows for part in re.split(r"; (?=video )", text)]
+    by_video = {(int(line), Path(video).name) for line, video, _ in listed}
+    assert by_video == {(3, "corrupt.mp4"), (4, "one_frame.mp4"), (6, "corrupt.mp4"), (6, "audio_only.mp4")}
+    reasons = {Path(video).name: reason for _, video, reason in listed}
+    assert reasons["one_frame.mp4"] == "it has 1 frame(s); at least 2 are needed"
+    assert reasons["audio_only.mp4"].endswith("pyav: the file has no video stream")
+    assert reasons["corrupt.mp4"].startswith("decord: ")
+
+
+def test_check_videos_skip_invalid_drops_and_counts(folder):
+    """With skip_invalid the three pairs on lines 3, 4 and 6 are dropped and recorded next to the
+    row already skipped for its label (line 7); the skipped list stays sorted by line."""
+    data = read_preferences(_pairs_with_bad_videos(folder), skip_invalid=True)
+    assert data.skipped == [(7, f"unknown label '?'; {LABEL_HINT}")]
+
+    checked = check_videos(data, skip_invalid=True)
+
+    assert [(pair.line, pair.prompt) for pair in checked.pairs] == [(2, "ok"), (5, "ok swapped")]
+    assert len(data) - len(checked) == 3
+    assert sorted({line for line, _ in checked.skipped}) == [3, 4, 6, 7]
+    assert checked.skipped == sorted(checked.skipped)
+    assert (4, f"video {folder / 'one_frame.mp4'}: it has 1 frame(s); at least 2 are needed") in checked.skipped
+    assert checked.source == data.source and checked.excluded_invalid == data.excluded_invalid
+    # The input is left as it was.
+    assert [pair.line for pair in data.pairs] == [2, 3, 4, 5, 6]
+    assert replace(checked, pairs=data.pairs, skipped=data.skipped) == data
+
+
+def test_csv_with_a_byte_order_mark_is_read(folder):
+    """Spreadsheet exports start with a UTF-8 BOM; the first column must still be 'prompt'."""
+    path = folder / "bom.csv"
+    path.write_text("\ufeffprompt,video_a,video_b,label\np1,a.mp4,b.mp4,A\n", encoding="utf-8")
+    assert [pair.prompt for pair in read_preferences(path).pairs] == ["p1"]
