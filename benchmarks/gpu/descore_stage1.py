@@ -301,8 +301,8 @@ def collate_pair(
 ) -> BatchFeature:
     """One pair with both CoTs kept, batched by ``PairCollator``: sequence A, sequence B, and the label."""
     pair = PreferencePair(PROMPT, clips[0].source, clips[1].source, label=1, line=1, cot_a=cot, cot_b=cot)
-    collator = PairCollator(processor, reward_token, placement, cot_drop_prob=0.0)
-    return collator([PairExample(pair, clips[0], clips[1], cot_mode="keep")])
+    collator = PairCollator(processor, reward_token, placement)
+    return collator([PairExample(pair, clips[0], clips[1], use_cot=True)])
 
 
 def describe_clip(scale: Scale, clip: SampledVideo) -> str:
