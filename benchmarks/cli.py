@@ -7,12 +7,17 @@ are errors. Exceptions propagate, so a failed job exits non-zero.
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import logging
 import os
 import sys
 from typing import Callable
 
+import yaml
+
 from reward.cli import Command
+from reward.errors import ConfigError
 
 GROUPS: dict[str, tuple[str, Callable[[], dict[str, Command]]]] = {}
 
@@ -48,10 +53,30 @@ def _set_run_environment(configs: tuple) -> None:
         os.environ.setdefault("WANDB_DIR", os.path.abspath(output_dir))
 
 
+def check_keys(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Reject unknown flags and YAML keys before any config is built, suggesting the closest known key."""
+    known = {option.lstrip("-").replace("-", "_") for option in parser._option_string_actions}
+    given = [token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")]
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        with open(argv[argv.index("--config") + 1]) as handle:
+            values = yaml.safe_load(handle) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{argv[argv.index('--config') + 1]} must hold a YAML mapping of keys to values")
+        given += [key for key in values if key != "env"]
+    unknown = [key for key in given if key not in known | {"config"}]
+    if unknown:
+        hints = [
+            f"{key} (did you mean {' or '.join(close)}?)" if (close := difflib.get_close_matches(key, known, 3)) else key
+            for key in unknown
+        ]
+        raise ConfigError(f"{parser.prog}: unknown option(s): {', '.join(hints)}")
+
+
 def run_command(prog: str, command: Command, argv: list[str]) -> int:
     from trl import TrlParser
 
     parser = TrlParser(command.configs, prog=prog, description=command.help)
+    check_keys(parser, argv)
     configs = parser.parse_args_and_config(argv)
     _set_run_environment(configs)
     result = command.run(*configs)
