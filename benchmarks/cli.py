@@ -19,9 +19,6 @@ import yaml
 from reward.cli import Command
 from reward.errors import ConfigError
 
-GROUPS: dict[str, tuple[str, Callable[[], dict[str, Command]]]] = {}
-
-
 def _reward_commands() -> dict[str, Command]:
     from reward.cli import commands
 
@@ -34,7 +31,10 @@ def _bench_commands() -> dict[str, Command]:
     return {"demo": Command("Tiny end-to-end run: build models and data, train, score", (DemoConfig,), run_demo, str)}
 
 
-GROUPS["reward"] = ("Train, score and export DeScore reward models", _reward_commands)
+# group -> (description, loader of its command table); loaders import lazily so `--help` stays fast
+GROUPS: dict[str, tuple[str, Callable[[], dict[str, Command]]]] = {
+    "reward": ("Train, score and export DeScore reward models", _reward_commands),
+}
 
 
 def _usage() -> str:
@@ -55,15 +55,17 @@ def _set_run_environment(configs: tuple) -> None:
 
 def check_keys(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Reject unknown flags and YAML keys before any config is built, suggesting the closest known key."""
-    known = {option.lstrip("-").replace("-", "_") for option in parser._option_string_actions}
+    flags = {option.lstrip("-").replace("-", "_") for action in parser._actions for option in action.option_strings}
+    known = {action.dest for action in parser._actions}
     given = [token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")]
+    given = [key for key in given if key not in flags]
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         with open(argv[argv.index("--config") + 1]) as handle:
             values = yaml.safe_load(handle) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{argv[argv.index('--config') + 1]} must hold a YAML mapping of keys to values")
-        given += [key for key in values if key != "env"]
-    unknown = [key for key in given if key not in known | {"config"}]
+        given += [key for key in values if key != "env" and key not in known]
+    unknown = [key for key in given if key != "config"]
     if unknown:
         hints = [
             f"{key} (did you mean {' or '.join(close)}?)" if (close := difflib.get_close_matches(key, known, 3)) else key

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -178,7 +178,7 @@ def _load_pairs(path: str, config: ColdStartConfig) -> PreferenceData:
         ties = sum(pair.label == 0 for pair in data.pairs)
         if ties:
             logger.info("%s: dropping %d tied pair(s) (loss: bt has no tie likelihood)", path, ties)
-        data = PreferenceData(data.source, [p for p in data.pairs if p.label != 0], data.skipped, data.excluded_invalid)
+        data = replace(data, pairs=[pair for pair in data.pairs if pair.label != 0])
     if not data.pairs:
         raise ConfigError(f"{path}: no usable pairs left")
     return data
@@ -252,9 +252,21 @@ def run(config: ColdStartConfig, callbacks: list[TrainerCallback] | None = None)
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = trainer.evaluate() if eval_sets else {}
-    if trainer.args.should_save:
+    final = Path(config.output_dir) / "final"
+    if _parameters_are_sharded(trainer):
+        # Every rank joins the gather; the result is adapter-format (merge later with `descore reward export`).
+        trainer.save_model(str(final))
+    elif trainer.args.should_save:
         if config.merge_final:
             model.merge_lora_()
-        save_descore(model, Path(config.output_dir) / "final", training={**training_info, "global_step": trainer.state.global_step})
+        save_descore(model, final, training={**training_info, "global_step": trainer.state.global_step})
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def _parameters_are_sharded(trainer: DeScoreTrainer) -> bool:
+    """FSDP and DeepSpeed ZeRO-3 shard the weights: only a collective gather can save them."""
+    if trainer.is_fsdp_enabled:
+        return True
+    plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    return plugin is not None and plugin.zero_stage == 3

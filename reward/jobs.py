@@ -12,7 +12,8 @@ from typing import Literal
 import torch
 
 from .checkpoint import atomic_file
-from .data import check_videos, read_preferences
+from .base import ScoredItem
+from .data import PreferencePair, check_videos, read_preferences
 from .errors import ConfigError
 from .losses import pairwise_accuracy
 from .modeling import REWARD_TOKEN, DeScoreModel
@@ -92,6 +93,7 @@ def run_score(config: ScoreConfig) -> ScoreSummary:
             repetition_penalty=config.repetition_penalty,
         ),
         skip_invalid=config.skip_invalid,
+        progress=True,
         device=config.device,
         dtype=config.dtype,
         attn_implementation=config.attn_implementation,
@@ -143,7 +145,9 @@ def run_score(config: ScoreConfig) -> ScoreSummary:
     )
 
 
-def _pair_accuracy(pairs, requests, items, *, use_data_cot: bool) -> tuple[float | None, int]:
+def _pair_accuracy(
+    pairs: list[PreferencePair], requests: list[_Request], items: list[ScoredItem], *, use_data_cot: bool
+) -> tuple[float | None, int]:
     if not pairs:
         return None, 0
     reward = {request: item.reward for request, item in zip(requests, items)}

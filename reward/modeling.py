@@ -147,6 +147,7 @@ class DeScoreModel(nn.Module):
         self.reward_token = reward_token
         self.reward_token_id = reward_token_id
         self.hidden_size = backbone.config.get_text_config().hidden_size
+        self.training_info: dict[str, Any] = {}
         self.head = head if head is not None else nn.Linear(self.hidden_size, 1, bias=False, dtype=torch.float32)
 
     # ----- construction --------------------------------------------------------------------------------
@@ -257,7 +258,7 @@ class DeScoreModel(nn.Module):
             hidden_size=self.hidden_size,
             cot_placement=self.cot_placement,
             video_spec=self.video_spec,
-            training=training if training is not None else getattr(self, "training_info", {}),
+            training=training if training is not None else self.training_info,
         )
 
     def save_pretrained(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .base import RewardOutput, ScoredItem, register_reward
 from .errors import VideoDecodeError
@@ -54,6 +55,7 @@ class DeScoreReward:
         batch_size: videos per generate / forward call.
         generation: CoT decoding settings.
         skip_invalid: record unreadable videos as failed items (reward NaN, ``error`` set) instead of raising.
+        progress: show a progress bar over batches (the CLI does; RL loops don't).
         device, dtype: where and in which dtype to load the backbone (default: CUDA if present, bf16 there).
     """
 
@@ -66,6 +68,7 @@ class DeScoreReward:
         batch_size: int = 4,
         generation: GenerationSettings | Mapping[str, Any] | None = None,
         skip_invalid: bool = False,
+        progress: bool = False,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         attn_implementation: str | None = None,
@@ -85,6 +88,7 @@ class DeScoreReward:
             generation = GenerationSettings(**generation)
         self.generation = generation or GenerationSettings()
         self.skip_invalid = skip_invalid
+        self.progress = progress
         self.name = "descore" if use_cot else "descore_no_cot"
 
     def score(
@@ -106,31 +110,36 @@ class DeScoreReward:
         cots = list(cots) if cots is not None else [None] * count
         instructions = list(instructions) if instructions is not None else [None] * count
         items: list[ScoredItem | None] = [None] * count
-        loaded: list[tuple[int, SampledVideo]] = []
-        for index, source in enumerate(videos):
-            try:
-                loaded.append((index, load_video(source, self.model.video_spec)))
-            except VideoDecodeError as error:
-                if not self.skip_invalid:
-                    raise
-                logger.warning("skipping %s", error)
-                items[index] = ScoredItem(reward=math.nan, error=str(error))
-        for start in range(0, len(loaded), self.batch_size):
-            chunk = loaded[start : start + self.batch_size]
-            indices = [index for index, _ in chunk]
+        # Decode batch by batch: a long list of clips never sits in memory at once.
+        for start in tqdm(range(0, count, self.batch_size), desc=f"scoring ({self.name})", disable=not self.progress):
+            loaded = [(index, clip) for index in range(start, min(start + self.batch_size, count))
+                      if (clip := self._load(videos[index], index, items)) is not None]
+            if not loaded:
+                continue
+            indices = [index for index, _ in loaded]
+            clips = [clip for _, clip in loaded]
             judges = [judge_text(prompts[i], instructions[i]) for i in indices]
-            clips = [clip for _, clip in chunk]
-            chunk_cots: list[str | None] = [None] * len(chunk)
+            chunk_cots = [cots[i] for i in indices]
             if self.use_cot:
-                missing = [j for j, i in enumerate(indices) if cots[i] is None]
-                written = self.generate_cots([judges[j] for j in missing], [clips[j] for j in missing]) if missing else []
-                chunk_cots = [cots[i] for i in indices]
-                for j, text in zip(missing, written):
-                    chunk_cots[j] = text
-            rewards = self.head_rewards(judges, clips, chunk_cots)
+                missing = [j for j, cot in enumerate(chunk_cots) if cot is None]
+                if missing:
+                    written = self.generate_cots([judges[j] for j in missing], [clips[j] for j in missing])
+                    for j, text in zip(missing, written):
+                        chunk_cots[j] = text
+            rewards = self.head_rewards(judges, clips, chunk_cots if self.use_cot else [None] * len(clips))
             for index, reward, cot in zip(indices, rewards.tolist(), chunk_cots):
-                items[index] = _scored(reward, cot)
+                items[index] = _scored(reward, cot if self.use_cot else None)
         return RewardOutput(items=items)
+
+    def _load(self, source: VideoSource, index: int, items: list[ScoredItem | None]) -> SampledVideo | None:
+        try:
+            return load_video(source, self.model.video_spec)
+        except VideoDecodeError as error:
+            if not self.skip_invalid:
+                raise
+            logger.warning("skipping item %d: %s", index, error)
+            items[index] = ScoredItem(reward=math.nan, error=str(error))
+            return None
 
     @torch.no_grad()
     def generate_cots(self, judges: Sequence[JudgeText], videos: Sequence[SampledVideo]) -> list[str]:

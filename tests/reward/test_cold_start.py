@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from benchmarks.synthetic import make_preference_set
+from benchmarks.synthetic import make_preference_set, write_video
 from reward.cold_start import run
 from reward.errors import DataError
 from reward.jobs import ScoreConfig, run_score
@@ -66,7 +67,7 @@ def test_head_reads_the_cot_when_only_the_cot_carries_the_answer(tiny_qwen3_vl_d
     right; without it, it cannot be (chance is 0.5)."""
     train = make_preference_set(tmp_path / "data", pairs=48, task="cot_only", seed=3, file_name="train.csv")
     held_out = make_preference_set(tmp_path / "data", pairs=32, task="cot_only", seed=4, file_name="eval.csv")
-    metrics = run(tiny_config(tiny_qwen3_vl_dir, train, tmp_path / "run", held_out, num_train_epochs=4))
+    metrics = run(tiny_config(tiny_qwen3_vl_dir, train, tmp_path / "run", held_out))
     assert metrics["eval_cot_accuracy"] >= 0.9
     assert metrics["eval_no_cot_accuracy"] <= 0.7
 
@@ -132,3 +133,31 @@ def test_score_skips_unreadable_videos_when_asked(trained, visual_pairs, tmp_pat
     assert (summary.scored, summary.failed) == (2, 2)
     assert [line["reward"] is None for line in lines] == [False, True, True, False]
     assert "no such file" in lines[2]["error"] and "broken.mp4" in lines[1]["error"]
+
+
+def test_train_and_score_on_real_world_videos_of_mixed_kinds(tiny_qwen3_vl_dir, tmp_path):
+    """One CSV mixing codecs, containers' audio tracks, sizes, frame rates and durations the synthetic set
+    never has: every pair is decoded, batched together, trained on and scored."""
+    rng = np.random.default_rng(7)
+    kinds = [  # (codec, frames, height, width, fps, audio)
+        ("libx264", 30, 144, 176, 25.0, True),
+        ("hevc", 24, 240, 320, 29.97, False),
+        ("mpeg4", 90, 90, 160, 30.0, False),
+        ("libsvtav1", 16, 64, 64, 8.0, False),
+        ("libx264", 300, 72, 128, 60.0, True),
+        ("libx264", 12, 360, 640, 12.0, False),
+    ]
+    names = []
+    for index, (codec, frames, height, width, fps, audio) in enumerate(kinds):
+        clip = rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+        names.append(write_video(tmp_path / "videos" / f"{index}.mp4", clip, fps, codec=codec, audio=audio).name)
+    rows = ["prompt,video_a,video_b,label"] + [
+        f"clip {i},videos/{names[i]},videos/{names[(i + 1) % len(names)]},{'AB'[i % 2]}" for i in range(len(names))
+    ]
+    (tmp_path / "mixed.csv").write_text("\n".join(rows) + "\n")
+    run(tiny_config(tiny_qwen3_vl_dir, tmp_path / "mixed.csv", tmp_path / "run", max_steps=2, eval_strategy="no",
+                    per_device_train_batch_size=2, effective_batch_size=2, video_max_pixels=16384))
+    summary = run_score(ScoreConfig(model=str(tmp_path / "run" / "final"), data=str(tmp_path / "mixed.csv"),
+                                    output=str(tmp_path / "s.jsonl"), cot=False, device="cpu"))
+    # each video appears in two pairs with different prompts: 12 distinct (video, prompt) items
+    assert (summary.scored, summary.failed, summary.decided_pairs) == (12, 0, 6)
