@@ -168,14 +168,16 @@ def probe_video(path: str | Path) -> None:
     Raises:
         VideoDecodeError: missing, unreadable (e.g. truncated: no moov atom), or too few frames.
     """
-    total = _open(str(path)).total_frames
-    if total < FRAME_FACTOR:
-        raise VideoDecodeError(str(path), f"it has {total} frame(s); at least {FRAME_FACTOR} are needed")
+    _require_frames(str(path), _open(str(path)).total_frames)
+
+
+def _require_frames(name: str, total_frames: int) -> None:
+    if total_frames < FRAME_FACTOR:
+        raise VideoDecodeError(name, f"it has {total_frames} frame(s); at least {FRAME_FACTOR} are needed")
 
 
 def _sample_indices(name: str, total_frames: int, source_fps: float, spec: VideoSpec) -> list[int]:
-    if total_frames < FRAME_FACTOR:
-        raise VideoDecodeError(name, f"it has {total_frames} frame(s); at least {FRAME_FACTOR} are needed")
+    _require_frames(name, total_frames)
     request = {"fps": spec.fps, "min_frames": spec.min_frames, "max_frames": min(spec.max_frames, total_frames)}
     count = smart_nframes(request, total_frames=total_frames, video_fps=source_fps)
     return torch.linspace(0, total_frames - 1, count).round().long().tolist()
