@@ -25,6 +25,12 @@ def _reward_commands() -> dict[str, Command]:
     return commands()
 
 
+def _tune_commands() -> dict[str, Command]:
+    from generator_rl.cli import commands
+
+    return commands()
+
+
 def _bench_commands() -> dict[str, Command]:
     from .demo import DemoConfig, run_demo
 
@@ -34,6 +40,7 @@ def _bench_commands() -> dict[str, Command]:
 # group -> (description, loader of its command table); loaders import lazily so `--help` stays fast
 GROUPS: dict[str, tuple[str, Callable[[], dict[str, Command]]]] = {
     "reward": ("Train, score and export DeScore reward models", _reward_commands),
+    "tune": ("Post-train Wan-2.1 with reward models: GRPO, Flow-DPO, sampling, doctor", _tune_commands),
 }
 
 
@@ -53,8 +60,10 @@ def _set_run_environment(configs: tuple) -> None:
         os.environ.setdefault("WANDB_DIR", os.path.abspath(output_dir))
 
 
-def check_keys(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Reject unknown flags and YAML keys before any config is built, suggesting the closest known key."""
+def check_keys(parser: argparse.ArgumentParser, argv: list[str], ignored: set[str] = frozenset()) -> None:
+    """Reject unknown flags and YAML keys before any config is built, suggesting the closest known key.
+
+    YAML keys in ``ignored`` (fields of the command's ``ignores`` dataclasses) are allowed and dropped."""
     flags = {option.lstrip("-").replace("-", "_") for action in parser._actions for option in action.option_strings}
     known = {action.dest for action in parser._actions}
     given = [token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")]
@@ -64,7 +73,7 @@ def check_keys(parser: argparse.ArgumentParser, argv: list[str]) -> None:
             values = yaml.safe_load(handle) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{argv[argv.index('--config') + 1]} must hold a YAML mapping of keys to values")
-        given += [key for key in values if key != "env" and key not in known]
+        given += [key for key in values if key != "env" and key not in known and key not in ignored]
     unknown = [key for key in given if key != "config"]
     if unknown:
         hints = [
@@ -78,8 +87,11 @@ def run_command(prog: str, command: Command, argv: list[str]) -> int:
     from trl import TrlParser
 
     parser = TrlParser(command.configs, prog=prog, description=command.help)
-    check_keys(parser, argv)
-    configs = parser.parse_args_and_config(argv)
+    ignored = {name for config in command.ignores for name in config.__dataclass_fields__}
+    check_keys(parser, argv, ignored)
+    configs = parser.parse_args_and_config(argv, return_remaining_strings=bool(ignored))
+    if ignored:
+        configs = configs[:-1]  # the ignored YAML keys, already vetted by check_keys
     _set_run_environment(configs)
     result = command.run(*configs)
     if command.report is not None:

@@ -10,59 +10,17 @@ from __future__ import annotations
 
 import csv
 import json
-from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
-import av
 import numpy as np
 
 from reward.prompts import SUB_DIMENSIONS
+from reward.video import write_video
 
 Task = Literal["visual", "cot_only"]
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230), "yellow": (230, 210, 40)}
 DIRECTIONS = ("left", "right")
-
-
-def write_video(
-    path: str | Path,
-    frames: np.ndarray,
-    fps: float,
-    *,
-    codec: str = "libx264",
-    audio: bool = False,
-) -> Path:
-    """Encode uint8 ``(T, H, W, 3)`` frames with PyAV (any codec PyAV ships: h264, hevc, vp9, av1, mpeg4),
-    optionally with a silent-but-real AAC/Opus audio track."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        audio_stream = None
-        if audio:
-            audio_codec = "libopus" if path.suffix == ".webm" else "aac"
-            audio_stream = container.add_stream(audio_codec, rate=48000 if audio_codec == "libopus" else 44100)
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
-        container.mux(stream.encode())
-        if audio_stream is not None:
-            _write_tone(container, audio_stream, seconds=len(frames) / fps)
-    return path
-
-
-def _write_tone(container: av.container.OutputContainer, stream: av.AudioStream, seconds: float) -> None:
-    rate = stream.rate
-    samples = int(rate * seconds)
-    tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(samples) / rate)).astype(np.float32)
-    chunk = stream.codec_context.frame_size or 1024
-    for start in range(0, samples, chunk):
-        piece = tone[start : start + chunk]
-        frame = av.AudioFrame.from_ndarray(piece[None, :], format="flt", layout="mono")
-        frame.rate = rate
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode())
 
 
 def square_clip(

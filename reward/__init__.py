@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import RewardModel, RewardOutput, ScoredItem, build_reward, register_reward, registered_rewards
+from . import sanity  # noqa: F401  (registers the sanity-check rewards)
 from .scoring import DeScoreReward
 from .video import VideoFrames, VideoSpec, load_video
 

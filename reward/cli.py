@@ -14,6 +14,9 @@ class Command:
     configs: tuple[type, ...]
     run: Callable[..., Any]
     report: Callable[[Any], str] | None = None
+    # Dataclasses whose keys a --config YAML may also hold and this command ignores (e.g. `tune sample`
+    # reading a training recipe for its model and sampling settings).
+    ignores: tuple[type, ...] = ()
 
 
 def _report_score(summary: Any) -> str:

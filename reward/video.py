@@ -12,6 +12,7 @@ Sources of another fps are resampled to ``VideoSpec.fps``, never mis-timed.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -263,3 +264,52 @@ def _open_pyav(name: str) -> _Reader:
         decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     frames = np.stack(decoded) if decoded else np.zeros((0, 1, 1, 3), dtype=np.uint8)
     return _Reader(name, len(frames), fps, lambda indices: frames[indices])
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    *,
+    codec: str = "libx264",
+    audio: bool = False,
+) -> Path:
+    """Encode uint8 ``(T, H, W, 3)`` frames with PyAV (any codec PyAV ships: h264, hevc, vp9, av1, mpeg4),
+    optionally with an audio track (a quiet 440 Hz tone, AAC or Opus for webm).
+
+    Known clash: decord 0.6 bundles its own libvpx, so after ``import decord`` the libvpx (vp8/vp9) *encoders*
+    fail in the same process; decoding is unaffected.
+    """
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        audio_stream = None
+        if audio:
+            audio_codec = "libopus" if path.suffix == ".webm" else "aac"
+            audio_stream = container.add_stream(audio_codec, rate=48000 if audio_codec == "libopus" else 44100)
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+        container.mux(stream.encode())
+        if audio_stream is not None:
+            _write_tone(container, audio_stream, seconds=len(frames) / fps)
+    return path
+
+
+def _write_tone(container: Any, stream: Any, seconds: float) -> None:
+    import av
+
+    rate = stream.rate
+    samples = int(rate * seconds)
+    tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(samples) / rate)).astype(np.float32)
+    chunk = stream.codec_context.frame_size or 1024
+    for start in range(0, samples, chunk):
+        piece = tone[start : start + chunk]
+        frame = av.AudioFrame.from_ndarray(piece[None, :], format="flt", layout="mono")
+        frame.rate = rate
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())

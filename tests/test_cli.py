@@ -59,3 +59,23 @@ def test_console_script_runs():
     finished = subprocess.run([sys.executable, "-m", "benchmarks.cli", "reward", "--help"], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0 and "score" in finished.stdout
+
+
+def test_tune_group_lists_its_commands(capsys):
+    assert main(["tune", "--help"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("grpo", "flow-dpo", "sample", "doctor"))
+
+
+def test_tune_sample_from_flags(tmp_path, capsys):
+    from generator_rl.tiny_wan import save_tiny_wan
+
+    model = save_tiny_wan(tmp_path / "wan")
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("prompt,extra\na red square,1\na dog,2\n")
+    assert main(["tune", "sample", "--config", str(REPO_ROOT / "configs" / "generator" / "tiny_grpo.yaml"),
+                 "--model", str(model), "--prompts", str(prompts), "--out", str(tmp_path / "videos"),
+                 "--device", "cpu"]) == 0
+    assert "wrote 2 video(s)" in capsys.readouterr().out
+    index = (tmp_path / "videos" / "index.csv").read_text().splitlines()
+    assert index[0] == "prompt,seed,file" and index[1] == "a red square,0,0000_0.mp4" and index[2] == "a dog,1000,0001_0.mp4"

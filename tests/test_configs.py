@@ -59,3 +59,33 @@ def test_accelerate_configs_are_valid(recipe):
 
     config = load_config_from_file(str(recipe))
     assert config.num_processes >= 8 and config.mixed_precision == "bf16"
+
+
+GENERATOR_RECIPES = sorted((CONFIGS / "generator").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", GENERATOR_RECIPES, ids=[path.stem for path in GENERATOR_RECIPES])
+def test_generator_recipes_load(recipe):
+    from generator_rl.config import PolicyArguments, RunArguments
+    from generator_rl.flow_dpo import FlowDpoArguments
+    from generator_rl.grpo import GrpoArguments
+
+    algorithm = GrpoArguments if "grpo" in recipe.stem else FlowDpoArguments
+    policy, run, arguments = TrlParser([PolicyArguments, RunArguments, algorithm]).parse_args_and_config(
+        ["--config", str(recipe), "--prompts", "p.txt"]
+    )
+    values = yaml.safe_load(recipe.read_text())
+    assert [term.to_dict()["name"] for term in arguments.rewards] == [entry["name"] for entry in values["rewards"]]
+    assert policy.num_steps == values["num_steps"] and run.learning_rate == values["learning_rate"]
+
+
+def test_wan_recipes_follow_the_reference_defaults():
+    from generator_rl.config import PolicyArguments, RunArguments
+    from generator_rl.grpo import GrpoArguments
+
+    policy, run, grpo = TrlParser([PolicyArguments, RunArguments, GrpoArguments]).parse_args_and_config(
+        ["--config", str(CONFIGS / "generator" / "grpo_wan1.3b.yaml"), "--prompts", "p.txt"]
+    )
+    assert (policy.num_steps, policy.guidance_scale, policy.noise_level, policy.sde) == (20, 4.5, 0.7, "flow_sde")
+    assert (grpo.group_size, grpo.clip_range, grpo.beta, grpo.adv_clip_max) == (4, 1e-3, 0.004, 5.0)
+    assert (policy.lora_rank, policy.lora_alpha) == (32, 64) and "ffn.net.0.proj" in policy.lora_target_modules

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from trl import TrlParser
 
-from benchmarks.synthetic import square_clip, write_video
+from benchmarks.synthetic import square_clip
+from reward.video import write_video
 from reward.cold_start import ColdStartConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

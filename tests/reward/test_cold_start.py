@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from benchmarks.synthetic import make_preference_set, write_video
+from benchmarks.synthetic import make_preference_set
+from reward.video import write_video
 from reward.cold_start import run
 from reward.errors import DataError
 from reward.jobs import ScoreConfig, run_score

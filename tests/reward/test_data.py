@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from benchmarks.synthetic import _write_tone, write_video
+from reward.video import _write_tone, write_video
 from reward.data import PreferencePair, check_videos, read_preferences
 from reward.errors import DataError
 

@@ -26,7 +26,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import resize
 
-from benchmarks.synthetic import write_video
+from reward.video import write_video
 from reward.errors import VideoDecodeError
 from reward.video import VideoFrames, VideoSpec, load_video, probe_video
 
@@ -320,7 +320,7 @@ VARIETY = {
 _WRITER = """
 import json, sys
 import numpy as np
-from benchmarks.synthetic import write_video
+from reward.video import write_video
 for path, codec, frames, height, width, fps, audio in json.loads(sys.argv[1]):
     levels = (40 + np.round(160 * np.arange(frames) / (frames - 1))).astype(np.uint8)
     clip = np.ascontiguousarray(np.broadcast_to(levels[:, None, None, None], (frames, height, width, 3)))

@@ -1,0 +1,34 @@
+"""The ``descore tune …`` commands: one table of (config dataclasses, run function)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reward.cli import Command
+
+
+def _report_run(result: dict[str, Any]) -> str:
+    history = result.get("reward_history")
+    if history:
+        return f"mean reward: first step {history[0]:.5f}, last step {history[-1]:.5f}\nLoRA: {result['final']}"
+    return f"LoRA: {result['final']}"
+
+
+def commands() -> dict[str, Command]:
+    from .config import PolicyArguments, RunArguments
+    from .doctor import DoctorArguments, run_doctor
+    from .flow_dpo import FlowDpoArguments, run_flow_dpo
+    from .grpo import GrpoArguments, run_grpo
+    from .sample import SampleArguments, run_sample
+
+    return {
+        "grpo": Command("GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
+                        (PolicyArguments, RunArguments, GrpoArguments), run_grpo, _report_run),
+        "flow-dpo": Command("Flow-DPO on reward-ranked pairs (offline or online)",
+                            (PolicyArguments, RunArguments, FlowDpoArguments), run_flow_dpo, _report_run),
+        "sample": Command("Sample videos from the base model or a LoRA with fixed per-prompt seeds",
+                          (PolicyArguments, SampleArguments), run_sample, lambda paths: f"wrote {len(paths)} video(s)",
+                          ignores=(RunArguments, GrpoArguments, FlowDpoArguments)),
+        "doctor": Command("A few tiny GRPO steps: log-prob parity, ratio == 1, reward rises",
+                          (PolicyArguments, RunArguments, GrpoArguments, DoctorArguments), run_doctor, str),
+    }

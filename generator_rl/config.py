@@ -1,0 +1,133 @@
+"""Arguments shared by the generator jobs: the policy (Wan + LoRA + sampling) and the run (output, logging).
+
+Each job parses ``(PolicyArguments, RunArguments, <AlgorithmArguments>)`` with the CLI's YAML + flag rules.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from reward.errors import ConfigError
+
+from .policy import LoraSpec, VideoShape, WanPolicy
+from .rollout import SdeSettings
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class PolicyArguments:
+    """The Wan policy: weights, LoRA, resolution and how rollouts are sampled."""
+
+    model: str = field(default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", metadata={"help": "Diffusers Wan checkpoint: local dir or hub id."})
+    transformer_dtype: Dtype = field(default="bfloat16", metadata={"help": "Transformer weights (the VAE is always float32)."})
+    text_encoder_dtype: Dtype = field(default="bfloat16", metadata={"help": "UMT5 weights; it is dropped after prompts are cached."})
+    lora_rank: int = field(default=32, metadata={"help": "LoRA rank on attention (q, k, v, out) and FFN."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LoraSpec.target_modules), metadata={"help": "Module names that get LoRA."}
+    )
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute transformer blocks in backward."})
+    height: int = field(default=480, metadata={"help": "Video height (multiple of 16)."})
+    width: int = field(default=832, metadata={"help": "Video width (multiple of 16)."})
+    num_frames: int = field(default=33, metadata={"help": "Frames (4k + 1)."})
+    num_steps: int = field(default=20, metadata={"help": "Denoising steps per rollout (Flow-GRPO: 20 for Wan)."})
+    guidance_scale: float = field(default=4.5, metadata={"help": "CFG scale in sampling and training; 1 disables CFG."})
+    negative_prompt: str = field(default="", metadata={"help": "Negative prompt of the unconditional branch."})
+    max_sequence_length: int = field(default=512, metadata={"help": "UMT5 tokens per prompt (Wan: 512)."})
+    sde: Literal["flow_sde", "cps", "dance"] = field(default="flow_sde", metadata={"help": "Stochastic step (generator_rl/sde.py)."})
+    noise_level: float = field(default=0.7, metadata={"help": "flow_sde/cps noise level a, or DanceGRPO's eta."})
+    sde_window: int | None = field(
+        default=None, metadata={"help": "Flow-GRPO-Fast: only this many consecutive steps are stochastic and trained."}
+    )
+    sde_window_range: list[int] | None = field(
+        default=None, metadata={"help": "[first, last) step range the window is placed in; default all but the last."}
+    )
+    vae_tiling: bool = field(default=False, metadata={"help": "Decode in tiles (less memory)."})
+    vae_slicing: bool = field(default=False, metadata={"help": "Decode one video at a time (less memory)."})
+
+    def __post_init__(self) -> None:
+        if self.sde_window_range is not None and len(self.sde_window_range) != 2:
+            raise ConfigError(f"sde_window_range needs two numbers [first, last), got {self.sde_window_range}")
+        if self.num_steps < 2:
+            raise ConfigError(f"num_steps must be >= 2 (the last step is deterministic), got {self.num_steps}")
+
+    @property
+    def shape(self) -> VideoShape:
+        return VideoShape(self.height, self.width, self.num_frames)
+
+    @property
+    def sde_settings(self) -> SdeSettings:
+        window_range = tuple(self.sde_window_range) if self.sde_window_range else None
+        return SdeSettings(kind=self.sde, noise_level=self.noise_level, window=self.sde_window, window_range=window_range)
+
+    def lora(self) -> LoraSpec:
+        return LoraSpec(rank=self.lora_rank, alpha=self.lora_alpha, target_modules=tuple(self.lora_target_modules))
+
+    def load_policy(self, device: torch.device, *, with_lora: bool = True) -> WanPolicy:
+        policy = WanPolicy.from_pretrained(
+            self.model,
+            device=device,
+            transformer_dtype=DTYPES[self.transformer_dtype],
+            text_encoder_dtype=DTYPES[self.text_encoder_dtype],
+            lora=self.lora() if with_lora else None,
+            max_sequence_length=self.max_sequence_length,
+            vae_tiling=self.vae_tiling,
+            vae_slicing=self.vae_slicing,
+        )
+        policy.negative_prompt = self.negative_prompt
+        if self.gradient_checkpointing:
+            policy.transformer.enable_gradient_checkpointing()
+        return policy
+
+
+@dataclass
+class RunArguments:
+    """Where a run writes, how it logs and checkpoints."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Run directory (checkpoints, samples, logs, final LoRA)."})
+    prompts: str | None = field(default=None, metadata={"help": "Prompt file: .txt (one per line) or .csv with a 'prompt' column."})
+    seed: int = field(default=0, metadata={"help": "Seed of prompts order, initial noise and SDE noise."})
+    max_steps: int = field(default=100, metadata={"help": "Optimizer steps (GRPO: one rollout each)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA weights."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (flow_grpo: 1e-4)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip."})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="bf16", metadata={"help": "accelerate mixed precision."})
+    save_every: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable state + LoRA)."})
+    sample_every: int = field(default=50, metadata={"help": "Write sample mp4s every N steps (0: never)."})
+    log_every: int = field(default=1, metadata={"help": "Log metrics every N steps."})
+    report_to: Literal["wandb", "tensorboard", "none"] = field(
+        default="wandb", metadata={"help": "Tracker (wandb runs offline unless logged in)."}
+    )
+    ema_decay: float | None = field(default=None, metadata={"help": "EMA of the LoRA weights (e.g. 0.9); None: off."})
+    save_fused: bool = field(default=False, metadata={"help": "Also write the full transformer with LoRA fused in."})
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None or self.prompts is None:
+            raise ConfigError("output_dir and prompts are required")
+        if self.max_steps < 1 or self.save_every < 1:
+            raise ConfigError(f"max_steps and save_every must be >= 1, got {self.max_steps} and {self.save_every}")
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a .txt (one per non-empty line) or a .csv/.tsv with a ``prompt`` column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompt file {path} does not exist")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            if "prompt" not in (reader.fieldnames or []):
+                raise ConfigError(f"{path} has no 'prompt' column (columns: {reader.fieldnames})")
+            prompts = [row["prompt"].strip() for row in reader if (row["prompt"] or "").strip()]
+    else:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"{path} holds no prompts")
+    return prompts

@@ -1,0 +1,247 @@
+"""Flow-DPO for Wan-2.1 (VideoAlign, arXiv 2501.13918; reference/generator_rl.md §4).
+
+1. **Pairs.** For every prompt the reference policy samples ``samples_per_prompt`` videos (deterministic ODE
+   sampling with CFG, seeded per prompt), any reward model ranks them, and the best and the worst (or every
+   pair whose reward gap exceeds ``pair_margin``) are stored on disk as clean latents + prompt embedding +
+   rewards (``PairStore``: resumable, reusable by later runs).
+2. **Loss.** Winner and loser share the noise ε and the timestep σ ~ logit-normal; with x_t = (1 − σ)·x0 + σ·ε
+   and v = ε − x0, loss = −log σ(−β/2 · [(‖v_w − v_θ(x_t^w)‖² − ‖v_w − v_ref(x_t^w)‖²) − (same for the loser)])
+   with a constant β (VideoAlign found the timestep-dependent β over-optimises). The reference is the base
+   model (adapters disabled).
+3. **Online.** With ``online_every = K``, every K steps the reference is refreshed from the current policy and
+   a new round of pairs is sampled from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from reward.errors import ConfigError
+
+from .checkpointing import RunState, export_final, latest_checkpoint, register_lora_hooks, save_checkpoint
+from .config import PolicyArguments, RunArguments, read_prompts
+from .losses import flow_dpo_loss
+from .pair_store import PairRecord, PairStore
+from .policy import WanPolicy
+from .rewards import RewardMix, RewardTerm
+from .rollout import sample_trajectory
+from .run import make_accelerator, permuted_slice, seeded_generator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FlowDpoArguments:
+    rewards: list[RewardTerm] | None = field(default=None, metadata={"help": "Reward terms that rank the samples."})
+    samples_per_prompt: int = field(default=4, metadata={"help": "Videos sampled per prompt to build pairs (N)."})
+    pair_mode: Literal["best_worst", "all_above_margin"] = field(
+        default="best_worst", metadata={"help": "best vs worst sample, or every pair whose reward gap exceeds the margin."}
+    )
+    pair_margin: float = field(default=0.0, metadata={"help": "Minimum reward gap of a pair."})
+    pair_dir: str | None = field(default=None, metadata={"help": "Pair store (default output_dir/pairs); reusable."})
+    beta: float = field(default=100.0, metadata={"help": "Constant DPO beta (flow_grpo's Flow-DPO: 100)."})
+    train_batch_size: int = field(default=2, metadata={"help": "Pairs per micro-batch on a process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    logit_mean: float = field(default=0.0, metadata={"help": "Logit-normal timestep sampling: mean."})
+    logit_std: float = field(default=1.0, metadata={"help": "Logit-normal timestep sampling: std."})
+    online_every: int | None = field(
+        default=None, metadata={"help": "Online Flow-DPO: refresh the reference and re-sample pairs every K steps."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.rewards:
+            raise ConfigError("rewards is required, e.g. --rewards name=descore_no_cot,path=runs/descore/final")
+        self.rewards = [term if isinstance(term, RewardTerm) else RewardTerm(term) for term in self.rewards]
+        if self.samples_per_prompt < 2:
+            raise ConfigError(f"samples_per_prompt must be >= 2 to form pairs, got {self.samples_per_prompt}")
+        if self.online_every is not None and self.online_every < 1:
+            raise ConfigError(f"online_every must be >= 1, got {self.online_every}")
+
+
+def build_pairs(
+    policy: WanPolicy,
+    rewards: RewardMix,
+    prompts: list[str],
+    store: PairStore,
+    *,
+    round_: int,
+    policy_args: PolicyArguments,
+    dpo: FlowDpoArguments,
+    seed: int,
+    accelerator: Accelerator,
+) -> None:
+    """Sample, score and store the pairs of one round; prompts already in the store are skipped."""
+    sigmas, timesteps = policy.schedule(policy_args.num_steps)
+    shape = policy.latent_shape(dpo.samples_per_prompt, policy_args.shape)
+    done = store.done_prompts(round_)
+    mine = [i for i in range(len(prompts)) if i % accelerator.num_processes == accelerator.process_index and i not in done]
+    for prompt_index in tqdm(mine, desc=f"pairs (round {round_})", disable=not accelerator.is_main_process):
+        prompt = prompts[prompt_index]
+        noise = torch.stack([
+            torch.randn(shape[1:], generator=seeded_generator(seed, round_, "pair-noise", prompt_index, n))
+            for n in range(dpo.samples_per_prompt)
+        ]).to(policy.device)
+        conditional, unconditional = policy.prompt_embeddings([prompt] * dpo.samples_per_prompt)
+        with policy.reference(), accelerator.autocast():
+            trajectory = sample_trajectory(
+                lambda latents, index: policy.velocity(latents, timesteps[index], conditional, unconditional, policy_args.guidance_scale),
+                noise, sigmas, settings=policy_args.sde_settings, stochastic=[],
+                generators=[torch.Generator() for _ in range(dpo.samples_per_prompt)],
+            )
+        frames = policy.decode(trajectory.final)
+        scores = rewards.score(policy.as_reward_inputs(frames), [prompt] * dpo.samples_per_prompt).total
+        pairs = select_pairs(scores, mode=dpo.pair_mode, margin=dpo.pair_margin)
+        base = dict(round=round_, prompt_index=prompt_index, prompt=prompt, model=policy_args.model, latent_shape=list(shape[1:]))
+        if not pairs:
+            store.mark_without_pair(accelerator.process_index, PairRecord(**base, file="", winner_reward=math.nan, loser_reward=math.nan))
+        for k, (winner, loser) in enumerate(pairs):
+            record = PairRecord(
+                **base, file=f"pairs/{round_}_{prompt_index}_{k}.safetensors",
+                winner_reward=float(scores[winner]), loser_reward=float(scores[loser]),
+            )
+            store.add(
+                accelerator.process_index, record, winner=trajectory.final[winner], loser=trajectory.final[loser],
+                prompt_embeds=conditional[0],
+            )
+    accelerator.wait_for_everyone()
+
+
+def select_pairs(scores: torch.Tensor, *, mode: str, margin: float) -> list[tuple[int, int]]:
+    """(winner, loser) indices. NaN scores never take part."""
+    finite = [i for i in range(len(scores)) if math.isfinite(float(scores[i]))]
+    if len(finite) < 2:
+        return []
+    if mode == "best_worst":
+        best = max(finite, key=lambda i: float(scores[i]))
+        worst = min(finite, key=lambda i: float(scores[i]))
+        return [(best, worst)] if float(scores[best] - scores[worst]) > margin else []
+    return [(i, j) for i in finite for j in finite if float(scores[i] - scores[j]) > margin]
+
+
+def dpo_micro_step(
+    policy: WanPolicy, batch: dict[str, torch.Tensor], *, dpo: FlowDpoArguments, generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of a micro-batch of pairs (winner and loser share noise and timestep)."""
+    winner, loser, embeds = batch["winner"], batch["loser"], batch["prompt_embeds"]
+    pairs = winner.shape[0]
+    sigma = torch.sigmoid(dpo.logit_mean + dpo.logit_std * torch.randn(pairs, generator=generator))
+    noise = torch.randn(winner.shape, generator=generator).to(winner.device)
+    clean = torch.cat([winner, loser])
+    sigma_b = sigma.repeat(2).view(-1, *([1] * (clean.ndim - 1))).to(clean.device)
+    noised = (1 - sigma_b) * clean + sigma_b * torch.cat([noise, noise])
+    target = torch.cat([noise, noise]) - clean
+    text = torch.cat([embeds, embeds])
+    timesteps = (sigma.repeat(2) * 1000).to(clean.device)
+    model_error = _errors(policy.velocity(noised, timesteps, text, text, 1.0), target)
+    with torch.no_grad(), policy.reference():
+        reference_error = _errors(policy.velocity(noised, timesteps, text, text, 1.0), target)
+    result = flow_dpo_loss(
+        model_error[:pairs], model_error[pairs:], reference_error[:pairs], reference_error[pairs:], beta=dpo.beta
+    )
+    model_error = model_error.detach()
+    stats = {
+        "implicit_accuracy": float((result.margin > 0).float().mean()),
+        "model_winner_error": float(model_error[:pairs].mean()),
+        "model_loser_error": float(model_error[pairs:].mean()),
+        "reference_winner_error": float(reference_error[:pairs].mean()),
+        "reference_loser_error": float(reference_error[pairs:].mean()),
+    }
+    return result.loss.mean(), stats
+
+
+def _errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+
+
+def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments) -> dict[str, Any]:
+    run_dir = Path(run_args.output_dir)
+    accelerator = make_accelerator(run_args, project="descore-flow-dpo", config={"policy": policy_args, "run": run_args, "dpo": dpo})
+    set_seed(run_args.seed)
+    prompts = read_prompts(run_args.prompts)
+    policy = policy_args.load_policy(accelerator.device)
+    policy.cache_prompts(prompts)
+    policy.offload_text_encoder()
+    rewards = RewardMix(dpo.rewards)
+    store = PairStore(dpo.pair_dir or run_dir / "pairs")
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=run_args.learning_rate, weight_decay=run_args.weight_decay)
+    model, optimizer = accelerator.prepare(policy.transformer, optimizer)
+    policy.runner = model
+    state = RunState()
+    accelerator.register_for_checkpointing(state)
+    register_lora_hooks(accelerator, policy)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+        accelerator.load_state(str(checkpoint))
+    history: list[dict[str, float]] = []
+    progress = tqdm(range(state.step, run_args.max_steps), desc="Flow-DPO", disable=not accelerator.is_main_process)
+    round_ = None
+    for step in progress:
+        current = step // dpo.online_every if dpo.online_every else 0
+        if current != round_:
+            round_ = current
+            if round_ > 0:
+                policy.refresh_reference()
+            build_pairs(policy, rewards, prompts, store, round_=round_, policy_args=policy_args, dpo=dpo,
+                        seed=run_args.seed, accelerator=accelerator)
+            records = store.pairs(round_)
+            if not records:
+                raise ConfigError(f"round {round_} produced no pairs: all samples of every prompt tied within the margin")
+        metrics = _optimizer_step(policy, model, optimizer, accelerator, store, records, step=step, dpo=dpo, run_args=run_args)
+        state.step = step + 1
+        history.append(metrics)
+        if accelerator.is_main_process and step % run_args.log_every == 0:
+            accelerator.log(metrics, step=step)
+            progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/implicit_accuracy']:.2f}")
+        if state.step % run_args.save_every == 0 or state.step == run_args.max_steps:
+            save_checkpoint(accelerator, run_dir, state.step, {"loss": metrics["train/loss"]})
+    accelerator.wait_for_everyone()
+    final = export_final(policy, run_dir, fused=run_args.save_fused) if accelerator.is_main_process else run_dir / "final"
+    accelerator.end_training()
+    return {"history": history, "final": str(final)}
+
+
+def _optimizer_step(
+    policy: WanPolicy,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    store: PairStore,
+    records: list[PairRecord],
+    *,
+    step: int,
+    dpo: FlowDpoArguments,
+    run_args: RunArguments,
+) -> dict[str, float]:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches of pairs (seeded order)."""
+    per_step = dpo.train_batch_size * dpo.gradient_accumulation_steps * accelerator.num_processes
+    chosen = permuted_slice(len(records), step, per_step, run_args.seed)
+    mine = chosen[accelerator.process_index :: accelerator.num_processes]
+    collected: dict[str, list[float]] = {}
+    for micro in range(dpo.gradient_accumulation_steps):
+        picks = mine[micro * dpo.train_batch_size : (micro + 1) * dpo.train_batch_size]
+        loaded = [store.load(records[i]) for i in picks]
+        batch = {key: torch.stack([item[key] for item in loaded]).to(accelerator.device) for key in loaded[0]}
+        last = micro == dpo.gradient_accumulation_steps - 1
+        generator = seeded_generator(run_args.seed, step, "dpo-noise", accelerator.process_index, micro)
+        with (contextlib.nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
+            loss, stats = dpo_micro_step(policy, batch, dpo=dpo, generator=generator)
+            accelerator.backward(loss / dpo.gradient_accumulation_steps)
+        for key, value in {"loss": loss.item(), **stats}.items():
+            collected.setdefault(key, []).append(value)
+    grad_norm = accelerator.clip_grad_norm_(policy.trainable_parameters(), run_args.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    metrics = {f"train/{key}": float(np.mean(values)) for key, values in collected.items()}
+    return metrics | {"train/grad_norm": float(grad_norm), "train/pairs": float(len(records))}

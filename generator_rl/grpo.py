@@ -1,0 +1,393 @@
+"""GRPO on flow matching for Wan-2.1 (Flow-GRPO, with the DanceGRPO and LongCat-GRPO variants).
+
+One optimizer step = one rollout:
+
+1. **Prompts.** ``prompts_per_step`` prompts (over all processes) walk through seeded permutations of the
+   prompt file; each process takes an equal share and samples ``group_size`` videos per prompt.
+2. **Rollout.** Trajectories along the checkpoint's schedule with CFG; the stochastic steps (all but the last,
+   or a Flow-GRPO-Fast window) record their log-probabilities. Every sample draws its noise from its own
+   generator seeded by (seed, step, sample id): samples do not depend on the batch or the number of processes.
+   ``shared_noise`` gives a group one initial noise (DanceGRPO).
+3. **Rewards.** Frames decoded in memory go to the weighted reward mix (any registry reward); each term logged.
+4. **Advantages.** Rewards and group ids are gathered from every process, normalised per group (``std_mode``:
+   group / LongCat ``max_group`` / ``global``), and each process keeps its own rows. NaN rewards are masked.
+5. **Update.** PPO-clip on each stochastic step with the advantage clamped, plus β · closed-form KL to the
+   reference (adapters disabled); CFG in training as in sampling; gradients accumulated over samples and steps.
+
+Resumable from ``output_dir/checkpoints``; metrics through accelerate's trackers, per-sample records in
+``rollouts.jsonl``, sample mp4s in ``samples/``, the LoRA (diffusers format) in ``final/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+from reward.errors import ConfigError
+
+from .advantages import group_advantages
+from .checkpointing import RunState, export_final, latest_checkpoint, register_lora_hooks, save_checkpoint
+from .config import PolicyArguments, RunArguments, read_prompts
+from .losses import ppo_clip_loss
+from .policy import WanPolicy
+from .rewards import RewardMix, RewardTerm
+from .rollout import Trajectory, sample_trajectory
+from .run import make_accelerator, permuted_slice, seeded_generator, write_samples
+from .sde import StepOutput, gaussian_kl, sde_step, step_mean_std
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GrpoArguments:
+    """GRPO-specific settings (defaults: Flow-GRPO's Wan recipe, reference/generator_rl.md §1.8)."""
+
+    rewards: list[RewardTerm] | None = field(
+        default=None, metadata={"help": "Reward terms, e.g. name=descore_no_cot,path=runs/descore/final,weight=1.0"}
+    )
+    group_size: int = field(default=4, metadata={"help": "Videos per prompt (the GRPO group)."})
+    prompts_per_step: int = field(default=8, metadata={"help": "Prompts per optimizer step over all processes."})
+    rollout_batch_size: int = field(default=4, metadata={"help": "Videos sampled per forward on a process."})
+    train_batch_size: int = field(default=2, metadata={"help": "Videos per training micro-batch on a process."})
+    shared_noise: bool = field(default=False, metadata={"help": "One initial noise per group (DanceGRPO)."})
+    std_mode: Literal["group", "max_group", "global"] = field(
+        default="group", metadata={"help": "Advantage scale: group std, LongCat max group std, or batch std."}
+    )
+    clip_range: float = field(default=1e-3, metadata={"help": "PPO ratio clip (Wan: 1e-3)."})
+    adv_clip_max: float = field(default=5.0, metadata={"help": "Advantage clamp."})
+    beta: float = field(default=0.004, metadata={"help": "KL weight to the reference (adapters disabled); 0: off."})
+    train_fraction: float = field(
+        default=1.0, metadata={"help": "Share of the stochastic steps trained per micro-batch (DanceGRPO: 0.6)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.rewards:
+            raise ConfigError("rewards is required, e.g. --rewards name=brightness,weight=1.0")
+        self.rewards = [term if isinstance(term, RewardTerm) else RewardTerm(term) for term in self.rewards]
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 for group-relative advantages, got {self.group_size}")
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"train_fraction must lie in (0, 1], got {self.train_fraction}")
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]
+    group_ids: torch.Tensor  # (N,) global group index within the step
+    sample_ids: torch.Tensor  # (N,) global sample index within the step
+    trajectory: Trajectory
+    rewards: torch.Tensor  # (N,) total
+    terms: dict[str, torch.Tensor]
+    frames: torch.Tensor  # (N, T, 3, H, W) in [0, 1], kept for samples
+
+
+def collect(
+    policy: WanPolicy,
+    rewards: RewardMix,
+    prompts: list[str],
+    *,
+    policy_args: PolicyArguments,
+    grpo: GrpoArguments,
+    step: int,
+    seed: int,
+    group_offset: int,
+    accelerator: Accelerator,
+) -> Rollout:
+    """Sample ``group_size`` videos for each local prompt, decode them and score them."""
+    sigmas, timesteps = policy.schedule(policy_args.num_steps)
+    stochastic = policy_args.sde_settings.stochastic_steps(policy_args.num_steps, seeded_generator(seed, step, "window"))
+    group_ids = torch.arange(len(prompts)).repeat_interleave(grpo.group_size) + group_offset
+    sample_ids = group_ids * grpo.group_size + torch.arange(grpo.group_size).repeat(len(prompts))
+    sample_prompts = [prompts[i] for i in range(len(prompts)) for _ in range(grpo.group_size)]
+    shape = policy.latent_shape(1, policy_args.shape)[1:]
+    trajectories, frames, scores = [], [], []
+    for start in range(0, len(sample_prompts), grpo.rollout_batch_size):
+        ids = range(start, min(start + grpo.rollout_batch_size, len(sample_prompts)))
+        noise_keys = [("noise", int(group_ids[i])) if grpo.shared_noise else ("noise", "sample", int(sample_ids[i])) for i in ids]
+        noise = torch.stack([torch.randn(shape, generator=seeded_generator(seed, step, *key)) for key in noise_keys])
+        conditional, unconditional = policy.prompt_embeddings([sample_prompts[i] for i in ids])
+        with accelerator.autocast():
+            trajectory = sample_trajectory(
+                lambda latents, index: policy.velocity(
+                    latents, timesteps[index], conditional, unconditional, policy_args.guidance_scale
+                ),
+                noise.to(policy.device),
+                sigmas,
+                settings=policy_args.sde_settings,
+                stochastic=stochastic,
+                generators=[seeded_generator(seed, step, "sde", int(sample_ids[i])) for i in ids],
+            )
+        decoded = policy.decode(trajectory.final)
+        scores.append(rewards.score(policy.as_reward_inputs(decoded), [sample_prompts[i] for i in ids]))
+        trajectories.append(trajectory)
+        frames.append(decoded.cpu())
+    return Rollout(
+        prompts=sample_prompts,
+        group_ids=group_ids,
+        sample_ids=sample_ids,
+        trajectory=Trajectory(
+            steps=trajectories[0].steps,
+            states=torch.cat([t.states for t in trajectories]),
+            next_states=torch.cat([t.next_states for t in trajectories]),
+            log_probs=torch.cat([t.log_probs for t in trajectories]),
+            final=torch.cat([t.final for t in trajectories]),
+        ),
+        rewards=torch.cat([score.total for score in scores]),
+        terms={label: torch.cat([score.terms[label] for score in scores]) for label in scores[0].terms},
+        frames=torch.cat(frames),
+    )
+
+
+def gathered_advantages(accelerator: Accelerator, rollout: Rollout, std_mode: str) -> tuple[torch.Tensor, float]:
+    """Gather rewards and group ids from every process, normalise per group, return this process's rows."""
+    local = torch.stack([rollout.rewards.float(), rollout.group_ids.float()], dim=1).to(accelerator.device)
+    everything = accelerator.gather(local).cpu()
+    advantages = group_advantages(everything[:, 0], everything[:, 1].long(), std_mode=std_mode)
+    rows = len(rollout.rewards)
+    mine = advantages.values[accelerator.process_index * rows : (accelerator.process_index + 1) * rows]
+    return mine, advantages.zero_std_fraction
+
+
+def score_step(
+    policy: WanPolicy,
+    policy_args: PolicyArguments,
+    state: torch.Tensor,
+    next_state: torch.Tensor,
+    step: int,
+    *,
+    conditional: torch.Tensor,
+    unconditional: torch.Tensor,
+) -> StepOutput:
+    """Log-probability of a recorded transition under the current policy — the training-time twin of the
+    sampling step (same guidance, same SDE), so a fresh policy reproduces the sampling log-prob exactly."""
+    sigmas, timesteps = policy.schedule(policy_args.num_steps)
+    velocity = policy.velocity(state, timesteps[step], conditional, unconditional, policy_args.guidance_scale)
+    return sde_step(
+        velocity, state, float(sigmas[step]), float(sigmas[step + 1]), kind=policy_args.sde,
+        noise_level=policy_args.noise_level, sigma_max=float(sigmas[1]), next_sample=next_state,
+    )
+
+
+def update(
+    policy: WanPolicy,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    rollout: Rollout,
+    advantages: torch.Tensor,
+    *,
+    policy_args: PolicyArguments,
+    grpo: GrpoArguments,
+    max_grad_norm: float,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One optimizer step of PPO-clip (+ KL) over every valid sample and trained step of the rollout."""
+    sigmas, timesteps = policy.schedule(policy_args.num_steps)
+    sigma_max = float(sigmas[1])
+    trajectory = rollout.trajectory
+    valid = torch.isfinite(advantages).nonzero().flatten()
+    order = valid[torch.randperm(len(valid), generator=generator)]
+    batches = list(order.split(grpo.train_batch_size))
+    count = max(1, round(len(trajectory.steps) * grpo.train_fraction))
+    stats: dict[str, list[float]] = {key: [] for key in ("loss", "policy_loss", "kl", "ratio", "clipped", "log_ratio")}
+    total = max(1, len(batches) * count)
+    parameters = policy.trainable_parameters()
+    if not batches:  # every reward failed on this process: join the gradient all-reduce with zeros
+        accelerator.backward(sum(parameter.sum() for parameter in parameters) * 0.0)
+    for batch_index, indices in enumerate(batches):
+        positions = torch.randperm(len(trajectory.steps), generator=generator)[:count].sort().values.tolist()
+        conditional, unconditional = policy.prompt_embeddings([rollout.prompts[i] for i in indices.tolist()])
+        for position_index, position in enumerate(positions):
+            last = batch_index == len(batches) - 1 and position_index == len(positions) - 1
+            step = trajectory.steps[position]
+            sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
+            state = trajectory.states[indices, position]
+            with (contextlib.nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
+                output = score_step(
+                    policy, policy_args, state, trajectory.next_states[indices, position], step,
+                    conditional=conditional, unconditional=unconditional,
+                )
+                clipped = ppo_clip_loss(
+                    output.log_prob, trajectory.log_probs[indices, position].to(output.log_prob.device),
+                    advantages[indices].to(output.log_prob.device), clip_range=grpo.clip_range,
+                    adv_clip_max=grpo.adv_clip_max,
+                )
+                loss = clipped.loss.mean()
+                kl = torch.zeros(())
+                if grpo.beta > 0:
+                    with torch.no_grad(), policy.reference():
+                        reference = policy.velocity(
+                            state, timesteps[step], conditional, unconditional, policy_args.guidance_scale
+                        )
+                    reference_mean, _ = step_mean_std(
+                        reference, state, sigma, sigma_next, kind=policy_args.sde,
+                        noise_level=policy_args.noise_level, sigma_max=sigma_max,
+                    )
+                    kl = gaussian_kl(output.mean, reference_mean, output.std).mean()
+                    loss = loss + grpo.beta * kl
+                accelerator.backward(loss / total)
+            log_ratio = output.log_prob.detach().cpu() - trajectory.log_probs[indices, position].cpu()
+            stats["loss"].append(loss.item())
+            stats["policy_loss"].append(clipped.loss.mean().item())
+            stats["kl"].append(float(kl))
+            stats["ratio"] += clipped.ratio.cpu().tolist()
+            stats["clipped"] += clipped.clipped.float().cpu().tolist()
+            stats["log_ratio"] += log_ratio.tolist()
+    grad_norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ratios = np.array(stats["ratio"]) if stats["ratio"] else np.array([1.0])
+    log_ratios = np.array(stats["log_ratio"]) if stats["log_ratio"] else np.array([0.0])
+    return {
+        "train/loss": float(np.mean(stats["loss"])) if stats["loss"] else 0.0,
+        "train/policy_loss": float(np.mean(stats["policy_loss"])) if stats["policy_loss"] else 0.0,
+        "train/kl": float(np.mean(stats["kl"])) if stats["kl"] else 0.0,
+        "train/ratio_mean": float(ratios.mean()),
+        "train/ratio_min": float(ratios.min()),
+        "train/ratio_max": float(ratios.max()),
+        "train/clip_fraction": float(np.mean(stats["clipped"])) if stats["clipped"] else 0.0,
+        "train/approx_kl": float(0.5 * np.mean(log_ratios**2)),
+        "train/first_ratio": float(ratios[0]),
+        "train/grad_norm": float(grad_norm),
+        "train/trained_samples": float(len(valid)),
+    }
+
+
+def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArguments) -> dict[str, Any]:
+    """Train; returns the per-step mean reward history, the PPO ratio of the first micro-batch of this run's
+    first update (1 when the code is on-policy-consistent) and where the final LoRA went."""
+    run_dir = Path(run_args.output_dir)
+    accelerator = make_accelerator(run_args, project="descore-grpo", config={"policy": policy_args, "run": run_args, "grpo": grpo})
+    if grpo.prompts_per_step % accelerator.num_processes:
+        raise ConfigError(
+            f"prompts_per_step ({grpo.prompts_per_step}) must be divisible by the number of processes "
+            f"({accelerator.num_processes})"
+        )
+    set_seed(run_args.seed)
+    prompts = read_prompts(run_args.prompts)
+    policy = policy_args.load_policy(accelerator.device)
+    policy.cache_prompts(prompts)
+    policy.offload_text_encoder()
+    rewards = RewardMix(grpo.rewards)
+    optimizer = torch.optim.AdamW(
+        policy.trainable_parameters(), lr=run_args.learning_rate, betas=(0.9, 0.999), weight_decay=run_args.weight_decay, eps=1e-8
+    )
+    model, optimizer = accelerator.prepare(policy.transformer, optimizer)
+    policy.runner = model
+    state, ema = RunState(), _ema(policy, run_args)
+    accelerator.register_for_checkpointing(state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    register_lora_hooks(accelerator, policy)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+        accelerator.load_state(str(checkpoint))
+    per_process = grpo.prompts_per_step // accelerator.num_processes
+    history: list[float] = []
+    first_ratio = None
+    progress = tqdm(range(state.step, run_args.max_steps), desc="GRPO", disable=not accelerator.is_main_process)
+    for step in progress:
+        started = time.perf_counter()
+        indices = permuted_slice(len(prompts), step, grpo.prompts_per_step, run_args.seed)
+        mine = indices[accelerator.process_index * per_process : (accelerator.process_index + 1) * per_process]
+        rollout = collect(
+            policy, rewards, [prompts[i] for i in mine], policy_args=policy_args, grpo=grpo, step=step,
+            seed=run_args.seed, group_offset=accelerator.process_index * per_process, accelerator=accelerator,
+        )
+        sampled = time.perf_counter()
+        advantages, zero_std = gathered_advantages(accelerator, rollout, grpo.std_mode)
+        metrics = update(
+            policy, model, optimizer, accelerator, rollout, advantages, policy_args=policy_args, grpo=grpo,
+            max_grad_norm=run_args.max_grad_norm,
+            generator=seeded_generator(run_args.seed, step, "shuffle", accelerator.process_index),
+        )
+        if ema is not None:
+            ema.step(policy.trainable_parameters())
+        state.step = step + 1
+        metrics |= _reward_metrics(accelerator, rollout, advantages, zero_std)
+        metrics |= {"time/rollout_s": sampled - started, "time/update_s": time.perf_counter() - sampled}
+        history.append(metrics["reward/total/mean"])
+        first_ratio = metrics["train/first_ratio"] if first_ratio is None else first_ratio
+        _record(accelerator, run_dir, step, rollout, advantages)
+        if accelerator.is_main_process and step % run_args.log_every == 0:
+            accelerator.log(metrics, step=step)
+            progress.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}")
+        if run_args.sample_every and step % run_args.sample_every == 0 and accelerator.is_main_process:
+            write_samples(accelerator, run_dir / "samples", step, rollout.frames[: grpo.group_size], rollout.prompts)
+        if state.step % run_args.save_every == 0 or state.step == run_args.max_steps:
+            save_checkpoint(accelerator, run_dir, state.step, {"reward_mean": metrics["reward/total/mean"]})
+    final = _finish(accelerator, policy, ema, run_dir, run_args)
+    return {"reward_history": history, "first_ratio": first_ratio, "final": str(final)}
+
+
+def _ema(policy: WanPolicy, run_args: RunArguments):
+    if run_args.ema_decay is None:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(policy.trainable_parameters(), decay=run_args.ema_decay)
+
+
+def _reward_metrics(accelerator: Accelerator, rollout: Rollout, advantages: torch.Tensor, zero_std: float) -> dict[str, float]:
+    local = torch.stack([rollout.rewards, *rollout.terms.values()], dim=1).to(accelerator.device)
+    everything = accelerator.gather(local).cpu().double()
+    metrics = {"advantage/zero_std_group_fraction": zero_std}
+    for column, label in enumerate(["total", *rollout.terms]):
+        values = everything[:, column]
+        finite = values[torch.isfinite(values)]
+        metrics[f"reward/{label}/mean"] = float(finite.mean()) if len(finite) else math.nan
+        metrics[f"reward/{label}/std"] = float(finite.std(unbiased=False)) if len(finite) else math.nan
+        metrics[f"reward/{label}/failures"] = float(len(values) - len(finite))
+    finite = advantages[torch.isfinite(advantages)]
+    metrics["advantage/abs_max"] = float(finite.abs().max()) if len(finite) else 0.0
+    return metrics
+
+
+def _record(accelerator: Accelerator, run_dir: Path, step: int, rollout: Rollout, advantages: torch.Tensor) -> None:
+    """Append one JSON line per sample (prompt, group, each reward term, advantage) to rollouts.jsonl."""
+    records = [
+        {
+            "step": step,
+            "sample": int(rollout.sample_ids[i]),
+            "group": int(rollout.group_ids[i]),
+            "prompt": rollout.prompts[i],
+            "reward": _number(rollout.rewards[i]),
+            "terms": {label: _number(values[i]) for label, values in rollout.terms.items()},
+            "advantage": _number(advantages[i]),
+        }
+        for i in range(len(rollout.prompts))
+    ]
+    records = gather_object(records)
+    if accelerator.is_main_process:
+        with (run_dir / "rollouts.jsonl").open("a", encoding="utf-8") as handle:
+            for record in sorted(records, key=lambda r: r["sample"]):
+                handle.write(json.dumps(record) + "\n")
+
+
+def _number(value: torch.Tensor) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _finish(accelerator: Accelerator, policy: WanPolicy, ema, run_dir: Path, run_args: RunArguments) -> Path:
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(policy.trainable_parameters())
+    final = run_dir / "final"
+    if accelerator.is_main_process:
+        final = export_final(policy, run_dir, fused=run_args.save_fused)
+    accelerator.end_training()
+    return final

@@ -1,0 +1,244 @@
+"""The Wan-2.1 policy: diffusers ``WanPipeline`` components, LoRA on attention and FFN, a reference policy.
+
+* Components load from a local directory or a hub id with a dtype each; the VAE stays float32 (diffusers'
+  recommendation for Wan), the transformer and text encoder default to bf16 on GPU.
+* LoRA (peft, through diffusers' ``add_adapter``) targets the attention projections of ``attn1`` (self) and
+  ``attn2`` (cross) **and** the FFN (flow_grpo's Wan script leaves the FFN out; users asked for it).
+* The reference policy is the same transformer with adapters disabled (``reference()``), or, for online
+  Flow-DPO, a frozen second adapter that can be refreshed from the learner (``refresh_reference``).
+* Prompt embeddings are computed once and cached; ``offload_text_encoder`` then frees its memory.
+* ``velocity`` applies classifier-free guidance as Wan's pipeline does: v = v_u + w·(v_c − v_u), with the
+  conditional and unconditional halves in one batched forward.
+* ``decode`` returns frames in [0, 1] (B, T, 3, H, W) that go to reward models in memory, at Wan's 16 fps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import WanPipeline
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+
+from reward import VideoFrames
+
+WAN_FPS = 16.0
+LEARNER, REFERENCE = "default", "reference"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA on the Wan transformer. Defaults: flow_grpo's rank 32 / alpha 64, attention and FFN."""
+
+    rank: int = 32
+    alpha: int = 64
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
+    init: str = "gaussian"
+
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank, lora_alpha=self.alpha, target_modules=list(self.target_modules), init_lora_weights=self.init
+        )
+
+
+def component_dtypes(transformer: torch.dtype, text_encoder: torch.dtype) -> dict[str, torch.dtype]:
+    """Per-component load dtypes; the VAE stays float32 (diffusers' recommendation for Wan)."""
+    return {"transformer": transformer, "text_encoder": text_encoder, "vae": torch.float32, "default": transformer}
+
+
+@dataclass(frozen=True)
+class VideoShape:
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+
+
+@dataclass
+class WanPolicy:
+    """A Wan pipeline with a trainable LoRA on its transformer and cached prompt embeddings."""
+
+    pipeline: WanPipeline
+    device: torch.device
+    max_sequence_length: int = 512
+    negative_prompt: str = ""
+    # What `velocity` calls: the transformer, or its distributed wrapper once accelerate has prepared it.
+    runner: torch.nn.Module | None = field(default=None, repr=False)
+    _embeddings: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _schedules: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        transformer_dtype: torch.dtype = torch.float32,
+        text_encoder_dtype: torch.dtype = torch.float32,
+        lora: LoraSpec | None = None,
+        max_sequence_length: int = 512,
+        vae_tiling: bool = False,
+        vae_slicing: bool = False,
+    ) -> WanPolicy:
+        pipeline = WanPipeline.from_pretrained(str(model), dtype=component_dtypes(transformer_dtype, text_encoder_dtype))
+        if vae_tiling:
+            pipeline.vae.enable_tiling()
+        if vae_slicing:
+            pipeline.vae.enable_slicing()
+        pipeline.to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        pipeline.transformer.requires_grad_(False)
+        pipeline.text_encoder.requires_grad_(False)
+        pipeline.vae.requires_grad_(False)
+        policy = cls(pipeline, torch.device(device), max_sequence_length)
+        if lora is not None:
+            pipeline.transformer.add_adapter(lora.peft_config(), adapter_name=LEARNER)
+            # Trainable LoRA weights in float32 even when the frozen base is bf16 (AdamW on bf16 loses updates).
+            cast_training_params(pipeline.transformer, dtype=torch.float32)
+        return policy
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipeline.transformer
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [parameter for parameter in self.transformer.parameters() if parameter.requires_grad]
+
+    # ----- prompts -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def cache_prompts(self, prompts: Sequence[str]) -> None:
+        """Encode every distinct prompt (and the negative prompt) once."""
+        missing = [prompt for prompt in dict.fromkeys([*prompts, self.negative_prompt]) if prompt not in self._embeddings]
+        if not missing:
+            return
+        if self.pipeline.text_encoder is None:
+            raise RuntimeError(f"the text encoder was offloaded; {len(missing)} prompt(s) were never cached")
+        embeds, _ = self.pipeline.encode_prompt(
+            missing,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+            device=self.device,
+            dtype=self.transformer.dtype,
+        )
+        self._embeddings.update(zip(missing, embeds))
+
+    def offload_text_encoder(self) -> None:
+        """Drop the text encoder once every prompt is cached (UMT5-XXL is ~11 GB in bf16)."""
+        self.pipeline.text_encoder = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def prompt_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditional, unconditional) embeddings, each (B, L, D)."""
+        self.cache_prompts(prompts)
+        conditional = torch.stack([self._embeddings[prompt] for prompt in prompts])
+        unconditional = self._embeddings[self.negative_prompt].expand_as(conditional)
+        return conditional, unconditional
+
+    # ----- denoising -----------------------------------------------------------------------------------
+
+    def latent_shape(self, batch: int, shape: VideoShape) -> tuple[int, ...]:
+        pipe = self.pipeline
+        if (shape.num_frames - 1) % pipe.vae_scale_factor_temporal:
+            raise ValueError(f"num_frames - 1 must be divisible by {pipe.vae_scale_factor_temporal}, got {shape.num_frames}")
+        multiple = pipe.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
+        if shape.height % multiple or shape.width % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple}, got {shape.height}x{shape.width}")
+        return (
+            batch,
+            self.transformer.config.in_channels,
+            (shape.num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
+            shape.height // pipe.vae_scale_factor_spatial,
+            shape.width // pipe.vae_scale_factor_spatial,
+        )
+
+    def schedule(self, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigmas (num_steps + 1,) ending at 0, transformer timesteps (num_steps,)) from the checkpoint's scheduler."""
+        if num_steps in self._schedules:
+            return self._schedules[num_steps]
+        scheduler = self.pipeline.scheduler
+        scheduler.set_timesteps(num_steps, device="cpu")
+        sigmas = scheduler.sigmas.float().cpu()
+        if len(sigmas) != num_steps + 1 or sigmas[-1] != 0:
+            raise ValueError(f"{type(scheduler).__name__} gave sigmas {sigmas.tolist()}; expected {num_steps} steps ending at 0")
+        self._schedules[num_steps] = (sigmas, scheduler.timesteps.cpu())
+        return self._schedules[num_steps]
+
+    def velocity(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor | float,
+        conditional: torch.Tensor,
+        unconditional: torch.Tensor,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """The (guided) velocity in float32. ``timestep`` is on the transformer's 0–1000 scale."""
+        batch = latents.shape[0]
+        dtype = self.transformer.dtype
+        guided = guidance_scale > 1.0
+        hidden = torch.cat([latents, latents]) if guided else latents
+        text = torch.cat([conditional, unconditional]) if guided else conditional
+        steps = torch.as_tensor(timestep, device=latents.device).float().expand(hidden.shape[0])
+        module = self.runner if self.runner is not None else self.transformer
+        output = module(
+            hidden_states=hidden.to(dtype), timestep=steps, encoder_hidden_states=text.to(dtype), return_dict=False
+        )[0].float()
+        if not guided:
+            return output
+        cond, uncond = output[:batch], output[batch:]
+        return uncond + guidance_scale * (cond - uncond)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Run the reference policy: the reference adapter if one was made, else the base (adapters off)."""
+        transformer = self.transformer
+        if REFERENCE in getattr(transformer, "peft_config", {}):
+            transformer.set_adapter(REFERENCE)
+            try:
+                yield
+            finally:
+                transformer.set_adapter(LEARNER)
+                self._freeze_reference()
+            return
+        transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            transformer.enable_adapters()
+
+    def refresh_reference(self) -> None:
+        """Make (or overwrite) a frozen reference adapter equal to the learner — online Flow-DPO."""
+        transformer = self.transformer
+        if REFERENCE not in transformer.peft_config:
+            transformer.add_adapter(transformer.peft_config[LEARNER], adapter_name=REFERENCE)
+            transformer.set_adapter(LEARNER)
+        learner = get_peft_model_state_dict(transformer, adapter_name=LEARNER)
+        set_peft_model_state_dict(transformer, learner, adapter_name=REFERENCE)
+        self._freeze_reference()
+
+    def _freeze_reference(self) -> None:
+        for name, parameter in self.transformer.named_parameters():
+            if f".{LEARNER}." in name:
+                parameter.requires_grad_(True)
+            elif f".{REFERENCE}." in name:
+                parameter.requires_grad_(False)
+
+    # ----- decoding ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → frames (B, T, 3, H, W) in [0, 1], float32, decoded by the float32 VAE."""
+        vae = self.pipeline.vae
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device)
+        std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device)
+        video = vae.decode((latents.float() * std + mean).to(vae.dtype), return_dict=False)[0]
+        return self.pipeline.video_processor.postprocess_video(video, output_type="pt").float()
+
+    @staticmethod
+    def as_reward_inputs(frames: torch.Tensor) -> list[VideoFrames]:
+        """Decoded frames handed to reward models in memory, at Wan's 16 fps (no mp4 round trip)."""
+        return [VideoFrames(video.cpu(), fps=WAN_FPS, name=f"<rollout {index}>") for index, video in enumerate(frames)]

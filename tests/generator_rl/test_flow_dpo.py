@@ -1,0 +1,115 @@
+"""Flow-DPO on the tiny Wan: the loss starts at log 2 against the base reference, the pair store is resumable
+and reusable, online rounds refresh the reference, and the tuned policy scores higher on the sanity reward."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import generator_rl.flow_dpo as dpo_module
+from generator_rl.flow_dpo import FlowDpoArguments, run_flow_dpo, select_pairs
+from generator_rl.pair_store import PairStore
+from generator_rl.sample import SampleArguments, run_sample
+from reward import build_reward
+
+from .conftest import PROMPTS
+from .helpers import tiny_arguments
+
+
+def _smoothness(videos) -> float:
+    return float(build_reward({"name": "temporal_smoothness"}).score(videos, [""] * len(videos)).rewards.mean())
+
+
+def test_online_flow_dpo_raises_the_sanity_reward(tiny_wan_dir, prompt_file, tmp_path):
+    """The shipped tiny recipe (online, 3 rounds of pairs ranked by temporal smoothness): fresh samples with
+    held-out seeds score higher than the base model's; the first step's loss is exactly log 2 (the learner
+    starts equal to the reference, LoRA B = 0)."""
+    policy, run, dpo = tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run")
+    result = run_flow_dpo(policy, run, dpo)
+    history = result["history"]
+    assert history[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert history[-1]["train/implicit_accuracy"] == 1.0
+    store = PairStore(tmp_path / "run" / "pairs")
+    assert [len(store.pairs(round_)) for round_ in range(3)] == [len(PROMPTS)] * 3
+    base = run_sample(policy, SampleArguments(prompts=str(prompt_file), out=str(tmp_path / "base"), seed=777,
+                                              videos_per_prompt=2, device="cpu"))
+    tuned = run_sample(policy, SampleArguments(prompts=str(prompt_file), out=str(tmp_path / "tuned"), seed=777,
+                                               videos_per_prompt=2, lora=result["final"], device="cpu"))
+    assert _smoothness(tuned) > _smoothness(base) + 0.003
+
+
+def test_pair_building_resumes_and_is_reused(tiny_wan_dir, prompt_file, tmp_path, monkeypatch):
+    """A build killed after two pairs resumes without redoing them; a second run reuses the store as is."""
+    original, written = PairStore.add, []
+
+    def dies_after_two(self, *args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        written.append(args[1].prompt_index)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PairStore, "add", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a",
+                                     max_steps=1, pair_dir=tmp_path / "pairs"))
+    monkeypatch.setattr(PairStore, "add", original)
+    store = PairStore(tmp_path / "pairs")
+    assert sorted(store.done_prompts(0)) == [0, 1]
+    resumed_indices = []
+
+    def records_index(self, rank, record, **tensors):
+        resumed_indices.append(record.prompt_index)
+        return original(self, rank, record, **tensors)
+
+    monkeypatch.setattr(PairStore, "add", records_index)
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a",
+                                 max_steps=1, pair_dir=tmp_path / "pairs"))
+    assert resumed_indices == [2, 3]
+    records = store.pairs(0)
+    assert [r.prompt_index for r in records] == [0, 1, 2, 3] and all(r.winner_reward > r.loser_reward for r in records)
+    lines = (tmp_path / "pairs" / "index_rank0.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["model"] == str(tiny_wan_dir)
+    resumed_indices.clear()
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b",
+                                 max_steps=1, pair_dir=tmp_path / "pairs"))
+    assert resumed_indices == []  # the second run trained on the stored pairs
+    tensors = store.load(records[0])
+    assert set(tensors) == {"winner", "loser", "prompt_embeds"} and tensors["winner"].shape == tuple(records[0].latent_shape)
+
+
+def test_select_pairs():
+    scores = torch.tensor([0.1, 0.5, float("nan"), 0.3])
+    assert select_pairs(scores, mode="best_worst", margin=0.0) == [(1, 0)]
+    assert select_pairs(scores, mode="best_worst", margin=0.5) == []
+    assert select_pairs(scores, mode="all_above_margin", margin=0.15) == [(1, 0), (1, 3), (3, 0)]
+    assert select_pairs(scores, mode="all_above_margin", margin=0.25) == [(1, 0)]
+    assert select_pairs(torch.tensor([0.2, float("nan")]), mode="best_worst", margin=0.0) == []
+
+
+def test_flow_dpo_shares_noise_and_timestep_between_winner_and_loser(tiny_wan_dir, monkeypatch):
+    from tests.generator_rl.test_policy import tiny_policy_arguments
+
+    policy = tiny_policy_arguments(tiny_wan_dir).load_policy(torch.device("cpu"))
+    shape = policy.latent_shape(2, tiny_policy_arguments("m").shape)
+    batch = {"winner": torch.randn(shape), "loser": torch.randn(shape), "prompt_embeds": torch.randn(2, 16, 32)}
+    seen = []
+    original = policy.velocity
+
+    def spy(latents, timesteps, *args):
+        seen.append((latents.clone(), torch.as_tensor(timesteps).clone()))
+        return original(latents, timesteps, *args)
+
+    monkeypatch.setattr(policy, "velocity", spy)
+    arguments = FlowDpoArguments(rewards=["name=brightness"], beta=50.0)
+    loss, stats = dpo_module.dpo_micro_step(policy, batch, dpo=arguments, generator=torch.Generator().manual_seed(0))
+    (noised, timesteps), (noised_ref, timesteps_ref) = seen
+    assert torch.equal(noised, noised_ref) and torch.equal(timesteps, timesteps_ref)
+    assert torch.equal(timesteps[:2], timesteps[2:])
+    sigma = (timesteps[:2] / 1000).view(-1, 1, 1, 1, 1)
+    noise_w = (noised[:2] - (1 - sigma) * batch["winner"]) / sigma
+    noise_l = (noised[2:] - (1 - sigma) * batch["loser"]) / sigma
+    torch.testing.assert_close(noise_w, noise_l, rtol=1e-4, atol=1e-4)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and stats["implicit_accuracy"] == 0.0
