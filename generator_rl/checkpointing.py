@@ -20,13 +20,14 @@ import torch
 from accelerate import Accelerator
 from diffusers import WanPipeline
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from reward.errors import CheckpointError
 
-from .policy import LEARNER, WanPolicy
+from .policy import LEARNER, REFERENCE, WanPolicy
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+REFERENCE_WEIGHTS = "reference_lora.safetensors"
 CHECKPOINTS = "checkpoints"
 
 
@@ -79,12 +80,19 @@ def register_lora_hooks(accelerator: Accelerator, policy: WanPolicy) -> None:
             if is_transformer(models[index]):
                 if accelerator.is_main_process:
                     save_lora(policy, output_dir)
+                    if REFERENCE in policy.transformer.peft_config:  # online Flow-DPO's refreshed reference
+                        state = get_peft_model_state_dict(policy.transformer, adapter_name=REFERENCE)
+                        save_file({key: value.contiguous() for key, value in state.items()}, str(Path(output_dir) / REFERENCE_WEIGHTS))
                 weights.pop(index)
 
     def load_hook(models: list, input_dir: str) -> None:
         for index in reversed(range(len(models))):
             if is_transformer(models[index]):
                 load_lora(policy, input_dir)
+                reference = Path(input_dir) / REFERENCE_WEIGHTS
+                if reference.is_file():
+                    policy.refresh_reference()
+                    set_peft_model_state_dict(policy.transformer, load_file(str(reference)), adapter_name=REFERENCE)
                 models.pop(index)
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -118,12 +126,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def export_final(policy: WanPolicy, run_dir: Path, *, fused: bool) -> Path:
-    """``run_dir/final``: the LoRA (diffusers format) and, if asked, the transformer with the LoRA fused in."""
+    """``run_dir/final``: the LoRA (diffusers format) and, if asked, a plain transformer with the LoRA fused
+    in (``transformer_fused/``, loadable by ``WanTransformer3DModel.from_pretrained``). Fusing removes the
+    adapters from ``policy``, so it is the last thing a run does."""
     final = run_dir / "final"
     save_lora(policy, final)
     if fused:
-        pipeline = policy.pipeline
-        pipeline.fuse_lora(components=["transformer"], adapter_names=[LEARNER])
-        pipeline.transformer.save_pretrained(final / "transformer_fused")
-        pipeline.unfuse_lora(components=["transformer"])
+        transformer = policy.transformer
+        transformer.fuse_lora(adapter_names=[LEARNER])
+        transformer.unload_lora()
+        transformer.save_pretrained(final / "transformer_fused")
     return final

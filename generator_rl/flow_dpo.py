@@ -189,10 +189,10 @@ def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: Flow
     round_ = None
     for step in progress:
         current = step // dpo.online_every if dpo.online_every else 0
+        if dpo.online_every and step > 0 and step % dpo.online_every == 0:
+            policy.refresh_reference()  # at a round boundary only: mid-round, the checkpoint restored it
         if current != round_:
             round_ = current
-            if round_ > 0:
-                policy.refresh_reference()
             build_pairs(policy, rewards, prompts, store, round_=round_, policy_args=policy_args, dpo=dpo,
                         seed=run_args.seed, accelerator=accelerator)
             records = store.pairs(round_)

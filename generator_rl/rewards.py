@@ -31,9 +31,15 @@ class RewardTerm:
         entry = dict(value) if isinstance(value, Mapping) else _parse_term(value)
         if "name" not in entry:
             raise ConfigError(f"reward term {value!r} has no name")
-        self.weight = float(entry.pop("weight", 1.0))
+        raw = entry.pop("weight", 1.0)
+        try:
+            if isinstance(raw, bool):
+                raise TypeError
+            self.weight = float(raw)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"reward term {value!r}: weight must be a number, got {raw!r}") from error
         if not math.isfinite(self.weight):
-            raise ConfigError(f"reward term {value!r} has a non-finite weight")
+            raise ConfigError(f"reward term {value!r} has a non-finite weight ({raw!r})")
         self.label = str(entry.pop("label", entry["name"]))
         self.entry = entry
 

@@ -101,7 +101,7 @@ def sde_step(
     *,
     kind: SdeKind = "flow_sde",
     noise_level: float = 0.7,
-    sigma_max: float = 1.0,
+    sigma_max: float,
     next_sample: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
 ) -> StepOutput:

@@ -113,3 +113,30 @@ def test_flow_dpo_shares_noise_and_timestep_between_winner_and_loser(tiny_wan_di
     noise_l = (noised[2:] - (1 - sigma) * batch["loser"]) / sigma
     torch.testing.assert_close(noise_w, noise_l, rtol=1e-4, atol=1e-4)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and stats["implicit_accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("save_every", [2, 1], ids=["resume-at-round-boundary", "resume-mid-round"])
+def test_killed_flow_dpo_run_resumes_to_the_same_lora(tiny_wan_dir, prompt_file, tmp_path, monkeypatch, save_every):
+    """Online rounds of 2 steps; killed in step 4 after a checkpoint at step 2 (round boundary: the reference
+    is refreshed again) or at step 3 (mid-round: the refreshed reference comes back from the checkpoint)."""
+    from safetensors.torch import load_file
+
+    from generator_rl.checkpointing import LORA_WEIGHTS
+
+    settings = {"max_steps": 5, "save_every": save_every, "online_every": 2}
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a", **settings))
+    original, calls = dpo_module._optimizer_step, []
+
+    def dies_on_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("simulated preemption")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dpo_module, "_optimizer_step", dies_on_fourth)
+    with pytest.raises(RuntimeError, match="preemption"):
+        run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
+    monkeypatch.setattr(dpo_module, "_optimizer_step", original)
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
+    a, b = load_file(tmp_path / "a" / "final" / LORA_WEIGHTS), load_file(tmp_path / "b" / "final" / LORA_WEIGHTS)
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

@@ -146,3 +146,38 @@ def test_a_descore_checkpoint_plugs_in_unchanged(tiny_wan_dir, prompt_file, tiny
     records = _records(tmp_path / "run")
     assert len(records) == 16 and all(isinstance(r["terms"]["descore_no_cot"], float) for r in records)
     assert len({round(r["reward"], 6) for r in records}) > 1 and len(result["reward_history"]) == 2
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"sde": "cps", "noise_level": 0.8},
+        {"sde": "dance", "noise_level": 0.3, "shared_noise": "true", "train_fraction": 0.6},
+        {"std_mode": "max_group", "sde_window": 1, "shared_noise": "true", "beta": 0.004},
+        {"std_mode": "global", "sde_window": 2, "sde_window_range": ["1", "4"]},
+    ],
+    ids=["cps", "dance", "longcat", "fast-window"],
+)
+def test_variants_train_on_policy(tiny_wan_dir, prompt_file, tmp_path, variant):
+    """Each SDE / advantage variant runs, starts on-policy (first ratio 1) and logs finite rewards."""
+    result = run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run",
+                                      max_steps=2, save_every=2, **variant))
+    assert result["first_ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert all(math.isfinite(value) for value in result["reward_history"])
+    if variant.get("shared_noise"):
+        records = _records(tmp_path / "run")
+        assert {r["group"] for r in records} == {0, 1}
+
+
+def test_samples_and_an_offline_wandb_run_are_written(tiny_wan_dir, prompt_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run",
+                             max_steps=2, save_every=2, sample_every=1, report_to="wandb"))
+    videos = sorted((tmp_path / "run" / "samples").glob("*.mp4"))
+    assert [video.name for video in videos][:2] == ["step_000000_0.mp4", "step_000000_1.mp4"] and len(videos) == 8
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    from reward.video import load_video, VideoSpec
+
+    clip = load_video(videos[0], VideoSpec(fps=16.0, min_frames=2, max_frames=64, min_pixels=64, max_pixels=4096, pixel_factor=8))
+    assert clip.source_fps == pytest.approx(16.0) and clip.total_frames == 9

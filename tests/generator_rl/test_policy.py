@@ -161,3 +161,34 @@ def test_trajectory_log_probs_match_re_scoring(policy):
         torch.testing.assert_close(rescored.log_prob, trajectory.log_probs[:, position], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="the last step is an ODE step"):
         sample_trajectory(velocity, noise, sigmas, settings=SdeSettings(), stochastic=[5], generators=[torch.Generator()] * 2)
+
+
+def test_fused_export_is_a_plain_transformer_with_the_lora_inside(policy, tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    from generator_rl.checkpointing import export_final
+
+    _perturb_lora(policy)
+    conditional, unconditional = policy.prompt_embeddings(PROMPTS[:1])
+    latents = torch.randn(policy.latent_shape(1, tiny_policy_arguments("m").shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tuned = policy.velocity(latents, 500.0, conditional, unconditional, 1.0)
+    final = export_final(policy, tmp_path, fused=True)
+    plain, info = WanTransformer3DModel.from_pretrained(final / "transformer_fused", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        fused = plain(hidden_states=latents, timestep=torch.tensor([500.0]), encoder_hidden_states=conditional, return_dict=False)[0]
+    torch.testing.assert_close(fused, tuned, rtol=1e-4, atol=1e-4)
+
+
+def test_sde_window_places_w_consecutive_stochastic_steps():
+    settings = SdeSettings(window=2, window_range=(1, 5))
+    starts = set()
+    for seed in range(40):
+        steps = settings.stochastic_steps(8, torch.Generator().manual_seed(seed))
+        assert len(steps) == 2 and steps[1] == steps[0] + 1 and 1 <= steps[0] and steps[1] < 5
+        starts.add(steps[0])
+    assert starts == {1, 2, 3}
+    assert SdeSettings().stochastic_steps(6, torch.Generator()) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="does not fit"):
+        SdeSettings(window=5, window_range=(0, 3)).stochastic_steps(8, torch.Generator())

@@ -109,11 +109,6 @@ def test_term_with_a_non_finite_weight_is_rejected(value):
         RewardTerm(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="source bug: RewardTerm calls float(weight) unguarded, so a non-numeric weight raises a bare "
-    "ValueError('could not convert string to float: ...') that does not name the term, not a ConfigError",
-)
 def test_term_with_a_non_numeric_weight_is_a_config_error():
     with pytest.raises(ConfigError, match="name=brightness,weight=heavy"):
         RewardTerm("name=brightness,weight=heavy")
