@@ -20,7 +20,7 @@ import torch
 from .config import PolicyArguments, RunArguments, read_prompts
 from .grpo import GrpoArguments, collect, run_grpo, score_step
 from .rewards import RewardMix
-from .run import make_accelerator
+from .run import close_run, make_accelerator
 
 
 class DoctorError(RuntimeError):
@@ -65,5 +65,5 @@ def _parity(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArgu
                 output = score_step(policy, policy_args, trajectory.states[:, position], trajectory.next_states[:, position],
                                     step, conditional=conditional, unconditional=unconditional)
                 worst = max(worst, float((output.log_prob.cpu() - trajectory.log_probs[:, position].cpu()).abs().max()))
-        accelerator.end_training()
+        close_run(accelerator)
     return ("log-prob parity (sampling vs training)", worst <= tolerance, f"max |Δ log p| = {worst:.2e} over {len(trajectory.steps)} steps")

@@ -36,7 +36,7 @@ from .pair_store import PairRecord, PairStore
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
 from .rollout import sample_trajectory
-from .run import make_accelerator, permuted_slice, seeded_generator
+from .run import close_run, make_accelerator, permuted_slice, seeded_generator
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: Flow
             save_checkpoint(accelerator, run_dir, state.step, {"loss": metrics["train/loss"]})
     accelerator.wait_for_everyone()
     final = export_final(policy, run_dir, fused=run_args.save_fused) if accelerator.is_main_process else run_dir / "final"
-    accelerator.end_training()
+    close_run(accelerator)
     return {"history": history, "final": str(final)}
 
 

@@ -44,7 +44,7 @@ from .losses import ppo_clip_loss
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
 from .rollout import Trajectory, sample_trajectory
-from .run import make_accelerator, permuted_slice, seeded_generator, write_samples
+from .run import close_run, make_accelerator, permuted_slice, seeded_generator, write_samples
 from .sde import StepOutput, gaussian_kl, sde_step, step_mean_std
 
 logger = logging.getLogger(__name__)
@@ -389,5 +389,5 @@ def _finish(accelerator: Accelerator, policy: WanPolicy, ema, run_dir: Path, run
     final = run_dir / "final"
     if accelerator.is_main_process:
         final = export_final(policy, run_dir, fused=run_args.save_fused)
-    accelerator.end_training()
+    close_run(accelerator)
     return final

@@ -42,6 +42,16 @@ def make_accelerator(run_args: Any, *, project: str, config: dict[str, Any]) -> 
     return accelerator
 
 
+def close_run(accelerator: Accelerator) -> None:
+    """Finish the trackers and reset wandb's process-wide settings, so a later run in the same process (the
+    demo, a notebook, a test session) logs to its own directory instead of this one's."""
+    accelerator.end_training()
+    if any(tracker.name == "wandb" for tracker in accelerator.trackers):
+        import wandb
+
+        wandb.teardown()
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
