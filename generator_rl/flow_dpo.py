@@ -18,25 +18,23 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from reward.errors import ConfigError
 
-from .checkpointing import RunState, export_final, latest_checkpoint, register_lora_hooks, save_checkpoint
-from .config import PolicyArguments, RunArguments, read_prompts
+from .checkpointing import save_checkpoint
+from .config import PolicyArguments, RunArguments
 from .losses import flow_dpo_loss
 from .pair_store import PairRecord, PairStore
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
 from .rollout import sample_trajectory
-from .run import close_run, make_accelerator, permuted_slice, seeded_generator
+from .run import finish_run, permuted_slice, seeded_generator, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -165,27 +163,13 @@ def _errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments) -> dict[str, Any]:
-    run_dir = Path(run_args.output_dir)
-    accelerator = make_accelerator(run_args, project="descore-flow-dpo", config={"policy": policy_args, "run": run_args, "dpo": dpo})
-    set_seed(run_args.seed)
-    prompts = read_prompts(run_args.prompts)
-    policy = policy_args.load_policy(accelerator.device)
-    policy.cache_prompts(prompts)
-    policy.offload_text_encoder()
-    rewards = RewardMix(dpo.rewards)
-    store = PairStore(dpo.pair_dir or run_dir / "pairs")
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=run_args.learning_rate, weight_decay=run_args.weight_decay)
-    model, optimizer = accelerator.prepare(policy.transformer, optimizer)
-    policy.runner = model
-    state = RunState()
-    accelerator.register_for_checkpointing(state)
-    register_lora_hooks(accelerator, policy)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        logger.info("resuming from %s", checkpoint)
-        accelerator.load_state(str(checkpoint))
+    """Train; returns the per-step metrics and where the final LoRA went."""
+    run = start_run(policy_args, run_args, dpo.rewards, project="descore-flow-dpo",
+                    config={"policy": policy_args, "run": run_args, "dpo": dpo})
+    accelerator, policy = run.accelerator, run.policy
+    store = PairStore(dpo.pair_dir or run.run_dir / "pairs")
     history: list[dict[str, float]] = []
-    progress = tqdm(range(state.step, run_args.max_steps), desc="Flow-DPO", disable=not accelerator.is_main_process)
+    progress = tqdm(range(run.state.step, run_args.max_steps), desc="Flow-DPO", disable=not accelerator.is_main_process)
     round_ = None
     for step in progress:
         current = step // dpo.online_every if dpo.online_every else 0
@@ -193,22 +177,21 @@ def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: Flow
             policy.refresh_reference()  # at a round boundary only: mid-round, the checkpoint restored it
         if current != round_:
             round_ = current
-            build_pairs(policy, rewards, prompts, store, round_=round_, policy_args=policy_args, dpo=dpo,
+            build_pairs(policy, run.rewards, run.prompts, store, round_=round_, policy_args=policy_args, dpo=dpo,
                         seed=run_args.seed, accelerator=accelerator)
             records = store.pairs(round_)
             if not records:
                 raise ConfigError(f"round {round_} produced no pairs: all samples of every prompt tied within the margin")
-        metrics = _optimizer_step(policy, model, optimizer, accelerator, store, records, step=step, dpo=dpo, run_args=run_args)
-        state.step = step + 1
+        metrics = _optimizer_step(policy, run.model, run.optimizer, accelerator, store, records, step=step, dpo=dpo,
+                                  run_args=run_args)
+        run.after_optimizer_step(step)
         history.append(metrics)
         if accelerator.is_main_process and step % run_args.log_every == 0:
             accelerator.log(metrics, step=step)
             progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/implicit_accuracy']:.2f}")
-        if state.step % run_args.save_every == 0 or state.step == run_args.max_steps:
-            save_checkpoint(accelerator, run_dir, state.step, {"loss": metrics["train/loss"]})
-    accelerator.wait_for_everyone()
-    final = export_final(policy, run_dir, fused=run_args.save_fused) if accelerator.is_main_process else run_dir / "final"
-    close_run(accelerator)
+        if run.state.step % run_args.save_every == 0 or run.state.step == run_args.max_steps:
+            save_checkpoint(accelerator, run.run_dir, run.state.step, {"loss": metrics["train/loss"]})
+    final = finish_run(run, fused=run_args.save_fused)
     return {"history": history, "final": str(final)}
 
 

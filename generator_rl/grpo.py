@@ -32,19 +32,19 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from reward.errors import ConfigError
 
 from .advantages import group_advantages
-from .checkpointing import RunState, export_final, latest_checkpoint, register_lora_hooks, save_checkpoint
-from .config import PolicyArguments, RunArguments, read_prompts
+from .checkpointing import save_checkpoint
+from .config import PolicyArguments, RunArguments
 from .losses import ppo_clip_loss
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
 from .rollout import Trajectory, sample_trajectory
-from .run import close_run, make_accelerator, permuted_slice, seeded_generator, write_samples
+from .run import finish_run, permuted_slice, seeded_generator, start_run, write_samples
 from .sde import StepOutput, gaussian_kl, sde_step, step_mean_std
 
 logger = logging.getLogger(__name__)
@@ -268,77 +268,48 @@ def update(
 def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArguments) -> dict[str, Any]:
     """Train; returns the per-step mean reward history, the PPO ratio of the first micro-batch of this run's
     first update (1 when the code is on-policy-consistent) and where the final LoRA went."""
-    run_dir = Path(run_args.output_dir)
-    accelerator = make_accelerator(run_args, project="descore-grpo", config={"policy": policy_args, "run": run_args, "grpo": grpo})
+    run = start_run(policy_args, run_args, grpo.rewards, project="descore-grpo",
+                    config={"policy": policy_args, "run": run_args, "grpo": grpo})
+    accelerator, policy = run.accelerator, run.policy
     if grpo.prompts_per_step % accelerator.num_processes:
         raise ConfigError(
             f"prompts_per_step ({grpo.prompts_per_step}) must be divisible by the number of processes "
             f"({accelerator.num_processes})"
         )
-    set_seed(run_args.seed)
-    prompts = read_prompts(run_args.prompts)
-    policy = policy_args.load_policy(accelerator.device)
-    policy.cache_prompts(prompts)
-    policy.offload_text_encoder()
-    rewards = RewardMix(grpo.rewards)
-    optimizer = torch.optim.AdamW(
-        policy.trainable_parameters(), lr=run_args.learning_rate, betas=(0.9, 0.999), weight_decay=run_args.weight_decay, eps=1e-8
-    )
-    model, optimizer = accelerator.prepare(policy.transformer, optimizer)
-    policy.runner = model
-    state, ema = RunState(), _ema(policy, run_args)
-    accelerator.register_for_checkpointing(state)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    register_lora_hooks(accelerator, policy)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        logger.info("resuming from %s", checkpoint)
-        accelerator.load_state(str(checkpoint))
     per_process = grpo.prompts_per_step // accelerator.num_processes
     history: list[float] = []
     first_ratio = None
-    progress = tqdm(range(state.step, run_args.max_steps), desc="GRPO", disable=not accelerator.is_main_process)
+    progress = tqdm(range(run.state.step, run_args.max_steps), desc="GRPO", disable=not accelerator.is_main_process)
     for step in progress:
         started = time.perf_counter()
-        indices = permuted_slice(len(prompts), step, grpo.prompts_per_step, run_args.seed)
+        indices = permuted_slice(len(run.prompts), step, grpo.prompts_per_step, run_args.seed)
         mine = indices[accelerator.process_index * per_process : (accelerator.process_index + 1) * per_process]
         rollout = collect(
-            policy, rewards, [prompts[i] for i in mine], policy_args=policy_args, grpo=grpo, step=step,
+            policy, run.rewards, [run.prompts[i] for i in mine], policy_args=policy_args, grpo=grpo, step=step,
             seed=run_args.seed, group_offset=accelerator.process_index * per_process, accelerator=accelerator,
         )
         sampled = time.perf_counter()
         advantages, zero_std = gathered_advantages(accelerator, rollout, grpo.std_mode)
         metrics = update(
-            policy, model, optimizer, accelerator, rollout, advantages, policy_args=policy_args, grpo=grpo,
+            policy, run.model, run.optimizer, accelerator, rollout, advantages, policy_args=policy_args, grpo=grpo,
             max_grad_norm=run_args.max_grad_norm,
             generator=seeded_generator(run_args.seed, step, "shuffle", accelerator.process_index),
         )
-        if ema is not None:
-            ema.step(policy.trainable_parameters())
-        state.step = step + 1
+        run.after_optimizer_step(step)
         metrics |= _reward_metrics(accelerator, rollout, advantages, zero_std)
         metrics |= {"time/rollout_s": sampled - started, "time/update_s": time.perf_counter() - sampled}
         history.append(metrics["reward/total/mean"])
         first_ratio = metrics["train/first_ratio"] if first_ratio is None else first_ratio
-        _record(accelerator, run_dir, step, rollout, advantages)
+        _record(accelerator, run.run_dir, step, rollout, advantages)
         if accelerator.is_main_process and step % run_args.log_every == 0:
             accelerator.log(metrics, step=step)
             progress.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}")
         if run_args.sample_every and step % run_args.sample_every == 0 and accelerator.is_main_process:
-            write_samples(accelerator, run_dir / "samples", step, rollout.frames[: grpo.group_size], rollout.prompts)
-        if state.step % run_args.save_every == 0 or state.step == run_args.max_steps:
-            save_checkpoint(accelerator, run_dir, state.step, {"reward_mean": metrics["reward/total/mean"]})
-    final = _finish(accelerator, policy, ema, run_dir, run_args)
+            write_samples(accelerator, run.run_dir / "samples", step, rollout.frames[: grpo.group_size], rollout.prompts)
+        if run.state.step % run_args.save_every == 0 or run.state.step == run_args.max_steps:
+            save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]})
+    final = finish_run(run, fused=run_args.save_fused)
     return {"reward_history": history, "first_ratio": first_ratio, "final": str(final)}
-
-
-def _ema(policy: WanPolicy, run_args: RunArguments):
-    if run_args.ema_decay is None:
-        return None
-    from diffusers.training_utils import EMAModel
-
-    return EMAModel(policy.trainable_parameters(), decay=run_args.ema_decay)
 
 
 def _reward_metrics(accelerator: Accelerator, rollout: Rollout, advantages: torch.Tensor, zero_std: float) -> dict[str, float]:
@@ -380,14 +351,3 @@ def _record(accelerator: Accelerator, run_dir: Path, step: int, rollout: Rollout
 def _number(value: torch.Tensor) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def _finish(accelerator: Accelerator, policy: WanPolicy, ema, run_dir: Path, run_args: RunArguments) -> Path:
-    accelerator.wait_for_everyone()
-    if ema is not None:
-        ema.copy_to(policy.trainable_parameters())
-    final = run_dir / "final"
-    if accelerator.is_main_process:
-        final = export_final(policy, run_dir, fused=run_args.save_fused)
-    close_run(accelerator)
-    return final

@@ -1,20 +1,93 @@
-"""Run plumbing shared by the generator jobs: the accelerator, stable per-sample seeds, sample videos."""
+"""Run plumbing shared by the generator jobs: setting a training run up and down, stable per-sample seeds,
+permuted data order, sample videos."""
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
 
 from reward.video import write_video
 
-from .policy import WAN_FPS
+from .checkpointing import RunState, export_final, latest_checkpoint, register_lora_hooks
+from .config import read_prompts
+from .policy import WAN_FPS, WanPolicy
+from .rewards import RewardMix, RewardTerm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingRun:
+    """Everything a generator trainer works with, set up identically for GRPO and Flow-DPO."""
+
+    run_dir: Path
+    accelerator: Accelerator
+    policy: WanPolicy
+    model: torch.nn.Module  # the transformer as prepared by accelerate (DDP-wrapped on several processes)
+    optimizer: torch.optim.Optimizer
+    state: RunState
+    ema: Any  # diffusers EMAModel of the LoRA weights, or None
+    rewards: RewardMix
+    prompts: list[str]
+
+    def after_optimizer_step(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.step(self.policy.trainable_parameters())
+        self.state.step = step + 1
+
+
+def start_run(policy_args: Any, run_args: Any, reward_terms: list[RewardTerm], *, project: str, config: dict[str, Any]) -> TrainingRun:
+    """Accelerator and trackers, the policy with cached prompts, rewards, AdamW on the LoRA weights, the EMA,
+    checkpoint hooks, and — if ``output_dir`` holds a checkpoint — everything restored from the newest one."""
+    run_dir = Path(run_args.output_dir)
+    accelerator = make_accelerator(run_args, project=project, config=config)
+    set_seed(run_args.seed)
+    prompts = read_prompts(run_args.prompts)
+    policy = policy_args.load_policy(accelerator.device)
+    policy.cache_prompts(prompts)
+    policy.offload_text_encoder()
+    rewards = RewardMix(reward_terms)
+    optimizer = torch.optim.AdamW(
+        policy.trainable_parameters(), lr=run_args.learning_rate, betas=(0.9, 0.999), weight_decay=run_args.weight_decay,
+        eps=1e-8,
+    )
+    model, optimizer = accelerator.prepare(policy.transformer, optimizer)
+    policy.runner = model
+    state = RunState()
+    accelerator.register_for_checkpointing(state)
+    ema = None
+    if run_args.ema_decay is not None:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(policy.trainable_parameters(), decay=run_args.ema_decay)
+        accelerator.register_for_checkpointing(ema)
+    register_lora_hooks(accelerator, policy)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+        accelerator.load_state(str(checkpoint))
+    return TrainingRun(run_dir, accelerator, policy, model, optimizer, state, ema, rewards, prompts)
+
+
+def finish_run(run: TrainingRun, *, fused: bool) -> Path:
+    """Swap the EMA weights in (if any), export ``final/`` from the main process, close the trackers."""
+    run.accelerator.wait_for_everyone()
+    if run.ema is not None:
+        run.ema.copy_to(run.policy.trainable_parameters())
+    final = run.run_dir / "final"
+    if run.accelerator.is_main_process:
+        export_final(run.policy, run.run_dir, fused=fused)
+    close_run(run.accelerator)
+    return final
 
 
 def make_accelerator(run_args: Any, *, project: str, config: dict[str, Any]) -> Accelerator:
