@@ -40,7 +40,7 @@ from reward.errors import ConfigError
 from .advantages import group_advantages
 from .checkpointing import save_checkpoint
 from .config import PolicyArguments, RunArguments
-from .losses import ppo_clip_loss
+from .losses import PolicyLoss, ppo_clip_loss
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
 from .rollout import Trajectory, sample_trajectory
@@ -90,7 +90,7 @@ class Rollout:
     trajectory: Trajectory
     rewards: torch.Tensor  # (N,) total
     terms: dict[str, torch.Tensor]
-    frames: torch.Tensor  # (N, T, 3, H, W) in [0, 1], kept for samples
+    frames: torch.Tensor  # (group_size, T, 3, H, W) in [0, 1]: the first group's videos, for sample files
 
 
 def collect(
@@ -132,7 +132,8 @@ def collect(
         decoded = policy.decode(trajectory.final)
         scores.append(rewards.score(policy.as_reward_inputs(decoded), [sample_prompts[i] for i in ids]))
         trajectories.append(trajectory)
-        frames.append(decoded.cpu())
+        kept = grpo.group_size - sum(len(chunk) for chunk in frames)  # sample videos show the first group only
+        frames.append(decoded[: max(kept, 0)].cpu())
     return Rollout(
         prompts=sample_prompts,
         group_ids=group_ids,
@@ -194,14 +195,12 @@ def update(
     generator: torch.Generator,
 ) -> dict[str, float]:
     """One optimizer step of PPO-clip (+ KL) over every valid sample and trained step of the rollout."""
-    sigmas, timesteps = policy.schedule(policy_args.num_steps)
-    sigma_max = float(sigmas[1])
     trajectory = rollout.trajectory
     valid = torch.isfinite(advantages).nonzero().flatten()
     order = valid[torch.randperm(len(valid), generator=generator)]
     batches = list(order.split(grpo.train_batch_size))
     count = max(1, round(len(trajectory.steps) * grpo.train_fraction))
-    stats: dict[str, list[float]] = {key: [] for key in ("loss", "policy_loss", "kl", "ratio", "clipped", "log_ratio")}
+    stats: dict[str, list[float]] = {key: [] for key in ("loss", "policy_loss", "kl", "ratio", "clipped")}
     total = max(1, len(batches) * count)
     parameters = policy.trainable_parameters()
     if not batches:  # every reward failed on this process: join the gradient all-reduce with zeros
@@ -211,58 +210,63 @@ def update(
         conditional, unconditional = policy.prompt_embeddings([rollout.prompts[i] for i in indices.tolist()])
         for position_index, position in enumerate(positions):
             last = batch_index == len(batches) - 1 and position_index == len(positions) - 1
-            step = trajectory.steps[position]
-            sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
-            state = trajectory.states[indices, position]
             with (contextlib.nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
-                output = score_step(
-                    policy, policy_args, state, trajectory.next_states[indices, position], step,
+                loss, clipped, kl = step_loss(
+                    policy, policy_args, grpo, trajectory, indices, position, advantages,
                     conditional=conditional, unconditional=unconditional,
                 )
-                clipped = ppo_clip_loss(
-                    output.log_prob, trajectory.log_probs[indices, position].to(output.log_prob.device),
-                    advantages[indices].to(output.log_prob.device), clip_range=grpo.clip_range,
-                    adv_clip_max=grpo.adv_clip_max,
-                )
-                loss = clipped.loss.mean()
-                kl = torch.zeros(())
-                if grpo.beta > 0:
-                    with torch.no_grad(), policy.reference():
-                        reference = policy.velocity(
-                            state, timesteps[step], conditional, unconditional, policy_args.guidance_scale
-                        )
-                    reference_mean, _ = step_mean_std(
-                        reference, state, sigma, sigma_next, kind=policy_args.sde,
-                        noise_level=policy_args.noise_level, sigma_max=sigma_max,
-                    )
-                    kl = gaussian_kl(output.mean, reference_mean, output.std).mean()
-                    loss = loss + grpo.beta * kl
                 accelerator.backward(loss / total)
-            log_ratio = output.log_prob.detach().cpu() - trajectory.log_probs[indices, position].cpu()
             stats["loss"].append(loss.item())
             stats["policy_loss"].append(clipped.loss.mean().item())
             stats["kl"].append(float(kl))
             stats["ratio"] += clipped.ratio.cpu().tolist()
             stats["clipped"] += clipped.clipped.float().cpu().tolist()
-            stats["log_ratio"] += log_ratio.tolist()
     grad_norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    ratios = np.array(stats["ratio"]) if stats["ratio"] else np.array([1.0])
-    log_ratios = np.array(stats["log_ratio"]) if stats["log_ratio"] else np.array([0.0])
+    ratios = np.array(stats["ratio"] or [1.0])
     return {
-        "train/loss": float(np.mean(stats["loss"])) if stats["loss"] else 0.0,
-        "train/policy_loss": float(np.mean(stats["policy_loss"])) if stats["policy_loss"] else 0.0,
-        "train/kl": float(np.mean(stats["kl"])) if stats["kl"] else 0.0,
+        **{f"train/{key}": float(np.mean(stats[key] or [0.0])) for key in ("loss", "policy_loss", "kl")},
         "train/ratio_mean": float(ratios.mean()),
         "train/ratio_min": float(ratios.min()),
         "train/ratio_max": float(ratios.max()),
-        "train/clip_fraction": float(np.mean(stats["clipped"])) if stats["clipped"] else 0.0,
-        "train/approx_kl": float(0.5 * np.mean(log_ratios**2)),
+        "train/clip_fraction": float(np.mean(stats["clipped"] or [0.0])),
+        "train/approx_kl": float(0.5 * np.mean(np.log(ratios) ** 2)),
         "train/first_ratio": float(ratios[0]),
         "train/grad_norm": float(grad_norm),
         "train/trained_samples": float(len(valid)),
     }
+
+
+def step_loss(
+    policy: WanPolicy,
+    policy_args: PolicyArguments,
+    grpo: GrpoArguments,
+    trajectory: Trajectory,
+    indices: torch.Tensor,
+    position: int,
+    advantages: torch.Tensor,
+    *,
+    conditional: torch.Tensor,
+    unconditional: torch.Tensor,
+) -> tuple[torch.Tensor, PolicyLoss, torch.Tensor]:
+    """PPO-clip + β·KL of micro-batch ``indices`` on the ``position``-th stochastic step of the trajectory."""
+    step = trajectory.steps[position]
+    state = trajectory.states[indices, position]
+    output = score_step(policy, policy_args, state, trajectory.next_states[indices, position], step,
+                        conditional=conditional, unconditional=unconditional)
+    device = output.log_prob.device
+    clipped = ppo_clip_loss(output.log_prob, trajectory.log_probs[indices, position].to(device),
+                            advantages[indices].to(device), clip_range=grpo.clip_range, adv_clip_max=grpo.adv_clip_max)
+    kl = torch.zeros((), device=device)
+    if grpo.beta > 0:
+        sigmas, timesteps = policy.schedule(policy_args.num_steps)
+        with torch.no_grad(), policy.reference():
+            reference = policy.velocity(state, timesteps[step], conditional, unconditional, policy_args.guidance_scale)
+        reference_mean, _ = step_mean_std(reference, state, float(sigmas[step]), float(sigmas[step + 1]),
+                                          kind=policy_args.sde, noise_level=policy_args.noise_level, sigma_max=float(sigmas[1]))
+        kl = gaussian_kl(output.mean, reference_mean, output.std).mean()
+    return clipped.loss.mean() + grpo.beta * kl, clipped, kl
 
 
 def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArguments) -> dict[str, Any]:
@@ -305,7 +309,7 @@ def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArg
             accelerator.log(metrics, step=step)
             progress.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}")
         if run_args.sample_every and step % run_args.sample_every == 0 and accelerator.is_main_process:
-            write_samples(accelerator, run.run_dir / "samples", step, rollout.frames[: grpo.group_size], rollout.prompts)
+            write_samples(accelerator, run.run_dir / "samples", step, rollout.frames, rollout.prompts)
         if run.state.step % run_args.save_every == 0 or run.state.step == run_args.max_steps:
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]})
     final = finish_run(run, fused=run_args.save_fused)

@@ -35,7 +35,7 @@ def main() -> int:
     arguments = [kind(**{k: v for k, v in values.items() if k in kind.__dataclass_fields__})
                  for kind in (PolicyArguments, RunArguments, GrpoArguments)]
     try:
-        print(run_doctor(*arguments, DoctorArguments(steps=12, tolerance=1e-2)))
+        print(run_doctor(*arguments, DoctorArguments(tolerance=1e-2)))
     except DoctorError as failure:
         print(failure)
         return 1
