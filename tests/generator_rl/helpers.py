@@ -19,3 +19,31 @@ def tiny_arguments(recipe: str, algorithm: type, model: Path, prompts: Path, out
     for key, value in overrides.items():
         argv += [f"--{key}", *(value if isinstance(value, list) else [str(value)])]
     return TrlParser([PolicyArguments, RunArguments, algorithm]).parse_args_and_config(argv)
+
+
+class Preempted(RuntimeError):
+    """Raised by ``dies_on_call`` to simulate a job killed mid-run."""
+
+
+def dies_on_call(function, call: int):
+    """Wrap ``function`` so that its ``call``-th invocation raises ``Preempted`` instead of running."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise Preempted(f"simulated preemption at call {call}")
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def same_lora(first, second) -> bool:
+    """Bit-identical ``final/pytorch_lora_weights.safetensors`` of two run directories."""
+    import torch
+    from safetensors.torch import load_file
+
+    from generator_rl.checkpointing import LORA_WEIGHTS
+
+    a, b = load_file(first / "final" / LORA_WEIGHTS), load_file(second / "final" / LORA_WEIGHTS)
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

@@ -16,7 +16,7 @@ from generator_rl.sample import SampleArguments, run_sample
 from reward import build_reward
 
 from .conftest import PROMPTS
-from .helpers import tiny_arguments
+from .helpers import Preempted, dies_on_call, same_lora, tiny_arguments
 
 
 def _smoothness(videos) -> float:
@@ -119,24 +119,12 @@ def test_flow_dpo_shares_noise_and_timestep_between_winner_and_loser(tiny_wan_di
 def test_killed_flow_dpo_run_resumes_to_the_same_lora(tiny_wan_dir, prompt_file, tmp_path, monkeypatch, save_every):
     """Online rounds of 2 steps; killed in step 4 after a checkpoint at step 2 (round boundary: the reference
     is refreshed again) or at step 3 (mid-round: the refreshed reference comes back from the checkpoint)."""
-    from safetensors.torch import load_file
-
-    from generator_rl.checkpointing import LORA_WEIGHTS
-
     settings = {"max_steps": 5, "save_every": save_every, "online_every": 2}
     run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a", **settings))
-    original, calls = dpo_module._optimizer_step, []
-
-    def dies_on_fourth(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise RuntimeError("simulated preemption")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(dpo_module, "_optimizer_step", dies_on_fourth)
-    with pytest.raises(RuntimeError, match="preemption"):
+    original = dpo_module._optimizer_step
+    monkeypatch.setattr(dpo_module, "_optimizer_step", dies_on_call(original, 4))
+    with pytest.raises(Preempted):
         run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
     monkeypatch.setattr(dpo_module, "_optimizer_step", original)
     run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
-    a, b = load_file(tmp_path / "a" / "final" / LORA_WEIGHTS), load_file(tmp_path / "b" / "final" / LORA_WEIGHTS)
-    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert same_lora(tmp_path / "a", tmp_path / "b")

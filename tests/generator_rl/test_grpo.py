@@ -11,11 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 import generator_rl.grpo as grpo_module
-from generator_rl.checkpointing import LORA_WEIGHTS
 from generator_rl.doctor import DoctorArguments, run_doctor
 from generator_rl.grpo import GrpoArguments, run_grpo
 from generator_rl.sample import SampleArguments, run_sample
@@ -23,7 +20,7 @@ from reward import RewardOutput, ScoredItem, build_reward, register_reward, regi
 from reward.modeling import DeScoreModel, save_descore
 from reward.video import VideoSpec
 
-from .helpers import tiny_arguments
+from .helpers import Preempted, dies_on_call, same_lora, tiny_arguments
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -61,32 +58,20 @@ def test_doctor_passes_on_the_tiny_recipe(tiny_wan_dir, prompt_file, tmp_path):
     assert parity < 1e-5
 
 
-class _Killed(RuntimeError):
-    pass
-
-
 def test_killed_run_resumes_to_the_same_lora(tiny_wan_dir, prompt_file, tmp_path, monkeypatch):
     """Kill during step 3 (checkpoint at step 2 on disk), run again: same final LoRA as a straight run —
     LoRA, optimizer, EMA, RNG and the prompt position all come back."""
     settings = {"max_steps": 4, "save_every": 2, "ema_decay": 0.5}
     straight = run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a", **settings))
-    original, calls = grpo_module.update, []
-
-    def dies_on_third_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise _Killed("simulated preemption")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(grpo_module, "update", dies_on_third_step)
-    with pytest.raises(_Killed):
+    original = grpo_module.update
+    monkeypatch.setattr(grpo_module, "update", dies_on_call(original, 3))
+    with pytest.raises(Preempted):
         run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step_2"]
     monkeypatch.setattr(grpo_module, "update", original)
     resumed = run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
     assert resumed["reward_history"] == straight["reward_history"][2:]
-    a, b = load_file(tmp_path / "a" / "final" / LORA_WEIGHTS), load_file(tmp_path / "b" / "final" / LORA_WEIGHTS)
-    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert same_lora(tmp_path / "a", tmp_path / "b")
 
 
 def test_two_processes_compute_the_same_advantages_as_one(tiny_wan_dir, prompt_file, tmp_path):
