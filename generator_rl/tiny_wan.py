@@ -8,6 +8,7 @@ the flow-matching ``UniPCMultistepScheduler`` that Wan2.1-Diffusers checkpoints 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -34,6 +35,10 @@ def build_tiny_t5_tokenizer(vocab_size: int = 256) -> T5TokenizerFast:
         vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
     )
     backend.train_from_iterator(_CORPUS * 8, trainer=trainer)
+    # Unigram training sums EM statistics in parallel, so scores can differ in the last bit between runs;
+    # rounding them makes the tokenizer — and every tiny-Wan result downstream — reproducible.
+    trained = json.loads(backend.to_str())["model"]
+    backend.model = models.Unigram([(piece, round(score, 6)) for piece, score in trained["vocab"]], unk_id=trained["unk_id"])
     return T5TokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
 
 
