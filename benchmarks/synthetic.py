@@ -92,8 +92,8 @@ def make_preference_set(
         a_wins = index % 2 == 0
         clip_a, clip_b = (preferred, rejected) if a_wins else (rejected, preferred)
         name_a, name_b = f"videos/{seed}_{index}_a.mp4", f"videos/{seed}_{index}_b.mp4"
-        write_video(directory / name_a, clip_a, fps)
-        write_video(directory / name_b, clip_b, fps)
+        write_video(directory / name_a, clip_a, fps, lossless=True)
+        write_video(directory / name_b, clip_b, fps, lossless=True)
         rows.append({
             "prompt": f"a {colour} square moving {direction}",
             "video_a": name_a,

@@ -273,11 +273,14 @@ def write_video(
     *,
     codec: str = "libx264",
     audio: bool = False,
+    lossless: bool = False,
 ) -> Path:
     """Encode uint8 ``(T, H, W, 3)`` frames with PyAV (any codec PyAV ships: h264, hevc, vp9, av1, mpeg4),
     optionally with an audio track (a quiet 440 Hz tone, AAC or Opus for webm).
 
-    Known clash: decord 0.6 bundles its own libvpx, so after ``import decord`` the libvpx (vp8/vp9) *encoders*
+    ``lossless`` (x264/x265 at qp 0) makes the decoded frames a function of the input alone: the bundled
+    libx264 occasionally emits a different lossy bitstream for the same frames between runs, which made
+    synthetic datasets — and everything trained on them — differ. Known clash: decord 0.6 bundles its own libvpx, so after ``import decord`` the libvpx (vp8/vp9) *encoders*
     fail in the same process; decoding is unaffected.
     """
     import av
@@ -288,6 +291,8 @@ def write_video(
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
+        if lossless:
+            stream.options = {"qp": "0"}
         audio_stream = None
         if audio:
             audio_codec = "libopus" if path.suffix == ".webm" else "aac"
