@@ -89,20 +89,35 @@ def registered_rewards() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_reward(entry: Mapping[str, Any]) -> RewardModel:
-    """Instantiate a reward model from a config entry: ``{"name": ..., **options}``.
+def check_reward_entry(entry: Mapping[str, Any]) -> None:
+    """Check a config entry without building the model: a registered name, options the model takes, and a
+    ``path`` that exists (or is a hub id). Jobs call this before loading anything else, so a typo fails in a
+    second instead of after the generator has loaded.
 
     Raises:
-        ConfigError: unknown name (the message lists the registered ones) or options the model does not take.
+        ConfigError: unknown name (the message lists the registered ones), unknown options, or a missing path.
     """
     options = dict(entry)
     name = options.pop("name", None)
     if name not in _REGISTRY:
         raise ConfigError(f"unknown reward model {name!r}; registered: {registered_rewards()}")
-    factory = _REGISTRY[name]
-    accepted = inspect.signature(factory).parameters
+    accepted = inspect.signature(_REGISTRY[name]).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise ConfigError(f"reward model {name!r} does not take options {unknown}; it takes {sorted(accepted)}")
-    return factory(**options)
+    if options.get("path") is not None:
+        from .run_record import check_model_source
+
+        check_model_source(options["path"], what=f"reward model {name!r} path")
+
+
+def build_reward(entry: Mapping[str, Any]) -> RewardModel:
+    """Instantiate a reward model from a config entry: ``{"name": ..., **options}``.
+
+    Raises:
+        ConfigError: as :func:`check_reward_entry`.
+    """
+    check_reward_entry(entry)
+    options = dict(entry)
+    return _REGISTRY[options.pop("name")](**options)
