@@ -23,7 +23,7 @@ from typing import Literal
 from transformers import AutoProcessor, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .data import PreferenceData, check_videos, read_preferences
+from .data import PreferenceData, read_preferences
 from .errors import ConfigError
 from .losses import bradley_terry_loss, bradley_terry_ties_loss
 from .modeling import DEFAULT_LORA_TARGETS, REWARD_TOKEN, DeScoreModel, LoraSettings, pixel_factor, save_descore
@@ -171,9 +171,9 @@ class ColdStartConfig(TrainingArguments):
 
 
 def _load_pairs(path: str, config: ColdStartConfig) -> PreferenceData:
-    data = read_preferences(path, skip_invalid=config.skip_invalid, reserved_tokens=(REWARD_TOKEN,))
-    if config.probe_videos:
-        data = check_videos(data, skip_invalid=config.skip_invalid)
+    data = read_preferences(
+        path, skip_invalid=config.skip_invalid, reserved_tokens=(REWARD_TOKEN,), probe_videos=config.probe_videos
+    )
     if config.loss == "bt":
         ties = sum(pair.label == 0 for pair in data.pairs)
         if ties:

@@ -9,23 +9,31 @@ Two layouts are read:
   judge instruction, used verbatim), ``CoT_A``, ``CoT_B`` and ``GSB`` (``A`` / ``B`` / ``same`` /
   ``invalid``), read unchanged. ``invalid`` rows are excluded as the official code excludes them.
 
-Relative video paths resolve against the data file's folder. Every problem is reported with its line
-number (the CSV header is line 1); ``skip_invalid=True`` drops bad rows and counts them instead.
+Files are UTF-8 (a byte-order mark is allowed). Relative video paths resolve against the data file's folder.
+Every problem is reported with the file and its line number (the CSV header is line 1): bytes that are not
+UTF-8 (with their column and byte offset), a CSV record whose field count differs from the header's, a JSONL
+line that is not a JSON object, a field longer than ``max_field_chars``, an unknown label, a missing video,
+a video compared with itself. Without ``skip_invalid`` one :class:`DataError` lists them all; with it the bad
+rows are dropped and counted. Pairs that are valid but suspicious — the same comparison twice, or with
+contradictory labels — are kept, logged and counted in :class:`PairWarnings`.
 """
 
 from __future__ import annotations
 
 import ast
-import csv
+import functools
 import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import DataError, VideoDecodeError
+from .errors import ConfigError, DataError, VideoDecodeError
+from .records import MAX_FIELD_CHARS, Records, read_records
 from .video import probe_video
 
 logger = logging.getLogger(__name__)
@@ -34,6 +42,7 @@ LABELS: dict[str, int] = {"a": 1, "1": 1, "+1": 1, "b": -1, "-1": -1, "tie": 0, 
 OURS_REQUIRED = ("prompt", "video_a", "video_b", "label")
 OFFICIAL_REQUIRED = ("videos", "problem", "CoT_A", "CoT_B", "GSB")
 OURS_OPTIONAL = ("cot_a", "cot_b", "scores_a", "scores_b")
+LISTED_PROBLEMS = 50
 
 
 @dataclass(frozen=True)
@@ -57,13 +66,28 @@ class PreferencePair:
 
 
 @dataclass(frozen=True)
+class PairWarnings:
+    """Kept pairs that look like mistakes, each as ``(line, earlier line)``.
+
+    Two lines are the same comparison when prompt, instruction and both videos (after resolving the paths,
+    in either order) agree. A repeat with the same preference is a duplicate (it weighs that comparison
+    twice); one with another preference (A vs B, or A vs tie; the label is flipped when the videos are
+    swapped) contradicts the first line of that comparison.
+    """
+
+    duplicates: tuple[tuple[int, int], ...] = ()
+    contradictions: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class PreferenceData:
-    """The valid pairs of a file plus every row that was skipped (line, reason)."""
+    """The valid pairs of a file, every row that was skipped (line, reason), and the warnings on kept pairs."""
 
     source: Path
     pairs: list[PreferencePair]
     skipped: list[tuple[int, str]] = field(default_factory=list)
     excluded_invalid: int = 0
+    warnings: PairWarnings = PairWarnings()
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -74,57 +98,48 @@ def read_preferences(
     *,
     skip_invalid: bool = False,
     reserved_tokens: tuple[str, ...] = (),
+    probe_videos: bool = False,
+    max_field_chars: int = MAX_FIELD_CHARS,
 ) -> PreferenceData:
     """Read and validate a preference file.
 
     Args:
         path: a ``.csv`` or ``.jsonl`` file in one of the two layouts above.
-        skip_invalid: drop bad rows (unknown label, missing video file, malformed field) and count them,
-            instead of raising one error that lists them all.
+        skip_invalid: drop bad rows (see the module docstring) and count them, instead of raising one error
+            that lists them all.
         reserved_tokens: strings that must not occur in CoT text (the ``<Reward>`` query token: a CoT that
             contains it would put a second query position into the sequence).
+        probe_videos: also open every video (as :func:`check_videos` does), so that one pass reports bad
+            rows and bad videos together.
+        max_field_chars: the longest field accepted, in characters.
 
     Raises:
-        DataError: the file is missing or unreadable, lacks required columns, or (without ``skip_invalid``)
-            has invalid rows; the message lists every bad line.
+        DataError: the file is missing, has no rows, has a bad header, a CSV record that cannot be parsed
+            (a field over ``max_field_chars``: the reader cannot tell where it ends), or (without
+            ``skip_invalid``) invalid rows; the message lists every bad line, the first 50 in full.
     """
     path = Path(path)
-    rows = _read_rows(path)
-    if not rows:
-        raise DataError(f"{path}: no data rows")
-    columns = set(rows[0][1])
-    if set(OFFICIAL_REQUIRED) <= columns:
-        parse_row = _official_row
-    elif set(OURS_REQUIRED) <= columns:
-        parse_row = _our_row
-    else:
-        raise DataError(
-            f"{path}: columns {sorted(columns)} match neither layout; expected {list(OURS_REQUIRED)} "
-            f"(optional {list(OURS_OPTIONAL)}) or the official DeScore stage-1 columns {list(OFFICIAL_REQUIRED)}"
-        )
-    pairs, problems, excluded = [], [], 0
-    for line, row in rows:
-        try:
-            pair = parse_row(row, line, path.parent)
-            if pair is not None:
-                _check_pair(pair, reserved_tokens)
-        except _RowError as error:
-            problems.append((line, str(error)))
-            continue
-        if pair is None:
-            excluded += 1
-        else:
-            pairs.append(pair)
+    if isinstance(max_field_chars, bool) or not isinstance(max_field_chars, int) or max_field_chars < 1:
+        raise ConfigError(f"max_field_chars must be a positive number of characters, got {max_field_chars!r}")
+    records = read_records(path, max_field_chars=max_field_chars)
+    resolve = functools.cache(os.path.realpath)  # one identity per file for self-pairs and repeats
+    pairs, problems, excluded = _parse_rows(path, records, reserved_tokens, resolve)
+    if probe_videos:
+        video_problems = _video_problems(pairs)
+        problems += video_problems
+        pairs = _without_lines(pairs, video_problems)
+    problems.sort()
     if problems and not skip_invalid:
         raise _invalid_rows_error(path, problems)
-    for line, reason in problems:
-        logger.warning("%s line %d skipped: %s", path, line, reason)
+    _log_skipped(path, problems)
     if problems or excluded:
         logger.warning(
             "%s: %d valid pair(s), %d invalid row(s) skipped, %d row(s) labelled invalid excluded",
             path, len(pairs), len(problems), excluded,
         )
-    return PreferenceData(source=path, pairs=pairs, skipped=problems, excluded_invalid=excluded)
+    warnings = _pair_warnings(pairs, resolve)
+    _log_warnings(path, warnings)
+    return PreferenceData(source=path, pairs=pairs, skipped=problems, excluded_invalid=excluded, warnings=warnings)
 
 
 def check_videos(data: PreferenceData, *, skip_invalid: bool = False) -> PreferenceData:
@@ -132,72 +147,117 @@ def check_videos(data: PreferenceData, *, skip_invalid: bool = False) -> Prefere
 
     Catches truncated, unreadable, zero-frame and single-frame files before a long job starts. Returns the
     data without the pairs that use a bad video (those rows are added to ``skipped``) when
-    ``skip_invalid``; otherwise raises one :class:`DataError` listing every affected line.
+    ``skip_invalid``; otherwise raises one :class:`DataError` listing every affected line. For data not
+    read yet, ``read_preferences(..., probe_videos=True)`` lists bad rows and bad videos in one error.
     """
-    videos = sorted({path for pair in data.pairs for path in (pair.video_a, pair.video_b)})
+    problems = _video_problems(data.pairs)
+    if not problems:
+        return data
+    if not skip_invalid:
+        raise _invalid_rows_error(data.source, problems)
+    _log_skipped(data.source, problems)
+    kept = _without_lines(data.pairs, problems)
+    logger.warning("%s: %d pair(s) skipped for unreadable videos, %d kept", data.source, len(data.pairs) - len(kept), len(kept))
+    return replace(data, pairs=kept, skipped=sorted(data.skipped + problems))
+
+
+def _video_problems(pairs: list[PreferencePair]) -> list[tuple[int, str]]:
+    """(line, reason) for every pair that uses a video :func:`probe_video` rejects; each video opened once."""
+    videos = sorted({path for pair in pairs for path in (pair.video_a, pair.video_b)})
     bad: dict[str, str] = {}
     for path in tqdm(videos, desc="checking videos", unit="video", disable=len(videos) < 100):
         try:
             probe_video(path)
         except VideoDecodeError as error:
             bad[path] = error.reason
-    if not bad:
-        return data
-    problems = [
+    return [
         (pair.line, "; ".join(f"video {path}: {bad[path]}" for path in dict.fromkeys((pair.video_a, pair.video_b)) if path in bad))
-        for pair in data.pairs
+        for pair in pairs
         if pair.video_a in bad or pair.video_b in bad
     ]
-    if not skip_invalid:
-        raise _invalid_rows_error(data.source, problems)
-    for line, reason in problems:
-        logger.warning("%s line %d skipped: %s", data.source, line, reason)
-    kept = [pair for pair in data.pairs if pair.video_a not in bad and pair.video_b not in bad]
-    logger.warning("%s: %d pair(s) skipped for unreadable videos, %d kept", data.source, len(data.pairs) - len(kept), len(kept))
-    return replace(data, pairs=kept, skipped=sorted(data.skipped + problems))
+
+
+def _without_lines(pairs: list[PreferencePair], problems: list[tuple[int, str]]) -> list[PreferencePair]:
+    bad_lines = {line for line, _ in problems}
+    return [pair for pair in pairs if pair.line not in bad_lines]
 
 
 def _invalid_rows_error(path: Path, problems: list[tuple[int, str]]) -> DataError:
-    listing = "\n".join(f"  line {line}: {reason}" for line, reason in problems[:50])
-    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+    listing = "\n".join(f"  line {line}: {reason}" for line, reason in problems[:LISTED_PROBLEMS])
+    more = f"\n  ... and {len(problems) - LISTED_PROBLEMS} more" if len(problems) > LISTED_PROBLEMS else ""
     return DataError(
         f"{path}: {len(problems)} invalid row(s); fix them or set skip_invalid: true to skip them\n{listing}{more}"
     )
+
+
+def _log_skipped(path: Path, problems: list[tuple[int, str]]) -> None:
+    for line, reason in problems:
+        logger.warning("%s line %d skipped: %s", path, line, reason)
+
+
+def _pair_warnings(pairs: list[PreferencePair], resolve: Callable[[str], str]) -> PairWarnings:
+    """Find repeated comparisons (see :class:`PairWarnings`); the first line of each comparison is the reference."""
+    first: dict[tuple[str, str | None, str, str], tuple[int, int]] = {}
+    duplicates, contradictions = [], []
+    for pair in pairs:
+        video_a, video_b = resolve(pair.video_a), resolve(pair.video_b)
+        # Orient every pair the same way so that "A over B" and "B over A, swapped" compare equal.
+        label = pair.label if video_a <= video_b else -pair.label
+        key = (pair.prompt, pair.instruction, min(video_a, video_b), max(video_a, video_b))
+        if key not in first:
+            first[key] = (pair.line, label)
+            continue
+        earlier, earlier_label = first[key]
+        (duplicates if label == earlier_label else contradictions).append((pair.line, earlier))
+    return PairWarnings(duplicates=tuple(duplicates), contradictions=tuple(contradictions))
+
+
+def _log_warnings(path: Path, warnings: PairWarnings) -> None:
+    for found, kind, verb in (
+        (warnings.duplicates, "duplicate pair(s) (same prompt and videos, same preference)", "repeats"),
+        (warnings.contradictions, "contradictory label(s) (same prompt and videos, another preference)", "contradicts"),
+    ):
+        if found:
+            examples = ", ".join(f"line {line} {verb} line {earlier}" for line, earlier in found[:10])
+            more = f", ... and {len(found) - 10} more" if len(found) > 10 else ""
+            logger.warning("%s: %d %s: %s%s", path, len(found), kind, examples, more)
 
 
 class _RowError(ValueError):
     pass
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    if not path.is_file():
-        raise DataError(f"preference file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = []
-            for row in reader:
-                # line_num is the record's last physical line; quoted CoTs may span several lines
-                inner_breaks = sum(value.count("\n") for value in row.values() if isinstance(value, str))
-                rows.append((reader.line_num - inner_breaks, row))
-            return rows
-    if suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8-sig") as handle:
-            for line, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path} line {line}: not valid JSON ({error.msg})") from error
-                if not isinstance(row, dict):
-                    raise DataError(f"{path} line {line}: expected a JSON object, got {type(row).__name__}")
-                rows.append((line, row))
-        return rows
-    raise DataError(f"{path}: unsupported extension {suffix!r}; use .csv or .jsonl")
+def _parse_rows(
+    path: Path, records: Records, reserved_tokens: tuple[str, ...], resolve: Callable[[str], str]
+) -> tuple[list[PreferencePair], list[tuple[int, str]], int]:
+    """The valid pairs, the (line, reason) of every unreadable or invalid row, and the ``GSB = invalid`` count."""
+    parse_row = _layout(path, records.columns) if records.rows else None
+    pairs, problems, excluded = [], list(records.problems), 0
+    for line, row in records.rows:
+        try:
+            pair = parse_row(row, line, path.parent)
+            if pair is not None:
+                _check_pair(pair, reserved_tokens, resolve)
+        except _RowError as error:
+            problems.append((line, str(error)))
+            continue
+        if pair is None:
+            excluded += 1
+        else:
+            pairs.append(pair)
+    return pairs, problems, excluded
+
+
+def _layout(path: Path, columns: list[str]) -> Callable[[dict[str, Any], int, Path], PreferencePair | None]:
+    """The row parser for the file's layout, told apart by its columns (a JSONL file: its first object's keys)."""
+    if set(OFFICIAL_REQUIRED) <= set(columns):
+        return _official_row
+    if set(OURS_REQUIRED) <= set(columns):
+        return _our_row
+    raise DataError(
+        f"{path}: columns {sorted(columns)} match neither layout; expected {list(OURS_REQUIRED)} "
+        f"(optional {list(OURS_OPTIONAL)}) or the official DeScore stage-1 columns {list(OFFICIAL_REQUIRED)}"
+    )
 
 
 def parse_label(value: Any) -> int:
@@ -280,7 +340,11 @@ def _official_row(row: dict[str, Any], line: int, root: Path) -> PreferencePair 
     )
 
 
-def _check_pair(pair: PreferencePair, reserved_tokens: tuple[str, ...]) -> None:
+def _check_pair(pair: PreferencePair, reserved_tokens: tuple[str, ...], resolve: Callable[[str], str]) -> None:
+    if resolve(pair.video_a) == resolve(pair.video_b):
+        # Invalid rather than a warning: no preference between a video and itself can be learnt, and such a
+        # row almost always comes from a bug in whatever built the file.
+        raise _RowError(f"video_a and video_b are the same file {pair.video_a}; a video is compared with itself")
     if (pair.cot_a is None) != (pair.cot_b is None):
         raise _RowError("only one of the two CoTs is given; give both or neither")
     for token in reserved_tokens:

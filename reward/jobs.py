@@ -13,7 +13,7 @@ import torch
 
 from .checkpoint import atomic_file
 from .base import ScoredItem
-from .data import PreferencePair, check_videos, read_preferences
+from .data import PreferencePair, read_preferences
 from .errors import ConfigError
 from .losses import pairwise_accuracy
 from .modeling import REWARD_TOKEN, DeScoreModel
@@ -100,8 +100,9 @@ def run_score(config: ScoreConfig) -> ScoreSummary:
     )
     pairs, skipped_rows = [], 0
     if config.data is not None:
-        data = read_preferences(config.data, skip_invalid=config.skip_invalid, reserved_tokens=(REWARD_TOKEN,))
-        data = check_videos(data, skip_invalid=config.skip_invalid)
+        data = read_preferences(
+            config.data, skip_invalid=config.skip_invalid, reserved_tokens=(REWARD_TOKEN,), probe_videos=True
+        )
         pairs, skipped_rows = data.pairs, len(data.skipped)
         if config.cot and config.cot_source == "data" and not all(pair.has_cot for pair in pairs):
             raise ConfigError(f"{config.data}: cot_source: data needs cot_a and cot_b on every row")

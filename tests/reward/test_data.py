@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 from dataclasses import replace
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 
 from reward.video import _write_tone, write_video
-from reward.data import PreferencePair, check_videos, read_preferences
-from reward.errors import DataError
+from reward.data import PairWarnings, PreferencePair, check_videos, read_preferences
+from reward.errors import ConfigError, DataError
+
+from .helpers import small_clip, truncated_clip
 
 LABEL_HINT = "use A, B, tie (or 1, -1, 0)"
 
@@ -382,18 +385,155 @@ def test_header_only_csv_has_no_rows(folder):
     assert str(caught.value) == f"{path}: no data rows"
 
 
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ('{"prompt": "p", "video_a": ', r"line 2: not valid JSON \(Expecting value\)"),
-        ("[1, 2]", r"line 2: expected a JSON object, got list"),
-    ],
-)
-def test_jsonl_syntax_errors_name_the_line(folder, line, message):
-    row = {"prompt": "p", "video_a": "a.mp4", "video_b": "b.mp4", "label": "A"}
-    path = write_jsonl(folder / "prefs.jsonl", [row, line, row])
-    with pytest.raises(DataError, match=re.escape(str(path)) + " " + message):
-        read_preferences(path)
+# --------------------------------------------------------------------------------------------------------
+# Bad files: every error names the file and the line
+# --------------------------------------------------------------------------------------------------------
+
+HEADER = b"prompt,video_a,video_b,label\n"  # 29 bytes
+COT_HEADER = b"prompt,video_a,video_b,label,cot_a,cot_b\n"  # 41 bytes
+GOOD = b"p1,a.mp4,b.mp4,A\n"  # 17 bytes
+GOOD_COT = b"p9,b.mp4,a.mp4,B,c,c\n"
+NOT_UTF8 = "is not valid UTF-8; save the file as UTF-8"
+QUOTE_HINT = "quote fields that contain commas, quotes or line breaks"
+
+
+def jsonl_bytes(*lines: dict | bytes) -> bytes:
+    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
+
+
+ROW = {"prompt": "p", "video_a": "a.mp4", "video_b": "b.mp4", "label": "A"}  # 69 bytes as JSON, 70 with the line end
+
+# (file name, bytes, read_preferences options, [(line, reason)] of the bad rows, lines of the good rows).
+# Byte offsets count from 0; columns from 1, in bytes.
+BAD_ROWS = {
+    "latin-1 byte in a row": (
+        "prefs.csv", HEADER + GOOD + b"caf\xe9,a.mp4,b.mp4,A\n" + GOOD, {},
+        [(3, f"byte 0xe9 at column 4 of line 3 (byte offset 49 in the file) {NOT_UTF8}")], [2, 4],
+    ),
+    "cp1252 byte on the second line of a quoted CoT": (
+        # the record starts on line 2 (24 bytes: p1,a.mp4,b.mp4,A,"first + line end); 0x96 is byte 8 of line 3
+        "prefs.csv", COT_HEADER + b'p1,a.mp4,b.mp4,A,"first\nsecond \x96 line",c\n' + GOOD_COT, {},
+        [(2, f"byte 0x96 at column 8 of line 3 (byte offset 72 in the file) {NOT_UTF8}")], [4],
+    ),
+    "byte-order mark counted in the offsets": (
+        "prefs.csv", b"\xef\xbb\xbf" + HEADER + b"\xff1,a.mp4,b.mp4,A\n" + GOOD, {},
+        [(2, f"byte 0xff at column 1 of line 2 (byte offset 32 in the file) {NOT_UTF8}")], [3],
+    ),
+    "latin-1 byte in a JSONL line": (
+        # '{"prompt": "caf' is 15 bytes, so the bad byte is column 16 of line 2, offset 70 + 15
+        "prefs.jsonl", jsonl_bytes(ROW, b'{"prompt": "caf\xe9", "video_a": "a.mp4", "video_b": "b.mp4", "label": "A"}', ROW),
+        {}, [(2, f"byte 0xe9 at column 16 of line 2 (byte offset 85 in the file) {NOT_UTF8}")], [1, 3],
+    ),
+    "unquoted comma: one field too many": (
+        "prefs.csv", HEADER + GOOD + b"a cat, running,a.mp4,b.mp4,A\n" + GOOD, {},
+        [(3, f"5 field(s) but the header has 4; {QUOTE_HINT}")], [2, 4],
+    ),
+    "missing field": (
+        "prefs.csv", HEADER + b"p1,a.mp4,b.mp4\n" + GOOD, {}, [(2, f"3 field(s) but the header has 4; {QUOTE_HINT}")], [3],
+    ),
+    "unclosed quote swallows the following lines": (
+        "prefs.csv", COT_HEADER + GOOD_COT + b'p2,a.mp4,b.mp4,A,"unclosed,c\n' + GOOD_COT + GOOD_COT, {},
+        [(3, f"5 field(s) but the header has 6 (the record runs to line 5); {QUOTE_HINT}")], [2],
+    ),
+    "JSONL field over max_field_chars": (
+        "prefs.jsonl", jsonl_bytes(ROW, {**ROW, "cot_a": "x" * 51, "cot_b": "y"}, ROW), {"max_field_chars": 50},
+        [(2, "column 'cot_a' has 51 characters, more than max_field_chars=50")], [1, 3],
+    ),
+    "JSONL line cut short": (
+        "prefs.jsonl", jsonl_bytes(ROW, b'{"prompt": "p", "video_a": ', ROW), {},
+        [(2, "not valid JSON at column 28 (Expecting value)")], [1, 3],
+    ),
+    "JSONL line that is not an object": (
+        "prefs.jsonl", jsonl_bytes(ROW, b"[1, 2]", b'"p"', ROW), {},
+        [(2, "expected a JSON object, got list"), (3, "expected a JSON object, got str")], [1, 4],
+    ),
+    "video compared with itself": (
+        "prefs.csv", HEADER + GOOD + b"p2,a.mp4,./a.mp4,tie\n" + b"p3,b.mp4,clips/../b.mp4,A\n", {},
+        [(3, "video_a and video_b are the same file FOLDER/a.mp4; a video is compared with itself"),
+         (4, "video_a and video_b are the same file FOLDER/b.mp4; a video is compared with itself")],
+        [2],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ROWS.values(), ids=BAD_ROWS.keys())
+def test_bad_rows_name_file_and_line(folder, case):
+    """Strict: one DataError names the file and lists each bad line with its reason. skip_invalid: the
+    same (line, reason) list is recorded and the good rows are kept, with their own line numbers."""
+    name, content, options, problems, kept = case
+    (folder / "clips").mkdir()
+    path = folder / name
+    path.write_bytes(content)
+    problems = [(line, reason.replace("FOLDER", str(folder))) for line, reason in problems]
+
+    with pytest.raises(DataError) as caught:
+        read_preferences(path, **options)
+    assert str(caught.value) == (
+        f"{path}: {len(problems)} invalid row(s); fix them or set skip_invalid: true to skip them\n"
+        + "\n".join(f"  line {line}: {reason}" for line, reason in problems)
+    )
+
+    data = read_preferences(path, skip_invalid=True, **options)
+    assert data.skipped == problems
+    assert [pair.line for pair in data.pairs] == kept
+
+
+BAD_FILES = {
+    "UTF-16 file": (
+        "prefs.csv", "prompt,video_a,video_b,label\n".encode("utf-16"), {},
+        f"PATH line 1 (the header): byte 0xff at column 1 of line 1 (byte offset 0 in the file) {NOT_UTF8}",
+    ),
+    "column named twice": (
+        "prefs.csv", b"prompt,video_a,video_b,label,label\n" + b"p1,a.mp4,b.mp4,A,B\n", {},
+        "PATH line 1 (the header): column(s) ['label'] appear more than once",
+    ),
+    "CSV field over max_field_chars": (
+        "prefs.csv", COT_HEADER + GOOD_COT + b"p2,a.mp4,b.mp4,A,c,\"" + b"y\n" * 30 + b'"\n', {"max_field_chars": 50},
+        "PATH line 3: cannot parse the CSV record that starts here (field larger than field limit (50)); a field "
+        'is longer than max_field_chars=50 characters, usually because a quote (") is not closed and the rest of '
+        "the file became one field",
+    ),
+    "empty file": ("prefs.csv", b"", {}, "PATH: no data rows"),
+    "blank lines only": ("prefs.jsonl", b"\n \n\n", {}, "PATH: no data rows"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES.values(), ids=BAD_FILES.keys())
+@pytest.mark.parametrize("skip_invalid", [False, True])
+def test_unreadable_files_name_file_and_line(folder, case, skip_invalid):
+    """Problems past which nothing can be trusted stop the read, even with skip_invalid: a header that is
+    not UTF-8 or names a column twice, and a CSV field over the limit (the reader can't tell where it ends)."""
+    name, content, options, message = case
+    path = folder / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as caught:
+        read_preferences(path, skip_invalid=skip_invalid, **options)
+    assert str(caught.value) == message.replace("PATH", str(path))
+
+
+def test_long_fields_within_the_bound_are_read(folder):
+    """A 200,000-character CoT is over csv's own default field limit (131,072) but under max_field_chars;
+    it is read whole, and csv's limit is put back afterwards (even when a read fails)."""
+    default_limit = csv.field_size_limit()
+    long_cot = "word " * 40_000
+    path = write_csv(
+        folder / "prefs.csv", ["prompt", "video_a", "video_b", "label", "cot_a", "cot_b"],
+        [["p1", "a.mp4", "b.mp4", "A", long_cot, "short"], ["p2", "b.mp4", "a.mp4", "B", "c", "c"]],
+    )
+    data = read_preferences(path)
+    assert [pair.cot_a for pair in data.pairs] == [long_cot, "c"]
+    assert csv.field_size_limit() == default_limit
+    with pytest.raises(DataError, match="line 2: cannot parse the CSV record"):
+        read_preferences(path, max_field_chars=100_000)
+    assert csv.field_size_limit() == default_limit
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, True, "1000"])
+def test_max_field_chars_must_be_a_positive_integer(folder, value):
+    path = write_csv(folder / "prefs.csv", ["prompt", "video_a", "video_b", "label"], [["p", "a.mp4", "b.mp4", "A"]])
+    with pytest.raises(ConfigError) as caught:
+        read_preferences(path, max_field_chars=value)
+    assert str(caught.value) == f"max_field_chars must be a positive number of characters, got {value!r}"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -470,3 +610,145 @@ def test_csv_with_a_byte_order_mark_is_read(folder):
     path = folder / "bom.csv"
     path.write_text("\ufeffprompt,video_a,video_b,label\np1,a.mp4,b.mp4,A\n", encoding="utf-8")
     assert [pair.prompt for pair in read_preferences(path).pairs] == ["p1"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# One pass over rows and videos
+# --------------------------------------------------------------------------------------------------------
+
+
+def _rows_and_videos_both_bad(folder: Path) -> Path:
+    small_clip(folder / "clip.mp4")
+    truncated_clip(folder / "truncated.mp4")
+    path = folder / "prefs.csv"
+    path.write_text(
+        "prompt,video_a,video_b,label\n"
+        "ok,clip.mp4,b.mp4,A\n"  # line 2
+        "bad label,clip.mp4,b.mp4,?\n"  # line 3
+        "corrupt,corrupt.mp4,clip.mp4,B\n"  # line 4
+        "a cat, running,clip.mp4,b.mp4,A\n"  # line 5: unquoted comma
+        "truncated,clip.mp4,truncated.mp4,tie\n"  # line 6
+        "gone,clip.mp4,gone.mp4,A\n"  # line 7
+        "ok too,b.mp4,clip.mp4,B\n",  # line 8
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_strict_pass_lists_bad_rows_and_bad_videos_together(folder):
+    """probe_videos=True: the malformed rows (3, 5, 7) and the rows whose video cannot be opened (4: random
+    bytes, 6: an mp4 cut short) come back in one error, in line order."""
+    path = _rows_and_videos_both_bad(folder)
+
+    with pytest.raises(DataError) as caught:
+        read_preferences(path, probe_videos=True)
+
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 5 invalid row(s); fix them or set skip_invalid: true to skip them\n")
+    listed = re.findall(r"\n  line (\d+): (.*)", message)
+    assert [int(line) for line, _ in listed] == [3, 4, 5, 6, 7]
+    reasons = dict((int(line), reason) for line, reason in listed)
+    assert reasons[3] == f"unknown label '?'; {LABEL_HINT}"
+    assert reasons[4].startswith(f"video {folder / 'corrupt.mp4'}: decord: ")
+    assert reasons[5] == f"5 field(s) but the header has 4; {QUOTE_HINT}"
+    assert reasons[6].startswith(f"video {folder / 'truncated.mp4'}: ")
+    assert reasons[7] == f"video file {folder / 'gone.mp4'} does not exist"
+    # Without probing, only the rows are checked: the same three row problems, no video ones.
+    with pytest.raises(DataError) as rows_only:
+        read_preferences(path)
+    assert [int(line) for line in re.findall(r"\n  line (\d+):", str(rows_only.value))] == [3, 5, 7]
+
+
+def test_skip_invalid_pass_drops_bad_rows_and_bad_videos(folder):
+    """The same file with skip_invalid: the two good rows are kept, the five others recorded with the
+    reasons the strict pass lists; check_videos afterwards has nothing left to drop."""
+    path = _rows_and_videos_both_bad(folder)
+    with pytest.raises(DataError) as caught:
+        read_preferences(path, probe_videos=True)
+    listed = [(int(line), reason) for line, reason in re.findall(r"\n  line (\d+): (.*)", str(caught.value))]
+
+    data = read_preferences(path, skip_invalid=True, probe_videos=True)
+
+    assert [(pair.line, pair.prompt) for pair in data.pairs] == [(2, "ok"), (8, "ok too")]
+    assert data.skipped == listed
+    assert check_videos(data) == data
+
+
+# --------------------------------------------------------------------------------------------------------
+# Warnings on kept pairs: duplicates and contradictions
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_duplicates_and_contradictions_are_counted_and_logged(folder, caplog):
+    """The same comparison is the same prompt and the same two files, in either order (the label flips with
+    the order). Each repeat is checked against the comparison's first line."""
+    (folder / "clips").mkdir()
+    shutil.copy(folder / "a.mp4", folder / "clips" / "c.mp4")
+    path = write_csv(
+        folder / "prefs.csv", ["prompt", "video_a", "video_b", "label"],
+        [
+            ["cat", "a.mp4", "b.mp4", "A"],  # line 2: first "cat" comparison, a preferred
+            ["cat", "a.mp4", "b.mp4", "A"],  # line 3: duplicate of 2
+            ["cat", "b.mp4", "a.mp4", "B"],  # line 4: duplicate of 2 (swapped, a still preferred)
+            ["cat", "b.mp4", "a.mp4", "A"],  # line 5: contradicts 2 (swapped-A prefers b)
+            ["cat", "./a.mp4", "clips/../b.mp4", "B"],  # line 6: contradicts 2 (same files, other spelling)
+            ["dog", "a.mp4", "b.mp4", "tie"],  # line 7: first "dog" comparison
+            ["dog", "b.mp4", "a.mp4", "0"],  # line 8: duplicate of 7 (a tie stays a tie when swapped)
+            ["dog", "a.mp4", "b.mp4", "A"],  # line 9: contradicts 7
+            ["cat", "a.mp4", "clips/c.mp4", "A"],  # line 10: another file (a copy of a.mp4): a new comparison
+            ["Cat", "a.mp4", "b.mp4", "B"],  # line 11: another prompt: a new comparison
+        ],
+    )
+
+    with caplog.at_level(logging.WARNING, logger="reward.data"):
+        data = read_preferences(path)
+
+    assert [pair.line for pair in data.pairs] == list(range(2, 12))  # warned about, not dropped
+    assert data.skipped == []
+    assert data.warnings == PairWarnings(duplicates=((3, 2), (4, 2), (8, 7)), contradictions=((5, 2), (6, 2), (9, 7)))
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path}: 3 duplicate pair(s) (same prompt and videos, same preference): "
+        "line 3 repeats line 2, line 4 repeats line 2, line 8 repeats line 7",
+        f"{path}: 3 contradictory label(s) (same prompt and videos, another preference): "
+        "line 5 contradicts line 2, line 6 contradicts line 2, line 9 contradicts line 7",
+    ]
+
+
+def test_official_layout_duplicates_and_warning_summary(folder, caplog):
+    """Official rows compare on the instruction too; more than ten repeats are summarised in the log."""
+    row = ["['a.mp4', 'b.mp4']", official_problem("a cat"), "[2.0, 2.0]", "a cat", "x", "y", "A"]
+    other_instruction = [row[0], official_problem("a cat") + " Be brief.", *row[2:]]
+    path = write_csv(folder / "stage1.csv", OFFICIAL_HEADER, [row] * 13 + [other_instruction])
+    # Each official_problem row spans 4 physical lines: rows start on 2, 6, ..., 54.
+
+    with caplog.at_level(logging.WARNING, logger="reward.data"):
+        data = read_preferences(path)
+
+    assert data.warnings == PairWarnings(duplicates=tuple((line, 2) for line in range(6, 54, 4)))
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert message.startswith(f"{path}: 12 duplicate pair(s) (same prompt and videos, same preference): line 6 repeats line 2, ")
+    assert message.endswith(", line 42 repeats line 2, ... and 2 more")
+
+
+def test_self_comparisons_are_invalid_rows_and_warnings_cover_kept_pairs_only(folder, caplog):
+    """A video against itself is an invalid row (skipped and counted, never trained on); a duplicate whose
+    twin was skipped is no duplicate. Lines 2 and 3 are self-comparisons, line 4 has a bad label and
+    line 5 (the same comparison as line 4) is the only valid pair."""
+    path = write_csv(
+        folder / "prefs.csv", ["prompt", "video_a", "video_b", "label"],
+        [["cat", "a.mp4", "a.mp4", "A"], ["cat", "b.mp4", "./b.mp4", "tie"], ["cat", "a.mp4", "b.mp4", "?"],
+         ["cat", "a.mp4", "b.mp4", "A"]],
+    )
+    with caplog.at_level(logging.WARNING, logger="reward.data"):
+        data = read_preferences(path, skip_invalid=True)
+    same = "a video is compared with itself"
+    assert data.skipped == [
+        (2, f"video_a and video_b are the same file {folder / 'a.mp4'}; {same}"),
+        (3, f"video_a and video_b are the same file {folder / 'b.mp4'}; {same}"),
+        (4, f"unknown label '?'; {LABEL_HINT}"),
+    ]
+    assert [pair.line for pair in data.pairs] == [5]
+    assert data.warnings == PairWarnings()
+    assert caplog.records[-1].getMessage() == (
+        f"{path}: 1 valid pair(s), 3 invalid row(s) skipped, 0 row(s) labelled invalid excluded"
+    )
