@@ -7,11 +7,13 @@ same clip gives the same frames, timestamps and token count everywhere. Sampling
 ``linspace(0, total - 1, n).round()``, and its ``smart_resize`` picks a size that is a multiple of the pixel
 factor within the per-frame pixel budget, applied with antialiased bicubic resizing of uint8 frames.
 Sources of another fps are resampled to ``VideoSpec.fps``, never mis-timed.
+
+A file's container header is read first (:func:`probe_video`) and checked against :class:`DecodeLimits`;
+only then are the sampled frames, and no others, decoded (:mod:`reward.decoding`).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from fractions import Fraction
 from dataclasses import asdict, dataclass, field
@@ -25,6 +27,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import resize
 from transformers.video_utils import VideoMetadata
 
+from .decoding import open_reader
 from .errors import ConfigError, VideoDecodeError
 
 # qwen-vl-utils caps a clip's total pixels at 0.9 x its model sequence length (128k tokens) x factor^2.
@@ -190,7 +193,7 @@ def load_video(source: VideoSource, spec: VideoSpec, *, limits: DecodeLimits = D
     else:
         name = str(source)
         probe_video(name, limits=limits, spec=spec)
-        reader = _open(name)
+        reader = open_reader(name)
         total, source_fps = reader.total_frames, reader.fps
         indices = _sample_indices(name, total, source_fps, spec)
         chosen = reader.frames(indices)
@@ -277,7 +280,9 @@ def _read_info(name: str) -> VideoInfo:
         )
 
 
-def _limit_problems(info: VideoInfo, limits: DecodeLimits, *, sampled_frames: int | None) -> dict[str, tuple[int | float, str]]:
+def _limit_problems(
+    info: VideoInfo, limits: DecodeLimits, *, sampled_frames: int | None
+) -> dict[str, tuple[int | float, str]]:
     """Each limit the file exceeds: field name -> (the value that would admit it, what was measured)."""
     problems: dict[str, tuple[int | float, str]] = {}
     if info.duration_s > limits.max_duration_s:
@@ -306,7 +311,8 @@ def _limit_problems(info: VideoInfo, limits: DecodeLimits, *, sampled_frames: in
 def _limits_error(name: str, problems: dict[str, tuple[int | float, str]]) -> VideoDecodeError:
     needed = ", ".join(f"{field}={value}" for field, (value, _) in problems.items())
     reasons = "; ".join(reason for _, reason in problems.values())
-    return VideoDecodeError(name, f"{reasons}; to admit it pass limits=DecodeLimits({needed}) to load_video / probe_video")
+    advice = f"to admit it, pass limits=reward.video.DecodeLimits({needed}) to load_video / probe_video"
+    return VideoDecodeError(name, f"{reasons}; {advice}")
 
 
 def _require_frames(name: str, total_frames: int) -> None:
@@ -346,136 +352,6 @@ def _frames_from_memory(video: VideoFrames) -> np.ndarray:
     if low < 0.0 or high > 1.0:
         raise VideoDecodeError(video.name, f"float frames must lie in [0, 1], got [{low:.4g}, {high:.4g}]")
     return (array * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-class _Reader:
-    """An opened video file: frame count, average fps and random access to uint8 ``(T, 3, H, W)`` frames."""
-
-    def __init__(self, name: str, total_frames: int, fps: float, read) -> None:
-        self.name, self.total_frames, self.fps, self._read = name, total_frames, fps, read
-
-    def frames(self, indices: list[int]) -> torch.Tensor:
-        try:
-            array = self._read(indices)
-        except Exception as error:  # decoder errors have no common type; re-raised with the file named
-            raise VideoDecodeError(self.name, f"decoding failed: {error}") from error
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
-
-
-def _open(name: str) -> _Reader:
-    """Open a decoder for a file that :func:`probe_video` accepted: decord, or PyAV where decord fails."""
-    reasons = []
-    for opener in (_open_decord, _open_pyav):
-        try:
-            reader = opener(name)
-        except ImportError as error:
-            reasons.append(str(error))
-            continue
-        except Exception as error:  # each backend raises its own types (RuntimeError, av.FFmpegError, ...)
-            reasons.append(f"{opener.__name__.removeprefix('_open_')}: {error}".strip())
-            continue
-        if reader.total_frames == 0:
-            raise VideoDecodeError(name, "the video stream has no frames")
-        if not (reader.fps > 0 and math.isfinite(reader.fps)):
-            raise VideoDecodeError(name, f"the container reports an invalid frame rate ({reader.fps})")
-        return reader
-    raise VideoDecodeError(name, "; ".join(reasons))
-
-
-def _open_decord(name: str) -> _Reader:
-    """decord indexes the packets on open (no decoding) and ``get_batch`` seeks to each requested frame."""
-    try:
-        import decord
-    except ImportError as error:
-        raise ImportError("decord is not installed") from error
-    video = decord.VideoReader(name, num_threads=1)
-    return _Reader(name, len(video), float(video.get_avg_fps()), lambda indices: video.get_batch(indices).asnumpy())
-
-
-@dataclass(frozen=True)
-class _FrameIndex:
-    """Where each frame of a stream sits, from its packets (demuxed, not decoded).
-
-    Frame ``i`` is the packet with the ``i``-th smallest presentation timestamp, which is the order the
-    decoder returns frames in. ``keyframes`` holds (frame index, timestamp to seek to) per keyframe; it is
-    empty, and ``order`` None, when some packet has no timestamp or two share one, so frames can only be
-    counted from the start.
-    """
-
-    total_frames: int
-    order: dict[int, int] | None
-    keyframes: list[tuple[int, int]]
-
-    def keyframe_before(self, index: int) -> tuple[int, int] | None:
-        """The last keyframe at or before frame ``index`` (None: decode from the start)."""
-        position = bisect.bisect_right(self.keyframes, (index, math.inf)) - 1
-        return self.keyframes[position] if position >= 0 else None
-
-
-def _index_frames(container: Any, stream: Any) -> _FrameIndex:
-    stamps, keys = [], []
-    for packet in container.demux(stream):
-        if packet.size == 0:  # the empty packet that flushes the decoder at the end
-            continue
-        stamps.append(packet.pts)
-        if packet.is_keyframe:
-            # mp4 seeks by decode time, which is at or before the presentation time; either lands on this
-            # keyframe or an earlier one, never a later one.
-            keys.append((packet.pts, packet.pts if packet.dts is None else min(packet.dts, packet.pts)))
-    if None in stamps or len(set(stamps)) != len(stamps):
-        return _FrameIndex(total_frames=len(stamps), order=None, keyframes=[])
-    order = {pts: index for index, pts in enumerate(sorted(stamps))}
-    return _FrameIndex(
-        total_frames=len(stamps), order=order, keyframes=sorted((order[pts], seek) for pts, seek in keys)
-    )
-
-
-def _open_pyav(name: str) -> _Reader:
-    """PyAV fallback: index the packets once, then decode only from the keyframe before each sampled frame."""
-    import av
-
-    with av.open(name) as container:
-        if not container.streams.video:
-            raise ValueError("the file has no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0)
-        index = _index_frames(container, stream)
-    return _Reader(name, index.total_frames, fps, lambda indices: _decode_pyav(name, index, indices))
-
-
-def _decode_pyav(name: str, index: _FrameIndex, indices: list[int]) -> np.ndarray:
-    """The frames at ``indices`` as uint8 ``(T, H, W, 3)``, identical to decoding the whole stream.
-
-    Targets are visited in order. A seek happens only when the next target's keyframe lies beyond the
-    next frame to be decoded; otherwise decoding carries on forward, so a short clip is decoded once from
-    its start and a long one costs about one group of pictures per sampled frame.
-    """
-    import av
-
-    found: dict[int, np.ndarray] = {}
-    with av.open(name) as container:
-        stream = container.streams.video[0]
-        frames = container.decode(stream)
-        position = -1
-        for target in sorted(set(indices)):
-            keyframe = index.keyframe_before(target)
-            if keyframe is not None and keyframe[0] > position + 1:
-                container.seek(keyframe[1], stream=stream, backward=True)
-                frames, position = container.decode(stream), -1
-            while position < target:
-                frame = next(frames, None)
-                if frame is None:
-                    raise ValueError(f"the stream ended before frame {target} of {index.total_frames}")
-                if index.order is None:
-                    position += 1
-                elif frame.pts in index.order:
-                    position = index.order[frame.pts]
-                else:
-                    raise ValueError(f"the decoder returned a frame at timestamp {frame.pts}, which no packet has")
-            if position != target:
-                raise ValueError(f"frame {target} was not decoded (decoding resumed at frame {position})")
-            found[target] = frame.to_ndarray(format="rgb24")
-    return np.stack([found[target] for target in indices])
 
 
 def write_video(

@@ -26,6 +26,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import resize
 
+from reward.decoding import open_pyav
 from reward.errors import ConfigError, VideoDecodeError
 from reward.video import (
     DecodeLimits,
@@ -33,25 +34,15 @@ from reward.video import (
     VideoInfo,
     VideoSpec,
     _limit_problems,
-    _open_decord,
-    _open_pyav,
     load_video,
     probe_video,
     write_video,
 )
 
 from ..conftest import REPO_ROOT, TINY_SPEC
+from .helpers import count_decoding, gradient_clip
 
 DEFAULT_SPEC = VideoSpec()
-
-
-def gradient_clip(frames: int, height: int, width: int) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames whose content moves every frame, so a wrong frame index changes pixels."""
-    t = np.arange(frames)[:, None, None]
-    y = np.arange(height)[None, :, None]
-    x = np.arange(width)[None, None, :]
-    channels = np.broadcast_arrays((3 * x + 5 * t) % 256, (2 * y + 3 * t) % 256, (x + y + 9 * t) % 256)
-    return np.stack(channels, axis=-1).astype(np.uint8)
 
 
 def grey_ramp_levels(frames: int) -> np.ndarray:
@@ -632,52 +623,9 @@ def test_frame_budget_shrinks_long_clips():
 # --------------------------------------------------------------------------------------------------------
 
 
-class CountingContainer:
-    """A real PyAV container that counts the packets it demuxes, the frames it decodes and its seeks."""
-
-    def __init__(self, container, counts: dict[str, int]) -> None:
-        self._container, self._counts = container, counts
-
-    def __getattr__(self, name: str):
-        return getattr(self._container, name)
-
-    def __enter__(self) -> CountingContainer:
-        self._container.__enter__()
-        return self
-
-    def __exit__(self, *exc_info):
-        return self._container.__exit__(*exc_info)
-
-    def demux(self, *args, **kwargs):
-        for packet in self._container.demux(*args, **kwargs):
-            self._counts["packets"] += 1
-            yield packet
-
-    def decode(self, *args, **kwargs):
-        for frame in self._container.decode(*args, **kwargs):
-            self._counts["frames"] += 1
-            yield frame
-
-    def seek(self, *args, **kwargs):
-        self._counts["seeks"] += 1
-        return self._container.seek(*args, **kwargs)
-
-
 @pytest.fixture
 def decoding_counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Counts what every ``av.open`` container reads and how often decord opens a file, during one test."""
-    import decord
-
-    counts = {"packets": 0, "frames": 0, "seeks": 0, "decord_opens": 0}
-    real_open, real_reader = av.open, decord.VideoReader
-
-    def counting_reader(*args, **kwargs):
-        counts["decord_opens"] += 1
-        return real_reader(*args, **kwargs)
-
-    monkeypatch.setattr(av, "open", lambda *args, **kwargs: CountingContainer(real_open(*args, **kwargs), counts))
-    monkeypatch.setattr(decord, "VideoReader", counting_reader)
-    return counts
+    return count_decoding(monkeypatch)
 
 
 # A 10-minute clip: 6000 frames of 64x64 at 10 fps, grey level t mod 256 (decoded: 6000 * 64 * 64 * 3 bytes).
@@ -686,12 +634,13 @@ LONG_FRAMES, LONG_FPS, LONG_SIDE = 6000, 10.0, 64
 
 @pytest.fixture(scope="module")
 def long_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The long clip as AV1 (libsvtav1, which decord 0.6 cannot read: the PyAV path) and as h264 (decord)."""
+    """The long clip as AV1 (libsvtav1, which decord 0.6 cannot read: the PyAV path) and as h264 (decord),
+    with a keyframe every 100 frames."""
     root = tmp_path_factory.mktemp("long")
     levels = (np.arange(LONG_FRAMES) % 256).astype(np.uint8)
     clip = np.ascontiguousarray(np.broadcast_to(levels[:, None, None, None], (LONG_FRAMES, LONG_SIDE, LONG_SIDE, 3)))
     return {
-        codec: write_video(root / f"long_{codec}.mp4", clip, LONG_FPS, codec=encoder)
+        codec: write_video(root / f"long_{codec}.mp4", clip, LONG_FPS, codec=encoder, keyframe_interval=100)
         for codec, encoder in (("av1", "libsvtav1"), ("h264", "libx264"))
     }
 
@@ -720,85 +669,24 @@ def test_probing_a_long_file_decodes_nothing(long_videos, decoding_counts, codec
 
 def test_loading_a_long_av1_file_decodes_only_near_the_sampled_frames(long_videos, decoding_counts):
     """The tiny spec samples 8 of the 6000 AV1 frames: linspace(0, 5999, 8) in steps of 857 ->
-    [0, 857, 1714, 2571, 3428, 4285, 5142, 5999]. PyAV indexes the packets once (6000 demuxed, nothing
-    decoded), then seeks to the keyframe before each sampled frame, so it decodes far fewer than the
-    6000 frames a full decode needs; frame t is grey t mod 256, within 3 levels after lossy coding."""
+    [0, 857, 1714, 2571, 3428, 4285, 5142, 5999]. decord tries first and cannot open AV1; PyAV demuxes
+    the packets once to index them (6000 plus the empty one PyAV yields at the end), decoding nothing.
+    Frame 0 is decoded from the start; every later one after a seek to its keyframe (multiples of 100):
+    857 - 800 + 1 = 58 frames, 1714 -> 15, 2571 -> 72, 3428 -> 29, 4285 -> 86, 5142 -> 43, 5999 -> 100;
+    1 + 58 + 15 + 72 + 29 + 86 + 43 + 100 = 404 decoded frames in 7 seeks, instead of 6000. Frame t shows
+    grey t mod 256, within 3 levels after lossy coding."""
+    with av.open(str(long_videos["av1"])) as container:
+        keyframes = [index for index, packet in enumerate(container.demux(video=0)) if packet.is_keyframe]
+    assert keyframes == list(range(0, LONG_FRAMES, 100))
+    decoding_counts.update(packets=0)
+
     sampled = load_video(long_videos["av1"], TINY_SPEC)
 
     assert sampled.frame_indices == [0, 857, 1714, 2571, 3428, 4285, 5142, 5999]
-    assert decoding_counts["seeks"] >= 1
-    assert decoding_counts["frames"] < LONG_FRAMES / 2, decoding_counts
+    assert decoding_counts == {"packets": 6001, "frames": 404, "seeks": 7, "decord_opens": 1}
     means = sampled.frames.mean(dim=(1, 2, 3)).double()
     expected = torch.tensor([index % 256 for index in sampled.frame_indices], dtype=torch.float64)
     torch.testing.assert_close(means, expected, atol=3.0, rtol=0.0)
-
-
-# Short-GOP clips (a keyframe every 5 frames; x264 and x265 also reorder B-frames) so that sampled frames
-# lie in many different groups of pictures. name: (file, encoder, decord reads it)
-SEEK_CLIPS = {
-    "h264-mp4": ("h264.mp4", "libx264", True),
-    "h264-mkv": ("h264.mkv", "libx264", True),
-    "hevc-mp4": ("hevc.mp4", "hevc", True),
-    "mpeg4-mp4": ("mpeg4.mp4", "mpeg4", True),
-    "av1-mp4": ("av1.mp4", "libsvtav1", False),
-    "av1-webm": ("av1.webm", "libsvtav1", False),
-}
-SEEK_INDICES = [0, 3, 9, 15, 16, 30, 44, 58, 79, 80, 97, 99]
-
-
-@pytest.fixture(scope="module")
-def seek_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("seek")
-    clip = gradient_clip(100, 48, 64)
-    return {
-        name: write_video(root / file_name, clip, 25.0, codec=encoder, keyframe_interval=5)
-        for name, (file_name, encoder, _) in SEEK_CLIPS.items()
-    }
-
-
-@pytest.mark.parametrize("name", list(SEEK_CLIPS))
-def test_pyav_seeking_gives_the_frames_of_a_full_decode(seek_clips, decoding_counts, name):
-    """Decoding from the keyframe before each wanted frame returns bit-identical frames to decoding the
-    whole 100-frame stream and indexing it, and it does seek (targets 30, 44, 58, 79 and 97 start new
-    groups of pictures more than one frame ahead)."""
-    path = seek_clips[name]
-    with av.open(str(path)) as container:
-        full = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
-    decoding_counts.update(packets=0, frames=0, seeks=0)
-
-    reader = _open_pyav(str(path))
-    chosen = reader.frames(SEEK_INDICES).permute(0, 2, 3, 1).numpy()
-
-    assert reader.total_frames == len(full) == 100
-    assert decoding_counts["seeks"] >= 1
-    assert decoding_counts["frames"] < 100
-    np.testing.assert_array_equal(chosen, full[SEEK_INDICES])
-
-
-DECORD_OPEN_GOP = pytest.mark.xfail(
-    strict=True,
-    reason="decord 0.6 seeks to x265's open-GOP (CRA) keyframes and returns wrong frames after them; its "
-    "sequential decode and PyAV's are right. Existing behaviour, shared with qwen-vl-utils' fetch_video.",
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=DECORD_OPEN_GOP if name == "hevc-mp4" else ())
-        for name, (_, _, readable) in SEEK_CLIPS.items()
-        if readable
-    ],
-)
-def test_decord_batch_gives_the_frames_of_a_full_decode(seek_clips, name):
-    """decord's get_batch seeks to the sampled frames; they equal its own sequential decode of all 100."""
-    import decord
-
-    path = seek_clips[name]
-    video = decord.VideoReader(str(path), num_threads=1)
-    full = video.get_batch(list(range(len(video)))).asnumpy()
-    chosen = _open_decord(str(path)).frames(SEEK_INDICES).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_array_equal(chosen, full[SEEK_INDICES])
 
 
 @pytest.fixture(scope="module")
@@ -811,13 +699,13 @@ LIMIT_CASES = [
     pytest.param(
         DecodeLimits(max_duration_s=5.0),
         "its duration 10.0 s exceeds DecodeLimits.max_duration_s = 5 s; "
-        "to admit it pass limits=DecodeLimits(max_duration_s=10) to load_video / probe_video",
+        "to admit it, pass limits=reward.video.DecodeLimits(max_duration_s=10) to load_video / probe_video",
         id="duration",
     ),
     pytest.param(
         DecodeLimits(max_pixels_per_frame=3000),
         "its frame size 64x48 = 3,072 px exceeds DecodeLimits.max_pixels_per_frame = 3,000 px; "
-        "to admit it pass limits=DecodeLimits(max_pixels_per_frame=3072) to load_video / probe_video",
+        "to admit it, pass limits=reward.video.DecodeLimits(max_pixels_per_frame=3072) to load_video / probe_video",
         id="resolution",
     ),
     # 20 sampled frames * 64 * 48 * 3 bytes = 184,320 bytes = 0.00017 GiB.
@@ -825,14 +713,14 @@ LIMIT_CASES = [
         DecodeLimits(max_decoded_bytes=100_000),
         "its 20 sampled frames decode to 184,320 bytes (0.00 GiB), above DecodeLimits.max_decoded_bytes = "
         "100,000 bytes (or sample fewer frames: VideoSpec.fps, max_frames); "
-        "to admit it pass limits=DecodeLimits(max_decoded_bytes=184320) to load_video / probe_video",
+        "to admit it, pass limits=reward.video.DecodeLimits(max_decoded_bytes=184320) to load_video / probe_video",
         id="decoded-bytes",
     ),
     pytest.param(
         DecodeLimits(max_duration_s=9.5, max_pixels_per_frame=2048),
         "its duration 10.0 s exceeds DecodeLimits.max_duration_s = 9.5 s; its frame size 64x48 = 3,072 px "
-        "exceeds DecodeLimits.max_pixels_per_frame = 2,048 px; to admit it pass "
-        "limits=DecodeLimits(max_duration_s=10, max_pixels_per_frame=3072) to load_video / probe_video",
+        "exceeds DecodeLimits.max_pixels_per_frame = 2,048 px; to admit it, pass "
+        "limits=reward.video.DecodeLimits(max_duration_s=10, max_pixels_per_frame=3072) to load_video / probe_video",
         id="two-at-once",
     ),
 ]
@@ -860,9 +748,8 @@ def test_probe_checks_decoded_bytes_only_when_given_a_spec(ten_second_clip):
 def test_raised_limits_admit_the_file_with_unchanged_frames(ten_second_clip):
     """Limits only accept or refuse: an admitted file loads exactly as with the defaults."""
     limits = DecodeLimits(max_duration_s=10.0, max_pixels_per_frame=3072, max_decoded_bytes=184_320)
-    assert torch.equal(
-        load_video(ten_second_clip, DEFAULT_SPEC, limits=limits).frames, load_video(ten_second_clip, DEFAULT_SPEC).frames
-    )
+    admitted = load_video(ten_second_clip, DEFAULT_SPEC, limits=limits)
+    assert torch.equal(admitted.frames, load_video(ten_second_clip, DEFAULT_SPEC).frames)
 
 
 def test_default_limits_refuse_a_ten_minute_8k_file(tmp_path):
@@ -875,7 +762,7 @@ def test_default_limits_refuse_a_ten_minute_8k_file(tmp_path):
         load_video(path, DEFAULT_SPEC)
     assert caught.value.reason == (
         "its frame size 7680x4320 = 33,177,600 px exceeds DecodeLimits.max_pixels_per_frame = 8,847,360 px; "
-        "to admit it pass limits=DecodeLimits(max_pixels_per_frame=33177600) to load_video / probe_video"
+        "to admit it, pass limits=reward.video.DecodeLimits(max_pixels_per_frame=33177600) to load_video / probe_video"
     )
     assert probe_video(path, limits=DecodeLimits(max_pixels_per_frame=7680 * 4320)).duration_s == 600.0
 
@@ -924,12 +811,13 @@ def test_decode_limits_reject_invalid_values(kwargs, message):
     assert str(caught.value) == message
 
 
-def test_probe_estimates_frames_when_the_container_states_none(seek_clips):
-    """WebM headers carry no frame count: 4.0 s at 25 fps -> 4.0 * 25 = 100 estimated; the PyAV decoder
-    path counts the 100 packets itself."""
-    info = probe_video(seek_clips["av1-webm"])
+def test_probe_estimates_frames_when_the_container_states_none(tmp_path):
+    """WebM headers carry no frame count: 100 frames at 25 fps last 4.0 s -> 4.0 * 25 = 100 estimated;
+    the PyAV decoder path (decord cannot read AV1) counts the 100 packets itself."""
+    path = write_video(tmp_path / "av1.webm", gradient_clip(100, 48, 64), 25.0, codec="libsvtav1")
+    info = probe_video(path)
     assert (info.total_frames, info.duration_s, info.frames_estimated, info.codec) == (100, 4.0, True, "av1")
-    assert _open_pyav(str(seek_clips["av1-webm"])).total_frames == 100
+    assert open_pyav(str(path)).total_frames == 100
 
 
 class _UnseekableSink:
