@@ -3,17 +3,18 @@
 Both decode only what the sampled frames need. decord indexes the packets when it opens a file and its
 ``get_batch`` seeks to each requested frame; the PyAV path indexes the packets itself and decodes from
 the keyframe before each requested frame, returning the same frames as decoding the whole stream and
-indexing it. (decord 0.6 does not quite: after seeking to an open-GOP keyframe, as x265 writes by
-default, some of its frames differ from its own sequential decode; qwen-vl-utils reads the same way,
-which is why decord stays the first choice.) Which frames to take, and every check before decoding,
-live in :mod:`reward.video`.
+indexing it. decord 0.6 does not quite: after a seek in x265's open-GOP HEVC, in h264 in MPEG-TS, or
+in AVI and MPEG-PS files with B-frames, some of its frames differ from its own sequential decode. It
+stays the first choice because qwen-vl-utils (the reference preprocessing) reads with it, so common
+files give the reference's frames. Which frames to take, and every check before decoding, live in
+:mod:`reward.video`.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -117,36 +118,56 @@ def open_pyav(name: str) -> FrameReader:
     return FrameReader(name, index.total_frames, fps, lambda indices: _decode_pyav(name, index, indices))
 
 
+class _OrderMismatch(Exception):
+    """The container's timestamps do not give the order the decoder returns frames in."""
+
+
 def _decode_pyav(name: str, index: _FrameIndex, indices: list[int]) -> np.ndarray:
     """The frames at ``indices`` as uint8 ``(T, H, W, 3)``, identical to decoding the whole stream.
 
-    Targets are visited in order. A seek happens only when the next target's keyframe lies beyond the
-    next frame to be decoded; otherwise decoding carries on forward, so a short clip is decoded once from
-    its start and a long one costs about one group of pictures per sampled frame.
+    Where the packet timestamps turn out not to give the decoder's output order (h264 with B-frames in
+    AVI, some MPEG program streams), the frames are counted while decoding from the start instead, as a
+    full decode would; the check is that, between seeks, every decoded frame is the one after the last.
     """
+    if index.order is not None:
+        try:
+            return _decode_frames(name, index, indices)
+        except _OrderMismatch:
+            pass
+    return _decode_frames(name, replace(index, order=None, keyframes=[]), indices)
+
+
+def _decode_frames(name: str, index: _FrameIndex, indices: list[int]) -> np.ndarray:
+    """Visit the targets in order, seeking only when the next one's keyframe lies beyond the next frame
+    to be decoded: a short clip is decoded once from its start, a long one costs about one group of
+    pictures per sampled frame."""
     import av
 
     found: dict[int, np.ndarray] = {}
     with av.open(name) as container:
         stream = container.streams.video[0]
-        frames = container.decode(stream)
-        position = -1
+        frames, position = container.decode(stream), -1
         for target in sorted(set(indices)):
             keyframe = index.keyframe_before(target)
             if keyframe is not None and keyframe[0] > position + 1:
                 container.seek(keyframe[1], stream=stream, backward=True)
-                frames, position = container.decode(stream), -1
-            while position < target:
+                frames, position = container.decode(stream), None
+            while position is None or position < target:
                 frame = next(frames, None)
                 if frame is None:
                     raise ValueError(f"the stream ended before frame {target} of {index.total_frames}")
-                if index.order is None:
-                    position += 1
-                elif frame.pts in index.order:
-                    position = index.order[frame.pts]
-                else:
-                    raise ValueError(f"the decoder returned a frame at timestamp {frame.pts}, which no packet has")
+                position = _frame_position(index, frame.pts, after=position)
             if position != target:
-                raise ValueError(f"frame {target} was not decoded (decoding resumed at frame {position})")
+                raise _OrderMismatch(f"decoding went from before frame {target} to frame {position}")
             found[target] = frame.to_ndarray(format="rgb24")
     return np.stack([found[target] for target in indices])
+
+
+def _frame_position(index: _FrameIndex, pts: int | None, *, after: int | None) -> int:
+    """Index of a decoded frame; ``after`` is the previous frame's (None right after a seek: any)."""
+    if index.order is None:
+        return after + 1
+    position = index.order.get(pts)
+    if position is None or (after is not None and position != after + 1):
+        raise _OrderMismatch(f"a frame at timestamp {pts} followed frame {after}")
+    return position
