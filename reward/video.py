@@ -7,6 +7,9 @@ same clip gives the same frames, timestamps and token count everywhere. Sampling
 ``linspace(0, total - 1, n).round()``, and its ``smart_resize`` picks a size that is a multiple of the pixel
 factor within the per-frame pixel budget, applied with antialiased bicubic resizing of uint8 frames.
 Sources of another fps are resampled to ``VideoSpec.fps``, never mis-timed.
+
+A file's container header is read first (:func:`probe_video`) and checked against :class:`DecodeLimits`;
+only then are the sampled frames, and no others, decoded (:mod:`reward.decoding`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import resize
 from transformers.video_utils import VideoMetadata
 
-from .errors import VideoDecodeError
+from .decoding import open_reader
+from .errors import ConfigError, VideoDecodeError
 
 # qwen-vl-utils caps a clip's total pixels at 0.9 x its model sequence length (128k tokens) x factor^2.
 _DEFAULT_MAX_TOTAL_TOKENS = int(128_000 * 0.9)
+_RGB_BYTES = 3
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,47 @@ class VideoSpec:
 
 
 @dataclass(frozen=True)
+class DecodeLimits:
+    """How much work one video file may cost; checked from its container metadata before any frame is decoded.
+
+    The defaults admit every clip a user would plausibly score — up to 30 minutes, up to DCI 4K
+    (4096x2160, so 3840x2160 UHD too) per frame, and up to 8 GiB of sampled frames at source resolution
+    (the default spec's 768 frames of 1080p are 4.4 GiB) — and refuse, e.g., a 10-minute 8K file before it
+    costs anything. Pass another instance to :func:`load_video` or :func:`probe_video` to raise or lower
+    them. In-memory frames (:class:`VideoFrames`) are decoded already and are not checked.
+    """
+
+    max_duration_s: float = 1800.0
+    max_pixels_per_frame: int = 4096 * 2160
+    max_decoded_bytes: int = 8 * 2**30
+
+    def __post_init__(self) -> None:
+        for name in ("max_duration_s", "max_pixels_per_frame", "max_decoded_bytes"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"DecodeLimits.{name} must be a positive number, got {value}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a file's container says about its first video stream, read without decoding it.
+
+    ``total_frames`` is the count the container states; where it states none (e.g. WebM, MKV) it is
+    estimated as ``round(duration_s * fps)`` and ``frames_estimated`` is True; where it states no duration
+    either (a streamed recording) the packets are counted. The decoder's own count (used to pick frames)
+    can differ by a frame or so from an estimate.
+    """
+
+    total_frames: int
+    fps: float
+    duration_s: float
+    width: int
+    height: int
+    codec: str
+    frames_estimated: bool
+
+
+@dataclass(frozen=True)
 class VideoFrames:
     """Decoded frames in memory (e.g. a generator rollout) with the fps they were made at.
 
@@ -125,12 +171,16 @@ class SampledVideo:
         )
 
 
-def load_video(source: VideoSource, spec: VideoSpec) -> SampledVideo:
+def load_video(source: VideoSource, spec: VideoSpec, *, limits: DecodeLimits = DecodeLimits()) -> SampledVideo:
     """Decode (or take) a video, sample it at ``spec.fps`` and resize it as the model expects.
 
+    A file is probed first (:func:`probe_video`) and checked against ``limits`` before anything is
+    decoded; then only the sampled frames are decoded (decord's ``get_batch``, or PyAV seeking to the
+    keyframe before each of them).
+
     Raises:
-        VideoDecodeError: the file is missing, unreadable or corrupt, has no frames, or in-memory frames
-            have the wrong shape, dtype or range. The message names the source and the reason.
+        VideoDecodeError: the file is missing, unreadable or corrupt, has no frames, exceeds ``limits``, or
+            in-memory frames have the wrong shape, dtype or range. The message names the source and the reason.
     """
     if isinstance(source, VideoFrames):
         frames = _frames_from_memory(source)
@@ -142,7 +192,8 @@ def load_video(source: VideoSource, spec: VideoSpec) -> SampledVideo:
         total = len(frames)
     else:
         name = str(source)
-        reader = _open(name)
+        probe_video(name, limits=limits, spec=spec)
+        reader = open_reader(name)
         total, source_fps = reader.total_frames, reader.fps
         indices = _sample_indices(name, total, source_fps, spec)
         chosen = reader.frames(indices)
@@ -163,13 +214,105 @@ def load_video(source: VideoSource, spec: VideoSpec) -> SampledVideo:
     )
 
 
-def probe_video(path: str | Path) -> None:
-    """Open a video file and check it has at least two frames, without decoding them.
+def probe_video(
+    path: str | Path, *, limits: DecodeLimits = DecodeLimits(), spec: VideoSpec | None = None
+) -> VideoInfo:
+    """Read a file's container metadata, check it has at least two frames and is within ``limits``.
+
+    Nothing is decoded and the packets are not read: the container header gives frame count, frame rate,
+    duration, size and codec (FFmpeg's stream probing looks at the first few packets only, whatever the
+    file's length). Only a file whose header states neither frame count nor duration has its packets
+    counted. The header is read with PyAV for every file, also those decord decodes later, because
+    decord can report neither size nor codec without decoding a frame. ``max_decoded_bytes`` is checked
+    only when ``spec`` says how many frames will be sampled.
 
     Raises:
-        VideoDecodeError: missing, unreadable (e.g. truncated: no moov atom), or too few frames.
+        VideoDecodeError: missing, unreadable (e.g. truncated: no moov atom), too few frames, or over a limit.
     """
-    _require_frames(str(path), _open(str(path)).total_frames)
+    name = str(path)
+    info = _read_info(name)
+    if info.total_frames == 0:
+        raise VideoDecodeError(name, "the video stream has no frames")
+    _require_frames(name, info.total_frames)
+    sampled = None if spec is None else _sample_count(info.total_frames, info.fps, spec)
+    problems = _limit_problems(info, limits, sampled_frames=sampled)
+    if problems:
+        raise _limits_error(name, problems)
+    return info
+
+
+def _read_info(name: str) -> VideoInfo:
+    import av
+
+    if not Path(name).is_file():
+        raise VideoDecodeError(name, "no such file")
+    try:
+        container = av.open(name)
+    except Exception as error:  # av.FFmpegError subclasses, OSError, odd metadata encodings, ...
+        raise VideoDecodeError(name, f"unreadable container: {getattr(error, 'strerror', None) or error}") from error
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(name, "the file has no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        if not (fps > 0 and math.isfinite(fps)):
+            raise VideoDecodeError(name, f"the container reports an invalid frame rate ({fps})")
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        else:
+            duration = (container.duration or 0) / av.time_base
+        frames, estimated = max(stream.frames, 0), False
+        if not frames and duration:
+            frames, estimated = round(duration * fps), True
+        elif not frames:
+            # A streamed recording (e.g. a browser's MediaRecorder WebM) states neither count nor duration:
+            # count its packets, which reads the file but decodes nothing.
+            frames = sum(1 for packet in container.demux(stream) if packet.size)
+        context = stream.codec_context
+        return VideoInfo(
+            total_frames=frames,
+            fps=fps,
+            duration_s=duration or frames / fps,
+            width=context.width,
+            height=context.height,
+            codec=context.codec.canonical_name,
+            frames_estimated=estimated,
+        )
+
+
+def _limit_problems(
+    info: VideoInfo, limits: DecodeLimits, *, sampled_frames: int | None
+) -> dict[str, tuple[int | float, str]]:
+    """Each limit the file exceeds: field name -> (the value that would admit it, what was measured)."""
+    problems: dict[str, tuple[int | float, str]] = {}
+    if info.duration_s > limits.max_duration_s:
+        problems["max_duration_s"] = (
+            math.ceil(info.duration_s),
+            f"its duration {info.duration_s:.1f} s exceeds DecodeLimits.max_duration_s = {limits.max_duration_s:g} s",
+        )
+    pixels = info.width * info.height
+    if pixels > limits.max_pixels_per_frame:
+        problems["max_pixels_per_frame"] = (
+            pixels,
+            f"its frame size {info.width}x{info.height} = {pixels:,} px exceeds "
+            f"DecodeLimits.max_pixels_per_frame = {limits.max_pixels_per_frame:,} px",
+        )
+    decoded = (sampled_frames or 0) * pixels * _RGB_BYTES
+    if decoded > limits.max_decoded_bytes:
+        problems["max_decoded_bytes"] = (
+            decoded,
+            f"its {sampled_frames} sampled frames decode to {decoded:,} bytes ({decoded / 2**30:.2f} GiB), above "
+            f"DecodeLimits.max_decoded_bytes = {limits.max_decoded_bytes:,} bytes (or sample fewer frames: "
+            "VideoSpec.fps, max_frames)",
+        )
+    return problems
+
+
+def _limits_error(name: str, problems: dict[str, tuple[int | float, str]]) -> VideoDecodeError:
+    needed = ", ".join(f"{field}={value}" for field, (value, _) in problems.items())
+    reasons = "; ".join(reason for _, reason in problems.values())
+    advice = f"to admit it, pass limits=reward.video.DecodeLimits({needed}) to load_video / probe_video"
+    return VideoDecodeError(name, f"{reasons}; {advice}")
 
 
 def _require_frames(name: str, total_frames: int) -> None:
@@ -177,10 +320,14 @@ def _require_frames(name: str, total_frames: int) -> None:
         raise VideoDecodeError(name, f"it has {total_frames} frame(s); at least {FRAME_FACTOR} are needed")
 
 
+def _sample_count(total_frames: int, source_fps: float, spec: VideoSpec) -> int:
+    request = {"fps": spec.fps, "min_frames": spec.min_frames, "max_frames": min(spec.max_frames, total_frames)}
+    return smart_nframes(request, total_frames=total_frames, video_fps=source_fps)
+
+
 def _sample_indices(name: str, total_frames: int, source_fps: float, spec: VideoSpec) -> list[int]:
     _require_frames(name, total_frames)
-    request = {"fps": spec.fps, "min_frames": spec.min_frames, "max_frames": min(spec.max_frames, total_frames)}
-    count = smart_nframes(request, total_frames=total_frames, video_fps=source_fps)
+    count = _sample_count(total_frames, source_fps, spec)
     return torch.linspace(0, total_frames - 1, count).round().long().tolist()
 
 
@@ -207,65 +354,6 @@ def _frames_from_memory(video: VideoFrames) -> np.ndarray:
     return (array * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-class _Reader:
-    """An opened video file: frame count, average fps and random access to uint8 ``(T, 3, H, W)`` frames."""
-
-    def __init__(self, name: str, total_frames: int, fps: float, read) -> None:
-        self.name, self.total_frames, self.fps, self._read = name, total_frames, fps, read
-
-    def frames(self, indices: list[int]) -> torch.Tensor:
-        try:
-            array = self._read(indices)
-        except Exception as error:  # decoder errors have no common type; re-raised with the file named
-            raise VideoDecodeError(self.name, f"decoding failed: {error}") from error
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
-
-
-def _open(name: str) -> _Reader:
-    path = Path(name)
-    if not path.is_file():
-        raise VideoDecodeError(name, "no such file")
-    reasons = []
-    for opener in (_open_decord, _open_pyav):
-        try:
-            reader = opener(name)
-        except ImportError as error:
-            reasons.append(str(error))
-            continue
-        except Exception as error:  # each backend raises its own types (RuntimeError, av.FFmpegError, ...)
-            reasons.append(f"{opener.__name__.removeprefix('_open_')}: {error}".strip())
-            continue
-        if reader.total_frames == 0:
-            raise VideoDecodeError(name, "the video stream has no frames")
-        if not (reader.fps > 0 and math.isfinite(reader.fps)):
-            raise VideoDecodeError(name, f"the container reports an invalid frame rate ({reader.fps})")
-        return reader
-    raise VideoDecodeError(name, "; ".join(reasons))
-
-
-def _open_decord(name: str) -> _Reader:
-    try:
-        import decord
-    except ImportError as error:
-        raise ImportError("decord is not installed") from error
-    video = decord.VideoReader(name, num_threads=1)
-    return _Reader(name, len(video), float(video.get_avg_fps()), lambda indices: video.get_batch(indices).asnumpy())
-
-
-def _open_pyav(name: str) -> _Reader:
-    """PyAV fallback: decodes the whole stream once (clips are short) and indexes into it."""
-    import av
-
-    with av.open(name) as container:
-        if not container.streams.video:
-            raise ValueError("the file has no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0)
-        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    frames = np.stack(decoded) if decoded else np.zeros((0, 1, 1, 3), dtype=np.uint8)
-    return _Reader(name, len(frames), fps, lambda indices: frames[indices])
-
-
 def write_video(
     path: str | Path,
     frames: np.ndarray,
@@ -274,6 +362,7 @@ def write_video(
     codec: str = "libx264",
     audio: bool = False,
     lossless: bool = False,
+    keyframe_interval: int | None = None,
 ) -> Path:
     """Encode uint8 ``(T, H, W, 3)`` frames with PyAV (any codec PyAV ships: h264, hevc, vp9, av1, mpeg4),
     optionally with an audio track (a quiet 440 Hz tone, AAC or Opus for webm).
@@ -281,7 +370,8 @@ def write_video(
     ``lossless`` (x264/x265 at qp 0) makes the decoded frames a function of the input alone: the bundled
     libx264 occasionally emits a different lossy bitstream for the same frames between runs, which made
     synthetic datasets — and everything trained on them — differ. Known clash: decord 0.6 bundles its own libvpx, so after ``import decord`` the libvpx (vp8/vp9) *encoders*
-    fail in the same process; decoding is unaffected.
+    fail in the same process; decoding is unaffected. ``keyframe_interval`` sets the encoder's GOP length
+    (its default otherwise), e.g. to give a short clip many seek points.
     """
     import av
 
@@ -293,6 +383,8 @@ def write_video(
         stream.pix_fmt = "yuv420p"
         if lossless:
             stream.options = {"qp": "0"}
+        if keyframe_interval is not None:
+            stream.codec_context.gop_size = keyframe_interval
         audio_stream = None
         if audio:
             audio_codec = "libopus" if path.suffix == ".webm" else "aac"

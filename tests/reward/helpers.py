@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
+import pytest
 from trl import TrlParser
 
 from benchmarks.synthetic import square_clip
@@ -44,3 +46,59 @@ def truncated_clip(path: Path) -> Path:
     whole = small_clip(path.with_name("whole_" + path.name)).read_bytes()
     path.write_bytes(whole[: len(whole) // 3])
     return path
+
+
+def gradient_clip(frames: int, height: int, width: int) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames whose content moves every frame, so a wrong frame index changes pixels."""
+    t = np.arange(frames)[:, None, None]
+    y = np.arange(height)[None, :, None]
+    x = np.arange(width)[None, None, :]
+    channels = np.broadcast_arrays((3 * x + 5 * t) % 256, (2 * y + 3 * t) % 256, (x + y + 9 * t) % 256)
+    return np.stack(channels, axis=-1).astype(np.uint8)
+
+
+class CountingContainer:
+    """A real PyAV container that counts the packets it demuxes, the frames it decodes and its seeks."""
+
+    def __init__(self, container, counts: dict[str, int]) -> None:
+        self._container, self._counts = container, counts
+
+    def __getattr__(self, name: str):
+        return getattr(self._container, name)
+
+    def __enter__(self) -> CountingContainer:
+        self._container.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._container.__exit__(*exc_info)
+
+    def demux(self, *args, **kwargs):
+        for packet in self._container.demux(*args, **kwargs):
+            self._counts["packets"] += 1
+            yield packet
+
+    def decode(self, *args, **kwargs):
+        for frame in self._container.decode(*args, **kwargs):
+            self._counts["frames"] += 1
+            yield frame
+
+    def seek(self, *args, **kwargs):
+        self._counts["seeks"] += 1
+        return self._container.seek(*args, **kwargs)
+
+
+def count_decoding(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """From now until the test ends, count what every ``av.open`` container reads and each decord open."""
+    import decord
+
+    counts = {"packets": 0, "frames": 0, "seeks": 0, "decord_opens": 0}
+    real_open, real_reader = av.open, decord.VideoReader
+
+    def counting_reader(*args, **kwargs):
+        counts["decord_opens"] += 1
+        return real_reader(*args, **kwargs)
+
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: CountingContainer(real_open(*args, **kwargs), counts))
+    monkeypatch.setattr(decord, "VideoReader", counting_reader)
+    return counts

@@ -26,22 +26,23 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import resize
 
-from reward.video import write_video
-from reward.errors import VideoDecodeError
-from reward.video import VideoFrames, VideoSpec, load_video, probe_video
+from reward.decoding import open_pyav
+from reward.errors import ConfigError, VideoDecodeError
+from reward.video import (
+    DecodeLimits,
+    VideoFrames,
+    VideoInfo,
+    VideoSpec,
+    _limit_problems,
+    load_video,
+    probe_video,
+    write_video,
+)
 
 from ..conftest import REPO_ROOT, TINY_SPEC
+from .helpers import count_decoding, gradient_clip
 
 DEFAULT_SPEC = VideoSpec()
-
-
-def gradient_clip(frames: int, height: int, width: int) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames whose content moves every frame, so a wrong frame index changes pixels."""
-    t = np.arange(frames)[:, None, None]
-    y = np.arange(height)[None, :, None]
-    x = np.arange(width)[None, None, :]
-    channels = np.broadcast_arrays((3 * x + 5 * t) % 256, (2 * y + 3 * t) % 256, (x + y + 9 * t) % 256)
-    return np.stack(channels, axis=-1).astype(np.uint8)
 
 
 def grey_ramp_levels(frames: int) -> np.ndarray:
@@ -431,9 +432,9 @@ def bad_videos(tmp_path_factory: pytest.TempPathFactory, parity_videos) -> dict[
 
 BAD_FILE_REASONS = [
     ("missing", r"^no such file$"),
-    ("truncated", r"^decord: .+; pyav: .+"),
-    ("random", r"^decord: .+; pyav: .+"),
-    ("empty", r"^decord: .+; pyav: .+"),
+    ("truncated", r"^unreadable container: .+"),
+    ("random", r"^unreadable container: .+"),
+    ("empty", r"^unreadable container: Invalid data found when processing input$"),
     ("one_frame", r"^it has 1 frame\(s\); at least 2 are needed$"),
 ]
 
@@ -443,7 +444,7 @@ BAD_FILE_REASONS = [
 def test_bad_files_raise_video_decode_error(bad_videos, name, reason, call):
     """Missing, truncated, random, empty and single-frame files: VideoDecodeError naming file and cause.
 
-    Unreadable files report why each backend (decord, then PyAV) failed.
+    Both calls read the container header first, so an unreadable file reports FFmpeg's reason for it.
     """
     path = bad_videos[name]
     with pytest.raises(VideoDecodeError) as caught:
@@ -459,8 +460,11 @@ def test_bad_files_raise_video_decode_error(bad_videos, name, reason, call):
 
 
 def test_good_file_passes_probe(parity_videos):
-    """probe_video returns None (no error) for a readable clip with >= 2 frames."""
-    assert probe_video(parity_videos["5_frames_25fps"]) is None
+    """probe_video returns the container's metadata for a readable clip with >= 2 frames: 5 frames at
+    25 fps = 0.2 s of 64x48 h264, the count stated by the mp4 index (not estimated)."""
+    assert probe_video(parity_videos["5_frames_25fps"]) == VideoInfo(
+        total_frames=5, fps=25.0, duration_s=0.2, width=64, height=48, codec="h264", frames_estimated=False
+    )
 
 
 MEMORY_ERRORS = [
@@ -612,3 +616,245 @@ def test_frame_budget_shrinks_long_clips():
     assert tuple(sampled.frames.shape) == (30, 3, 192, 320)
     assert sampled.frame_indices == list(range(30))
     assert math.isclose(sampled.sample_fps, 2.0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bounded decoding: metadata-only probing, limits checked before decoding, seeking to the sampled frames
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def decoding_counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    return count_decoding(monkeypatch)
+
+
+# A 10-minute clip: 6000 frames of 64x64 at 10 fps, grey level t mod 256 (decoded: 6000 * 64 * 64 * 3 bytes).
+LONG_FRAMES, LONG_FPS, LONG_SIDE = 6000, 10.0, 64
+
+
+@pytest.fixture(scope="module")
+def long_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The long clip as AV1 (libsvtav1, which decord 0.6 cannot read: the PyAV path) and as h264 (decord),
+    with a keyframe every 100 frames."""
+    root = tmp_path_factory.mktemp("long")
+    levels = (np.arange(LONG_FRAMES) % 256).astype(np.uint8)
+    clip = np.ascontiguousarray(np.broadcast_to(levels[:, None, None, None], (LONG_FRAMES, LONG_SIDE, LONG_SIDE, 3)))
+    return {
+        codec: write_video(root / f"long_{codec}.mp4", clip, LONG_FPS, codec=encoder, keyframe_interval=100)
+        for codec, encoder in (("av1", "libsvtav1"), ("h264", "libx264"))
+    }
+
+
+@pytest.mark.parametrize("codec", ["av1", "h264"])
+def test_probing_a_long_file_decodes_nothing(long_videos, decoding_counts, codec):
+    """probe_video of a 10-minute file reads the container header only: no packet is demuxed, no frame
+    decoded, decord never opens it, and its Python allocations peak far below the 73.7 MB
+    (6000 * 64 * 64 * 3 bytes) that decoding the stream to RGB takes (the old PyAV path held all of it)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        info = probe_video(long_videos[codec], spec=DEFAULT_SPEC)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert info == VideoInfo(
+        total_frames=6000, fps=10.0, duration_s=600.0, width=64, height=64, codec=codec, frames_estimated=False
+    )
+    assert decoding_counts == {"packets": 0, "frames": 0, "seeks": 0, "decord_opens": 0}
+    decoded_stream_bytes = LONG_FRAMES * LONG_SIDE * LONG_SIDE * 3
+    assert peak < decoded_stream_bytes / 100, peak
+
+
+def test_loading_a_long_av1_file_decodes_only_near_the_sampled_frames(long_videos, decoding_counts):
+    """The tiny spec samples 8 of the 6000 AV1 frames: linspace(0, 5999, 8) in steps of 857 ->
+    [0, 857, 1714, 2571, 3428, 4285, 5142, 5999]. decord tries first and cannot open AV1; PyAV demuxes
+    the packets once to index them (6000 plus the empty one PyAV yields at the end), decoding nothing.
+    Frame 0 is decoded from the start; every later one after a seek to its keyframe (multiples of 100):
+    857 - 800 + 1 = 58 frames, 1714 -> 15, 2571 -> 72, 3428 -> 29, 4285 -> 86, 5142 -> 43, 5999 -> 100;
+    1 + 58 + 15 + 72 + 29 + 86 + 43 + 100 = 404 decoded frames in 7 seeks, instead of 6000. Frame t shows
+    grey t mod 256, within 3 levels after lossy coding."""
+    with av.open(str(long_videos["av1"])) as container:
+        keyframes = [index for index, packet in enumerate(container.demux(video=0)) if packet.is_keyframe]
+    assert keyframes == list(range(0, LONG_FRAMES, 100))
+    decoding_counts.update(packets=0)
+
+    sampled = load_video(long_videos["av1"], TINY_SPEC)
+
+    assert sampled.frame_indices == [0, 857, 1714, 2571, 3428, 4285, 5142, 5999]
+    assert decoding_counts == {"packets": 6001, "frames": 404, "seeks": 7, "decord_opens": 1}
+    means = sampled.frames.mean(dim=(1, 2, 3)).double()
+    expected = torch.tensor([index % 256 for index in sampled.frame_indices], dtype=torch.float64)
+    torch.testing.assert_close(means, expected, atol=3.0, rtol=0.0)
+
+
+@pytest.fixture(scope="module")
+def ten_second_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """250 frames of 64x48 at 25 fps = 10 s; the default spec samples 20 of them."""
+    return write_video(tmp_path_factory.mktemp("limits") / "ten_seconds.mp4", gradient_clip(250, 48, 64), 25.0)
+
+
+LIMIT_CASES = [
+    pytest.param(
+        DecodeLimits(max_duration_s=5.0),
+        "its duration 10.0 s exceeds DecodeLimits.max_duration_s = 5 s; "
+        "to admit it, pass limits=reward.video.DecodeLimits(max_duration_s=10) to load_video / probe_video",
+        id="duration",
+    ),
+    pytest.param(
+        DecodeLimits(max_pixels_per_frame=3000),
+        "its frame size 64x48 = 3,072 px exceeds DecodeLimits.max_pixels_per_frame = 3,000 px; "
+        "to admit it, pass limits=reward.video.DecodeLimits(max_pixels_per_frame=3072) to load_video / probe_video",
+        id="resolution",
+    ),
+    # 20 sampled frames * 64 * 48 * 3 bytes = 184,320 bytes = 0.00017 GiB.
+    pytest.param(
+        DecodeLimits(max_decoded_bytes=100_000),
+        "its 20 sampled frames decode to 184,320 bytes (0.00 GiB), above DecodeLimits.max_decoded_bytes = "
+        "100,000 bytes (or sample fewer frames: VideoSpec.fps, max_frames); "
+        "to admit it, pass limits=reward.video.DecodeLimits(max_decoded_bytes=184320) to load_video / probe_video",
+        id="decoded-bytes",
+    ),
+    pytest.param(
+        DecodeLimits(max_duration_s=9.5, max_pixels_per_frame=2048),
+        "its duration 10.0 s exceeds DecodeLimits.max_duration_s = 9.5 s; its frame size 64x48 = 3,072 px "
+        "exceeds DecodeLimits.max_pixels_per_frame = 2,048 px; to admit it, pass "
+        "limits=reward.video.DecodeLimits(max_duration_s=10, max_pixels_per_frame=3072) to load_video / probe_video",
+        id="two-at-once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("limits", "reason"), LIMIT_CASES)
+def test_over_limit_file_is_refused_before_decoding(ten_second_clip, decoding_counts, limits, reason):
+    """Each exceeded limit is named with the measured value, the limit and the value that would admit the
+    file; load_video refuses before decord opens the file or PyAV reads a packet."""
+    with pytest.raises(VideoDecodeError) as caught:
+        load_video(ten_second_clip, DEFAULT_SPEC, limits=limits)
+    assert caught.value.source == str(ten_second_clip)
+    assert caught.value.reason == reason
+    assert decoding_counts == {"packets": 0, "frames": 0, "seeks": 0, "decord_opens": 0}
+
+
+def test_probe_checks_decoded_bytes_only_when_given_a_spec(ten_second_clip):
+    """Without a spec the number of sampled frames is unknown, so only duration and size are checked."""
+    limits = DecodeLimits(max_decoded_bytes=100_000)
+    assert probe_video(ten_second_clip, limits=limits).total_frames == 250
+    with pytest.raises(VideoDecodeError, match=r"its 20 sampled frames decode to 184,320 bytes"):
+        probe_video(ten_second_clip, limits=limits, spec=DEFAULT_SPEC)
+
+
+def test_raised_limits_admit_the_file_with_unchanged_frames(ten_second_clip):
+    """Limits only accept or refuse: an admitted file loads exactly as with the defaults."""
+    limits = DecodeLimits(max_duration_s=10.0, max_pixels_per_frame=3072, max_decoded_bytes=184_320)
+    admitted = load_video(ten_second_clip, DEFAULT_SPEC, limits=limits)
+    assert torch.equal(admitted.frames, load_video(ten_second_clip, DEFAULT_SPEC).frames)
+
+
+def test_default_limits_refuse_a_ten_minute_8k_file(tmp_path):
+    """Two 7680x4320 frames at 1/300 fps: a real 10-minute 8K file, refused by resolution (33,177,600 px
+    > 4096 * 2160 = 8,847,360) from its header alone."""
+    frames = np.zeros((2, 4320, 7680, 3), np.uint8)
+    frames[1] = 200
+    path = write_video(tmp_path / "8k.mp4", frames, 1 / 300)
+    with pytest.raises(VideoDecodeError) as caught:
+        load_video(path, DEFAULT_SPEC)
+    assert caught.value.reason == (
+        "its frame size 7680x4320 = 33,177,600 px exceeds DecodeLimits.max_pixels_per_frame = 8,847,360 px; "
+        "to admit it, pass limits=reward.video.DecodeLimits(max_pixels_per_frame=33177600) to load_video / probe_video"
+    )
+    assert probe_video(path, limits=DecodeLimits(max_pixels_per_frame=7680 * 4320)).duration_s == 600.0
+
+
+def _metadata(minutes: float, width: int, height: int, fps: float = 30.0) -> VideoInfo:
+    frames = round(minutes * 60 * fps)
+    return VideoInfo(frames, fps, minutes * 60, width, height, codec="h264", frames_estimated=False)
+
+
+@pytest.mark.parametrize(
+    ("info", "refused"),
+    [
+        # 30 min of 1080p30: 768 sampled frames (the default max) * 1920 * 1080 * 3 = 4.45 GiB <= 8 GiB.
+        (_metadata(30, 1920, 1080), []),
+        # 1 min of 4K UHD: 120 frames * 3840 * 2160 * 3 = 2.78 GiB.
+        (_metadata(1, 3840, 2160), []),
+        # 2 min of DCI 4K: 240 frames * 4096 * 2160 * 3 = 5.93 GiB.
+        (_metadata(2, 4096, 2160), []),
+        # 10 min of 4K UHD: 768 frames * 24,883,200 bytes = 17.8 GiB of sampled frames.
+        (_metadata(10, 3840, 2160), ["max_decoded_bytes"]),
+        # 10 min of 8K: 33,177,600 px per frame, 768 * 99.5 MB = 71 GiB.
+        (_metadata(10, 7680, 4320), ["max_pixels_per_frame", "max_decoded_bytes"]),
+        # A 1-hour 480p stream: 7,200 s > 1,800 s.
+        (_metadata(60, 854, 480), ["max_duration_s"]),
+    ],
+    ids=["30min-1080p", "1min-4k-uhd", "2min-dci-4k", "10min-4k-uhd", "10min-8k", "1h-480p"],
+)
+def test_default_limits(info, refused):
+    """What the defaults admit and refuse at the default spec (2 fps, at most 768 sampled frames)."""
+    sampled = min(768, round(info.duration_s * 2))
+    assert sorted(_limit_problems(info, DecodeLimits(), sampled_frames=sampled)) == sorted(refused)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_duration_s": 0.0}, "DecodeLimits.max_duration_s must be a positive number, got 0.0"),
+        ({"max_duration_s": float("inf")}, "DecodeLimits.max_duration_s must be a positive number, got inf"),
+        ({"max_pixels_per_frame": -1}, "DecodeLimits.max_pixels_per_frame must be a positive number, got -1"),
+        ({"max_decoded_bytes": 0}, "DecodeLimits.max_decoded_bytes must be a positive number, got 0"),
+    ],
+)
+def test_decode_limits_reject_invalid_values(kwargs, message):
+    with pytest.raises(ConfigError) as caught:
+        DecodeLimits(**kwargs)
+    assert str(caught.value) == message
+
+
+def test_probe_estimates_frames_when_the_container_states_none(tmp_path):
+    """WebM headers carry no frame count: 100 frames at 25 fps last 4.0 s -> 4.0 * 25 = 100 estimated;
+    the PyAV decoder path (decord cannot read AV1) counts the 100 packets itself."""
+    path = write_video(tmp_path / "av1.webm", gradient_clip(100, 48, 64), 25.0, codec="libsvtav1")
+    info = probe_video(path)
+    assert (info.total_frames, info.duration_s, info.frames_estimated, info.codec) == (100, 4.0, True, "av1")
+    assert open_pyav(str(path)).total_frames == 100
+
+
+class _UnseekableSink:
+    """A write-only file: the muxer cannot go back to fill in duration and index, as when streaming."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+
+def test_streamed_recording_without_duration_loads(tmp_path):
+    """A Matroska file written as a stream (like a browser's MediaRecorder WebM) has no frame count, no
+    duration and no cues. decord refuses it; the probe counts its 30 packets (30 / 25 fps = 1.2 s) and
+    PyAV decodes the sampled frames, [0, 10, 19, 29] (linspace(0, 29, 4)), exactly as a full decode."""
+    import decord
+
+    path = tmp_path / "streamed.mkv"
+    clip = gradient_clip(30, 48, 64)
+    with open(path, "wb") as file, av.open(_UnseekableSink(file), mode="w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
+        for image in clip:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        assert (container.duration, container.streams.video[0].frames) == (None, 0)
+        full = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    with pytest.raises(decord.DECORDError):
+        decord.VideoReader(str(path), num_threads=1)
+
+    assert probe_video(path) == VideoInfo(
+        total_frames=30, fps=25.0, duration_s=1.2, width=64, height=48, codec="h264", frames_estimated=False
+    )
+    sampled = load_video(path, DEFAULT_SPEC)
+    chosen = torch.from_numpy(full[[0, 10, 19, 29]]).permute(0, 3, 1, 2)
+    expected = resize(chosen, [320, 448], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    assert sampled.frame_indices == [0, 10, 19, 29]
+    assert torch.equal(sampled.frames, expected)
