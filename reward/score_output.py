@@ -92,8 +92,12 @@ def _read_lines(path: Path, *, repair_tail: bool = False) -> list[dict[str, Any]
         data = data[: data.rfind(b"\n") + 1]
         with path.open("r+b") as handle:
             handle.truncate(len(data))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text ({error}); pass --overwrite true to score again") from error
     records = []
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:

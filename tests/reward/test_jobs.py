@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from benchmarks.cli import main
 from benchmarks.synthetic import make_preference_set
 from reward.cold_start import run
 from reward.errors import CheckpointError, ConfigError, DataError
 from reward.jobs import EXPORT_MARKER, ExportConfig, ScoreConfig, run_export, run_score
-from reward.modeling import DeScoreModel, LoraSettings, save_descore
+from reward.modeling import HEAD_NAME, DeScoreModel, LoraSettings, save_descore
 from reward.run_record import RunMismatchError
 from reward.score_output import partial_path, settings_path
 from reward.scoring import DeScoreReward
@@ -108,6 +109,22 @@ def test_bad_score_values_are_refused_before_any_model_loads(case, checkpoint, c
     assert not any(path.name.startswith("s.jsonl") for path in tmp_path.iterdir()), "nothing may be written"
 
 
+
+@pytest.mark.parametrize("case", ["missing model", "not a DeScore checkpoint", "output is a file", "output is the model"])
+def test_bad_export_values_are_refused_before_any_model_loads(case, checkpoint, tiny_qwen3_vl_dir, tmp_path, monkeypatch):
+    a_file = tmp_path / "weights.bin"
+    a_file.write_text("x")
+    model, output, error, message = {
+        "missing model": (tmp_path / "nope", tmp_path / "out", ConfigError, rf"--model {tmp_path / 'nope'} does not exist"),
+        "not a DeScore checkpoint": (tiny_qwen3_vl_dir, tmp_path / "out", CheckpointError, "descore_config.json is missing"),
+        "output is a file": (checkpoint, a_file, ConfigError, rf"--output {a_file} is a file; give a folder path"),
+        "output is the model": (checkpoint, checkpoint.parent, ConfigError, "holds the checkpoint being exported"),
+    }[case]
+    loads = Calls(monkeypatch, DeScoreModel, "from_pretrained")
+    with pytest.raises(error, match=message):
+        main(["reward", "export", "--model", str(model), "--output", str(output), "--overwrite", "true"])
+    assert loads.count == 0 and not (tmp_path / "out").exists() and a_file.read_text() == "x"
+
 # ----- scoring is saved as it goes and resumed ---------------------------------------------------------------
 
 
@@ -164,6 +181,18 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(checkpoint, clips
     recorded = json.loads(settings_path(output).read_text())
     assert recorded["job"] == "reward score" and recorded["config"]["scoring"]["cot"] is False
 
+
+
+def test_a_checkpoint_changed_in_place_is_a_different_model(checkpoint, clips, tmp_path):
+    """Same path, retrained head: the output's lines came from another model, so the re-run is refused."""
+    model = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, model)
+    output = tmp_path / "s.jsonl"
+    run_score(score_config(model, clips[:1], output, cot=False, prompt=PROMPTS[:1]))
+    head = load_file(model / HEAD_NAME)
+    save_file({"weight": head["weight"] * 2}, model / HEAD_NAME)
+    with pytest.raises(RunMismatchError, match=r"model.fingerprint: [0-9a-f]{64} -> [0-9a-f]{64}"):
+        run_score(score_config(model, clips[:1], output, cot=False, prompt=PROMPTS[:1]))
 
 def test_output_written_by_something_else_is_not_taken_over(checkpoint, clips, tmp_path):
     output = tmp_path / "notes.jsonl"
