@@ -21,6 +21,8 @@ class Command:
 
 def _report_score(summary: Any) -> str:
     lines = [f"scored {summary.scored} video(s), {summary.failed} failed, {summary.skipped_rows} data row(s) skipped"]
+    if summary.resumed:
+        lines.append(f"{summary.resumed} of them were already in the output from an earlier run and not scored again")
     if summary.parse_failure_rate == summary.parse_failure_rate:  # not NaN: CoTs were parsed
         lines.append(f"CoT answer parse failures: {summary.parse_failure_rate:.1%}")
     if summary.accuracy is not None:

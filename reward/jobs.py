@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 
-from .checkpoint import atomic_file
+from . import score_output
 from .base import ScoredItem
+from .checkpoint import atomic_file
 from .data import PreferencePair, read_preferences
-from .errors import ConfigError
+from .errors import ConfigError, DataError, VideoDecodeError
 from .losses import pairwise_accuracy
-from .modeling import REWARD_TOKEN, DeScoreModel
-from .scoring import DeScoreReward, GenerationSettings
+from .modeling import MANIFEST_NAME, REWARD_TOKEN, DeScoreManifest, DeScoreModel
+from .run_record import (
+    RUN_CONFIG,
+    check_output_directory,
+    check_output_file,
+    code_commit,
+    library_versions,
+    resolved_config,
+)
+from .score_output import checkpoint_fingerprint
+from .scoring import DeScoreReward, GenerationSettings, default_device, default_dtype
+from .video import probe_video
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +41,11 @@ class ScoreConfig:
     """Score videos with a DeScore checkpoint; one JSON line per (video, prompt)."""
 
     model: str | None = field(default=None, metadata={"help": "DeScore checkpoint directory."})
-    output: str | None = field(default=None, metadata={"help": "Output JSONL file."})
+    output: str | None = field(
+        default=None,
+        metadata={"help": "Output JSONL file. Lines are saved as each batch ends; a re-run with the same settings "
+                          "scores only what is missing."},
+    )
     data: str | None = field(default=None, metadata={"help": "Preference CSV/JSONL; every distinct video is scored."})
     video: list[str] | None = field(default=None, metadata={"help": "Video file(s) to score (instead of --data)."})
     prompt: list[str] | None = field(
@@ -45,6 +63,11 @@ class ScoreConfig:
     skip_invalid: bool = field(
         default=False, metadata={"help": "Record unreadable videos / invalid rows and score the rest."}
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Score everything again into an --output that was scored with other settings (or by "
+                          "something else), replacing it."},
+    )
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu; default: cuda if available."})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = field(
         default=None, metadata={"help": "Backbone dtype; default bf16 on GPU, fp32 on CPU."}
@@ -61,6 +84,42 @@ class ScoreConfig:
                 raise ConfigError(f"--prompt needs 1 or {len(self.video)} values for {len(self.video)} --video file(s)")
             if self.cot_source == "data":
                 raise ConfigError("cot_source: data needs --data with cot_a/cot_b columns")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
+        self.generation_settings()  # raises on a bad max_new_tokens, temperature or repetition_penalty
+        check_output_file(self.output)
+        check_checkpoint(self.model)
+
+    def generation_settings(self) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, repetition_penalty=self.repetition_penalty
+        )
+
+    @property
+    def cot_from_data(self) -> bool:
+        """The CoTs are inputs (the data's cot_a/cot_b), not written by the model."""
+        return self.cot and self.cot_source == "data"
+
+    def settings(self) -> dict[str, dict[str, Any]]:
+        """What decides the numbers in the output (recorded beside it; a re-run must match). Batch size,
+        device and attention kernel are left out: they do not change a reward beyond float noise."""
+        device = torch.device(self.device) if self.device is not None else default_device()
+        return resolved_config({
+            "model": {"path": str(Path(self.model).resolve()), "fingerprint": checkpoint_fingerprint(self.model)},
+            "scoring": {
+                "cot": self.cot,
+                "cot_source": self.cot_source if self.cot else None,
+                "generation": self.generation_settings() if self.cot and not self.cot_from_data else None,
+                "dtype": str(default_dtype(self.dtype, device)).removeprefix("torch."),
+            },
+        })
+
+
+def check_checkpoint(path: str, *, option: str = "--model") -> None:
+    """Fail before anything loads when ``path`` is not a DeScore checkpoint folder."""
+    if not Path(path).exists():
+        raise ConfigError(f"{option} {path} does not exist; give a DeScore checkpoint folder (e.g. runs/descore/final)")
+    DeScoreManifest.read(Path(path))  # CheckpointError naming the folder when the manifest is missing or malformed
 
 
 @dataclass(frozen=True)
@@ -73,93 +132,155 @@ class _Request:
 
 @dataclass(frozen=True)
 class ScoreSummary:
+    """``scored``/``failed`` count this run's items, ``resumed`` of them were taken from an earlier run's lines."""
+
     scored: int
     failed: int
     skipped_rows: int
     parse_failure_rate: float
     accuracy: float | None
     decided_pairs: int
+    resumed: int = 0
 
 
 def run_score(config: ScoreConfig) -> ScoreSummary:
-    """Score and write ``config.output``; pairs data also gives the pairwise accuracy over decided pairs."""
+    """Score and write ``config.output``; pairs data also gives the pairwise accuracy over decided pairs.
+
+    Steps: read the inputs; take the lines an earlier run with the same settings wrote; check the videos
+    still to score; score them batch by batch, appending each batch; write the file in request order.
+    """
+    output, settings = Path(config.output), config.settings()
+    key = functools.partial(_record_key, given_cot=config.cot_from_data)
+    pairs, requests, skipped_rows = _requests(config)
+    earlier = {key(record): record for record in score_output.earlier_records(output, settings, overwrite=config.overwrite)}
+    # A line with an error (an unreadable video) is tried again: the file may have been fixed since.
+    done = {key(r): earlier[key(r)] for r in requests if key(r) in earlier and "error" not in earlier[key(r)]}
+    pending = [request for request in requests if key(request) not in done]
+    if config.video is not None and not config.skip_invalid:
+        _check_videos([request.video for request in pending])
+    if done:
+        logger.info("%s: %d of %d item(s) already scored by an earlier run; scoring %d", output, len(done), len(requests), len(pending))
+    score_output.start(output, settings, overwrite=config.overwrite)
+    records = done | (_score_pending(config, pending, output, key) if pending else {})
+    wanted = [records[key(request)] for request in requests]
+    kept = [record for record_key, record in earlier.items() if record_key not in records]
+    if kept:
+        logger.warning("%s: keeping %d line(s) of an earlier run for items not among this run's inputs", output, len(kept))
+    score_output.finish(output, wanted + kept)
+    accuracy, decided = _pair_accuracy(pairs, records, given_cot=config.cot_from_data)
+    failed = sum(record["reward"] is None for record in wanted)
+    parsed = [record["parse_ok"] for record in wanted if record["parse_ok"] is not None]
+    return ScoreSummary(
+        scored=len(wanted) - failed,
+        failed=failed,
+        skipped_rows=skipped_rows,
+        parse_failure_rate=sum(not ok for ok in parsed) / len(parsed) if parsed else math.nan,
+        accuracy=accuracy,
+        decided_pairs=decided,
+        resumed=len(done),
+    )
+
+
+def _requests(config: ScoreConfig) -> tuple[list[PreferencePair], list[_Request], int]:
+    """(pairs, distinct items to score in order, skipped data rows) from --data or --video/--prompt."""
+    if config.data is None:
+        prompts = config.prompt * len(config.video) if len(config.prompt) == 1 else config.prompt
+        requests = [_Request(str(Path(video)), prompt, None, None) for video, prompt in zip(config.video, prompts)]
+        return [], list(dict.fromkeys(requests)), 0
+    data = read_preferences(
+        config.data, skip_invalid=config.skip_invalid, reserved_tokens=(REWARD_TOKEN,), probe_videos=True
+    )
+    if config.cot_from_data and not all(pair.has_cot for pair in data.pairs):
+        raise ConfigError(f"{config.data}: cot_source: data needs cot_a and cot_b on every row")
+    requests = [request for pair in data.pairs for request in _pair_requests(pair, config.cot_from_data)]
+    return data.pairs, list(dict.fromkeys(requests)), len(data.skipped)
+
+
+def _pair_requests(pair: PreferencePair, use_data_cot: bool) -> tuple[_Request, _Request]:
+    return tuple(
+        _Request(video, pair.prompt, cot if use_data_cot else None, pair.instruction)
+        for video, cot in ((pair.video_a, pair.cot_a), (pair.video_b, pair.cot_b))
+    )
+
+
+def _record_key(item: _Request | dict[str, Any], *, given_cot: bool) -> tuple:
+    """What identifies an item in the output: video, prompt, judge instruction, and the CoT when it was an
+    input (``cot_source: data``) rather than written by the model."""
+    values = item if isinstance(item, dict) else vars(item)
+    return values["video"], values["prompt"], values.get("instruction"), values.get("cot") if given_cot else None
+
+
+def _check_videos(videos: list[str]) -> None:
+    """Open every file before the model loads; one error lists all that cannot be read."""
+    problems = []
+    for video in dict.fromkeys(videos):
+        try:
+            probe_video(video)
+        except VideoDecodeError as error:
+            problems.append(f"{video}: {error.reason}")
+    if problems:
+        listing = "\n  ".join(problems)
+        raise DataError(
+            f"{len(problems)} --video file(s) cannot be read:\n  {listing}\n"
+            "Fix or remove them, or pass --skip_invalid true to record them as failed and score the rest."
+        )
+
+
+def _score_pending(
+    config: ScoreConfig, pending: list[_Request], output: Path, key: Callable[[_Request], tuple]
+) -> dict[tuple, dict[str, Any]]:
+    """Score ``pending`` one batch per call, appending each batch's lines as soon as it is done."""
     scorer = DeScoreReward(
         config.model,
         use_cot=config.cot,
         batch_size=config.batch_size,
-        generation=GenerationSettings(
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            repetition_penalty=config.repetition_penalty,
-        ),
+        generation=config.generation_settings(),
         skip_invalid=config.skip_invalid,
-        progress=True,
         device=config.device,
         dtype=config.dtype,
         attn_implementation=config.attn_implementation,
     )
-    pairs, skipped_rows = [], 0
-    if config.data is not None:
-        data = read_preferences(
-            config.data, skip_invalid=config.skip_invalid, reserved_tokens=(REWARD_TOKEN,), probe_videos=True
-        )
-        pairs, skipped_rows = data.pairs, len(data.skipped)
-        if config.cot and config.cot_source == "data" and not all(pair.has_cot for pair in pairs):
-            raise ConfigError(f"{config.data}: cot_source: data needs cot_a and cot_b on every row")
-        use_data_cot = config.cot and config.cot_source == "data"
-        requests = list(dict.fromkeys(
-            _Request(video, pair.prompt, cot if use_data_cot else None, pair.instruction)
-            for pair in pairs
-            for video, cot in ((pair.video_a, pair.cot_a), (pair.video_b, pair.cot_b))
-        ))
-    else:
-        prompts = config.prompt * len(config.video) if len(config.prompt) == 1 else config.prompt
-        requests = [_Request(str(Path(video)), prompt, None, None) for video, prompt in zip(config.video, prompts)]
-    output = scorer.score(
-        [request.video for request in requests],
-        [request.prompt for request in requests],
-        cots=[request.cot for request in requests],
-        instructions=[request.instruction for request in requests],
-    )
-    with atomic_file(config.output) as handle:
-        for request, item in zip(requests, output.items):
-            record = {
-                "video": request.video,
-                "prompt": request.prompt,
-                "reward": item.reward if item.ok else None,
-                "cot": item.cot,
-                "sub_scores": item.sub_scores,
-                "overall_score": item.overall_score,
-                "parse_ok": item.parse_ok,
-            }
-            if item.error is not None:
-                record["error"] = item.error
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    accuracy, decided = _pair_accuracy(pairs, requests, output.items, use_data_cot=config.cot and config.cot_source == "data")
-    return ScoreSummary(
-        scored=len(requests) - output.failures,
-        failed=output.failures,
-        skipped_rows=skipped_rows,
-        parse_failure_rate=output.parse_failure_rate,
-        accuracy=accuracy,
-        decided_pairs=decided,
-    )
+    records = {}
+    with score_output.appending(output) as handle:
+        for start_index in tqdm(range(0, len(pending), config.batch_size), desc=f"scoring ({scorer.name})"):
+            batch = pending[start_index : start_index + config.batch_size]
+            scored = scorer.score(
+                [request.video for request in batch],
+                [request.prompt for request in batch],
+                cots=[request.cot for request in batch],
+                instructions=[request.instruction for request in batch],
+            )
+            lines = [_record(request, item) for request, item in zip(batch, scored.items)]
+            score_output.append_records(handle, lines)
+            records |= {key(request): line for request, line in zip(batch, lines)}
+    return records
+
+
+def _record(request: _Request, item: ScoredItem) -> dict[str, Any]:
+    record = {
+        "video": request.video,
+        "prompt": request.prompt,
+        "reward": item.reward if item.ok else None,
+        "cot": item.cot,
+        "sub_scores": item.sub_scores,
+        "overall_score": item.overall_score,
+        "parse_ok": item.parse_ok,
+    }
+    if request.instruction is not None:
+        record["instruction"] = request.instruction
+    if item.error is not None:
+        record["error"] = item.error
+    return record
 
 
 def _pair_accuracy(
-    pairs: list[PreferencePair], requests: list[_Request], items: list[ScoredItem], *, use_data_cot: bool
+    pairs: list[PreferencePair], records: dict[tuple, dict[str, Any]], *, given_cot: bool
 ) -> tuple[float | None, int]:
-    if not pairs:
-        return None, 0
-    reward = {request: item.reward for request, item in zip(requests, items)}
+    """Accuracy over the pairs whose two videos both got a reward (a failed side leaves the pair undecided)."""
     margins, labels = [], []
     for pair in pairs:
-        sides = [
-            _Request(video, pair.prompt, cot if use_data_cot else None, pair.instruction)
-            for video, cot in ((pair.video_a, pair.cot_a), (pair.video_b, pair.cot_b))
-        ]
-        a, b = (reward[side] for side in sides)
-        if math.isfinite(a) and math.isfinite(b):
+        a, b = (records[_record_key(side, given_cot=given_cot)]["reward"] for side in _pair_requests(pair, given_cot))
+        if a is not None and b is not None:
             margins.append(a - b)
             labels.append(pair.label)
     if not margins:
@@ -167,21 +288,60 @@ def _pair_accuracy(
     return pairwise_accuracy(torch.tensor(margins, dtype=torch.float64), torch.tensor(labels))
 
 
+EXPORT_MARKER = "descore_export.json"
+
+
 @dataclass
 class ExportConfig:
     """Write a plain backbone checkpoint (LoRA merged, processor with <Reward>) for HF or vLLM loaders."""
 
     model: str | None = field(default=None, metadata={"help": "DeScore checkpoint directory."})
-    output: str | None = field(default=None, metadata={"help": "Directory to write."})
+    output: str | None = field(
+        default=None,
+        metadata={"help": f"Directory to write: new, empty, or an earlier export (it holds {EXPORT_MARKER})."},
+    )
     merged: bool = field(default=True, metadata={"help": "Merge LoRA into the weights (the only export format)."})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={"help": "Weight dtype."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace a non-empty --output that is not an earlier export. A training run or "
+                          "checkpoint folder, and the checkpoint being exported, are never replaced."},
+    )
 
     def __post_init__(self) -> None:
         if self.model is None or self.output is None:
             raise ConfigError("--model and --output are required")
         if not self.merged:
             raise ConfigError("export writes merged weights; an adapter checkpoint is already what training saves")
+        check_checkpoint(self.model)
+        check_export_target(Path(self.output), source=Path(self.model), overwrite=self.overwrite)
+
+
+def check_export_target(output: Path, *, source: Path, overwrite: bool) -> None:
+    """Refuse an --output whose replacement would lose work: the source checkpoint or a folder holding it,
+    a training run or checkpoint folder (always), anything else non-empty that no export wrote (unless
+    ``overwrite``)."""
+    if output.resolve() == source.resolve() or output.resolve() in source.resolve().parents:
+        raise ConfigError(f"--output {output} holds the checkpoint being exported (--model {source}); choose another folder")
+    run_files = [RUN_CONFIG, MANIFEST_NAME, "final", "checkpoint-*"]
+    if output.is_dir() and any(any(output.glob(pattern)) for pattern in run_files):
+        raise ConfigError(
+            f"--output {output} is a training run or checkpoint folder (it holds one of {', '.join(run_files)}); "
+            "export never replaces one, not even with --overwrite. Choose a new folder."
+        )
+    check_output_directory(output, marker=EXPORT_MARKER, overwrite=overwrite)
 
 
 def run_export(config: ExportConfig) -> Path:
-    return DeScoreModel.from_pretrained(config.model, dtype=config.dtype).export_merged(config.output)
+    """Merge and write the backbone, then mark the folder as an export so a later export may replace it."""
+    output = DeScoreModel.from_pretrained(config.model, dtype=config.dtype).export_merged(config.output)
+    marker = {
+        "source_model": str(Path(config.model).resolve()),
+        "source_fingerprint": checkpoint_fingerprint(config.model),
+        "dtype": config.dtype,
+        "versions": library_versions(),
+        "commit": code_commit(),
+    }
+    with atomic_file(output / EXPORT_MARKER) as handle:
+        handle.write(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    return output

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .base import RewardOutput, ScoredItem, register_reward
-from .errors import VideoDecodeError
+from .errors import ConfigError, VideoDecodeError
 from .inputs import encode, generation_text, scoring_text
 from .modeling import DeScoreModel
 from .prompts import JudgeText, judge_text, parse_judge_answer
@@ -37,6 +37,16 @@ class GenerationSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.05
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1 (the CoT needs room for an answer), got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy decoding), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise ConfigError(f"repetition_penalty must be > 0 (1 = no penalty; DeScore uses 1.05), got {self.repetition_penalty}")
+
     def generate_kwargs(self) -> dict:
         sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else {"do_sample": False}
         return {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty, **sampling}
@@ -44,6 +54,13 @@ class GenerationSettings:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(dtype: str | torch.dtype | None, device: torch.device) -> str | torch.dtype:
+    """The backbone dtype when none is given: bf16 on GPU, fp32 on CPU (where bf16 matmuls are slow)."""
+    if dtype is not None:
+        return dtype
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 class DeScoreReward:
@@ -79,8 +96,9 @@ class DeScoreReward:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else default_device()
         if model is None:
-            dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-            model = DeScoreModel.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+            model = DeScoreModel.from_pretrained(
+                path, dtype=default_dtype(dtype, self.device), attn_implementation=attn_implementation
+            )
         self.model = model.to(self.device).eval()
         self.use_cot = use_cot
         self.batch_size = batch_size
