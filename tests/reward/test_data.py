@@ -649,7 +649,7 @@ def test_strict_pass_lists_bad_rows_and_bad_videos_together(folder):
     assert [int(line) for line, _ in listed] == [3, 4, 5, 6, 7]
     reasons = dict((int(line), reason) for line, reason in listed)
     assert reasons[3] == f"unknown label '?'; {LABEL_HINT}"
-    assert reasons[4].startswith(f"video {folder / 'corrupt.mp4'}: decord: ")
+    assert reasons[4].startswith(f"video {folder / 'corrupt.mp4'}: unreadable container: ")
     assert reasons[5] == f"5 field(s) but the header has 4; {QUOTE_HINT}"
     assert reasons[6].startswith(f"video {folder / 'truncated.mp4'}: ")
     assert reasons[7] == f"video file {folder / 'gone.mp4'} does not exist"
