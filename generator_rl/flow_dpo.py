@@ -29,6 +29,7 @@ from reward.errors import ConfigError
 
 from .checkpointing import save_checkpoint
 from .config import PolicyArguments, RunArguments
+from .faults import SkipReason, check_skip_limit, guarded_optimizer_step
 from .losses import flow_dpo_loss
 from .pair_store import PairRecord, PairStore
 from .policy import WanPolicy
@@ -56,6 +57,10 @@ class FlowDpoArguments:
     online_every: int | None = field(
         default=None, metadata={"help": "Online Flow-DPO: refresh the reference and re-sample pairs every K steps."}
     )
+    max_consecutive_skipped_steps: int = field(
+        default=5, metadata={"help": "Stop the run after this many steps in a row were skipped (non-finite loss or "
+                                     "gradient norm)."}
+    )
 
     def __post_init__(self) -> None:
         if not self.rewards:
@@ -65,6 +70,7 @@ class FlowDpoArguments:
             raise ConfigError(f"samples_per_prompt must be >= 2 to form pairs, got {self.samples_per_prompt}")
         if self.online_every is not None and self.online_every < 1:
             raise ConfigError(f"online_every must be >= 1, got {self.online_every}")
+        check_skip_limit(self.max_consecutive_skipped_steps)
 
 
 def build_pairs(
@@ -163,7 +169,7 @@ def _errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments) -> dict[str, Any]:
-    """Train; returns the per-step metrics and where the final LoRA went."""
+    """Train; returns the per-step metrics, where the final LoRA went and the skipped-step counts (``faults``)."""
     run = start_run(policy_args, run_args, dpo.rewards, project="descore-flow-dpo",
                     config={"policy": policy_args, "run": run_args, "dpo": dpo})
     accelerator, policy = run.accelerator, run.policy
@@ -182,17 +188,25 @@ def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: Flow
             records = store.pairs(round_)
             if not records:
                 raise ConfigError(f"round {round_} produced no pairs: all samples of every prompt tied within the margin")
-        metrics = _optimizer_step(policy, run.model, run.optimizer, accelerator, store, records, step=step, dpo=dpo,
-                                  run_args=run_args)
-        run.after_optimizer_step(step)
+        metrics, applied = _optimizer_step(policy, run.model, run.optimizer, accelerator, store, records, step=step,
+                                           dpo=dpo, run_args=run_args)
+        skip = None if applied else SkipReason.NONFINITE
+        if applied:
+            run.after_optimizer_step(step)
+        else:
+            run.after_skipped_step(step)
+            logger.warning("step %d skipped: non-finite loss or gradient norm", step)
+        run.state.faults.record(skip)
+        metrics |= run.state.faults.metrics()
         history.append(metrics)
         if accelerator.is_main_process and step % run_args.log_every == 0:
             accelerator.log(metrics, step=step)
             progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/implicit_accuracy']:.2f}")
+        run.state.faults.stop_if_stuck(dpo.max_consecutive_skipped_steps, step=step, reason=skip)
         if run.state.step % run_args.save_every == 0 or run.state.step == run_args.max_steps:
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"loss": metrics["train/loss"]})
     final = finish_run(run, fused=run_args.save_fused)
-    return {"history": history, "final": str(final)}
+    return {"history": history, "final": str(final), "faults": run.state.faults.state_dict()}
 
 
 def _optimizer_step(
@@ -206,8 +220,9 @@ def _optimizer_step(
     step: int,
     dpo: FlowDpoArguments,
     run_args: RunArguments,
-) -> dict[str, float]:
-    """One optimizer step over ``gradient_accumulation_steps`` micro-batches of pairs (seeded order)."""
+) -> tuple[dict[str, float], bool]:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches of pairs (seeded order); returns
+    the metrics and whether the update was applied (False: a loss or the gradient norm was not finite)."""
     per_step = dpo.train_batch_size * dpo.gradient_accumulation_steps * accelerator.num_processes
     chosen = permuted_slice(len(records), step, per_step, run_args.seed)
     mine = chosen[accelerator.process_index :: accelerator.num_processes]
@@ -223,8 +238,7 @@ def _optimizer_step(
             accelerator.backward(loss / dpo.gradient_accumulation_steps)
         for key, value in {"loss": loss.item(), **stats}.items():
             collected.setdefault(key, []).append(value)
-    grad_norm = accelerator.clip_grad_norm_(policy.trainable_parameters(), run_args.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm, applied = guarded_optimizer_step(accelerator, optimizer, policy.trainable_parameters(),
+                                                max_grad_norm=run_args.max_grad_norm, losses=collected["loss"])
     metrics = {f"train/{key}": float(np.mean(values)) for key, values in collected.items()}
-    return metrics | {"train/grad_norm": float(grad_norm), "train/pairs": float(len(records))}
+    return metrics | {"train/grad_norm": grad_norm, "train/pairs": float(len(records))}, applied
