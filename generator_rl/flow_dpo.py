@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -31,7 +32,7 @@ from .checkpointing import save_checkpoint
 from .config import PolicyArguments, RunArguments
 from .faults import SkipReason, check_skip_limit, guarded_optimizer_step
 from .losses import flow_dpo_loss
-from .pair_store import PairRecord, PairStore
+from .pair_store import TRAINING, PairRecord, PairStore
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
 from .rollout import sample_trajectory
@@ -121,6 +122,39 @@ def build_pairs(
     accelerator.wait_for_everyone()
 
 
+def pair_settings(
+    policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments, *, processes: int
+) -> dict[str, dict[str, Any]]:
+    """What the pairs of a store depend on, recorded in the store and checked when it is reused: the model and
+    how it samples (sizes, steps, guidance, dtypes, seed), how samples are paired, and the reward terms. With
+    ``online_every``, rounds after the first are sampled by the policy being trained, so the settings that
+    shape its training (LoRA, optimizer, DPO loss, batch and the number of processes) are recorded too, in
+    the group the store compares only once it holds such rounds."""
+    model = Path(policy_args.model)
+    settings = {
+        "sampling": {
+            "model": str(model.resolve()) if model.exists() else policy_args.model,
+            **{name: getattr(policy_args, name) for name in (
+                "transformer_dtype", "text_encoder_dtype", "height", "width", "num_frames", "num_steps",
+                "guidance_scale", "negative_prompt", "max_sequence_length")},
+            "mixed_precision": run_args.mixed_precision,
+            "seed": run_args.seed,
+        },
+        "pairs": {name: getattr(dpo, name) for name in ("samples_per_prompt", "pair_mode", "pair_margin")},
+        "rewards": {"terms": [term.to_dict() for term in dpo.rewards]},
+    }
+    if dpo.online_every is not None:
+        settings[TRAINING] = {
+            "online_every": dpo.online_every,
+            **{name: getattr(policy_args, name) for name in ("lora_rank", "lora_alpha", "lora_target_modules")},
+            **{name: getattr(run_args, name) for name in ("learning_rate", "weight_decay", "max_grad_norm")},
+            **{name: getattr(dpo, name) for name in (
+                "beta", "train_batch_size", "gradient_accumulation_steps", "logit_mean", "logit_std")},
+            "processes": processes,
+        }
+    return settings
+
+
 def select_pairs(scores: torch.Tensor, *, mode: str, margin: float) -> list[tuple[int, int]]:
     """(winner, loser) indices. NaN scores never take part."""
     finite = [i for i in range(len(scores)) if math.isfinite(float(scores[i]))]
@@ -173,7 +207,8 @@ def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: Flow
     run = start_run(policy_args, run_args, dpo.rewards, project="descore-flow-dpo",
                     config={"policy": policy_args, "run": run_args, "dpo": dpo})
     accelerator, policy = run.accelerator, run.policy
-    store = PairStore(dpo.pair_dir or run.run_dir / "pairs")
+    store = PairStore.for_run(dpo.pair_dir or run.run_dir / "pairs", prompts=run.prompts,
+                              settings=pair_settings(policy_args, run_args, dpo, processes=accelerator.num_processes))
     history: list[dict[str, float]] = []
     progress = tqdm(range(run.state.step, run_args.max_steps), desc="Flow-DPO", disable=not accelerator.is_main_process)
     round_ = None
