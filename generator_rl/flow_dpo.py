@@ -10,6 +10,10 @@
    model (adapters disabled).
 3. **Online.** With ``online_every = K``, every K steps the reference is refreshed from the current policy and
    a new round of pairs is sampled from it.
+
+A step whose loss or gradient norm is not finite is skipped and counted; ``max_consecutive_skipped_steps`` of
+them in a row stop the run (``faults.py``). A reused pair store must have been made with this run's settings
+(``pair_settings``; ``pair_store.py``).
 """
 
 from __future__ import annotations

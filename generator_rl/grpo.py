@@ -10,9 +10,12 @@ One optimizer step = one rollout:
    ``shared_noise`` gives a group one initial noise (DanceGRPO).
 3. **Rewards.** Frames decoded in memory go to the weighted reward mix (any registry reward); each term logged.
 4. **Advantages.** Rewards and group ids are gathered from every process, normalised per group (``std_mode``:
-   group / LongCat ``max_group`` / ``global``), and each process keeps its own rows. NaN rewards are masked.
+   group / LongCat ``max_group`` / ``global``), and each process keeps its own rows. NaN rewards are masked;
+   when a process has no valid reward at all, the step is skipped on every process.
 5. **Update.** PPO-clip on each stochastic step with the advantage clamped, plus β · closed-form KL to the
    reference (adapters disabled); CFG in training as in sampling; gradients accumulated over samples and steps.
+   A non-finite loss or gradient norm skips the update. Skipped steps are counted, and
+   ``max_consecutive_skipped_steps`` of them in a row stop the run (``faults.py``).
 
 Resumable from ``output_dir/checkpoints``; metrics through accelerate's trackers, per-sample records in
 ``rollouts.jsonl``, sample mp4s in ``samples/``, the LoRA (diffusers format) in ``final/``.
