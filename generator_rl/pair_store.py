@@ -55,7 +55,9 @@ class PairStore:
         (self.directory / "pairs").mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def for_run(cls, directory: str | Path, *, settings: Mapping[str, Mapping[str, Any]], prompts: Sequence[str]) -> PairStore:
+    def for_run(
+        cls, directory: str | Path, *, settings: Mapping[str, Mapping[str, Any]], prompts: Sequence[str]
+    ) -> PairStore:
         """The store of a run whose pairs are made with ``settings`` (``{group: {field: value}}``) from
         ``prompts``: a new store records the settings; an existing one must match them and the prompts."""
         store = cls(directory)
@@ -80,7 +82,7 @@ class PairStore:
         with atomic_file(self.directory / MANIFEST) as handle:
             handle.write(json.dumps({"settings": settings}, indent=2, sort_keys=True) + "\n")
 
-    def _check_settings(self, recorded: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]]) -> None:
+    def _check_settings(self, recorded: Mapping[str, Any], current: Mapping[str, Any]) -> None:
         """Every group must match; ``training`` (what shapes the online policy) only once the store holds
         pairs of a later round, the first round being sampled by the untrained reference."""
         if not any(record.round > 0 for record in self._records()):
@@ -167,7 +169,9 @@ def _recorded_settings(manifest: Path) -> dict[str, Any]:
     try:
         recorded = json.loads(manifest.read_text(encoding="utf-8"))["settings"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{manifest} is not a pair-store record ({error!r}); delete the store to build it again") from error
+        raise CheckpointError(
+            f"{manifest} is not a pair-store record ({error!r}); delete the store to build it again"
+        ) from error
     if not isinstance(recorded, dict):
         raise CheckpointError(f"{manifest}: 'settings' is not a mapping; delete the store to build it again")
     return recorded

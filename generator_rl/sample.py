@@ -28,6 +28,8 @@ from reward.video import write_video
 from .config import DTYPES, PolicyArguments, read_prompts
 from .policy import LEARNER, WAN_FPS, component_dtypes
 
+SAMPLES_RECORD = "samples.json"  # written first: it marks a folder as `tune sample` output
+
 
 @dataclass
 class SampleArguments:
@@ -44,7 +46,8 @@ class SampleArguments:
     def __post_init__(self) -> None:
         if self.prompts is None or self.out is None:
             raise ConfigError("--prompts and --out are required")
-        if isinstance(self.videos_per_prompt, bool) or not isinstance(self.videos_per_prompt, int) or self.videos_per_prompt < 1:
+        count = self.videos_per_prompt
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"videos_per_prompt must be an integer >= 1, got {self.videos_per_prompt!r}")
         if self.device is not None and _device_type(self.device) not in ("cpu", "cuda"):
             raise ConfigError(f"device must be cpu or cuda (optionally cuda:N), got {self.device!r}")
@@ -59,16 +62,15 @@ def _device_type(name: str) -> str | None:
         return None
 
 
-SAMPLES_RECORD = "samples.json"
-
-
 def sample_device(requested: str | None) -> torch.device:
     if requested is not None and torch.device(requested).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {requested} was asked for, but torch sees no CUDA device; use --device cpu")
     return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def write_samples_record(out: Path, policy_args: PolicyArguments, sample: SampleArguments, videos: list[dict[str, Any]]) -> Path:
+def write_samples_record(
+    out: Path, policy_args: PolicyArguments, sample: SampleArguments, videos: list[dict[str, Any]]
+) -> Path:
     """``out/samples.json``: what was sampled and how; it also marks the folder as this command's output."""
     record = {
         "model": policy_args.model,

@@ -1,6 +1,6 @@
 """Run by the GRPO tests under torchrun: steps of the tiny recipe (argv: model, prompts, output_dir, then
-optional ``key=value`` overrides, ``rewards=…`` repeatable; default two steps). Process 0 writes the result to ``output_dir/result.json``;
-a stopped run writes its error there instead."""
+optional ``key=value`` overrides, ``rewards=…`` repeatable; default two steps). Process 0 writes the result
+to ``output_dir/result.json``; a stopped run writes its error there instead."""
 
 from __future__ import annotations
 

@@ -69,7 +69,9 @@ def test_the_skip_limit_is_validated(arguments, limit):
         arguments(rewards=["name=brightness"], max_consecutive_skipped_steps=limit)
 
 
-def test_all_nan_rewards_skip_one_grpo_step_and_the_counts_survive_a_resume(tiny_wan_dir, prompt_file, tmp_path, monkeypatch):
+def test_all_nan_rewards_skip_one_grpo_step_and_the_counts_survive_a_resume(
+    tiny_wan_dir, prompt_file, tmp_path, monkeypatch
+):
     """The reward fails on every item of step 1 (its 2nd call): step 1 leaves the LoRA as it was, steps 2 and 3
     train, the skip is counted. A run killed in step 3 and resumed from step_3 ends with the same counts and
     the same LoRA (the resumed reward's call counter restarts, so its step 3 is a healthy first call)."""
