@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from reward.errors import CheckpointError
 
+from .faults import FaultCounters
 from .policy import LEARNER, REFERENCE, WanPolicy
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -32,16 +33,19 @@ CHECKPOINTS = "checkpoints"
 
 
 class RunState:
-    """Progress that must survive a restart: the number of finished optimizer steps."""
+    """Progress that must survive a restart: the number of finished steps (trained or skipped) and the
+    counts of skipped steps."""
 
     def __init__(self) -> None:
         self.step = 0
+        self.faults = FaultCounters()
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "faults": self.faults.state_dict()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        self.faults.load_state_dict(state["faults"])
 
 
 def save_lora(policy: WanPolicy, directory: str | Path) -> Path:

@@ -10,6 +10,10 @@
    model (adapters disabled).
 3. **Online.** With ``online_every = K``, every K steps the reference is refreshed from the current policy and
    a new round of pairs is sampled from it.
+
+A step whose loss or gradient norm is not finite is skipped and counted; ``max_consecutive_skipped_steps`` of
+them in a row stop the run (``faults.py``). A reused pair store must have been made with this run's settings
+(``pair_settings``; ``pair_store.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,8 +34,9 @@ from reward.errors import ConfigError
 
 from .checkpointing import save_checkpoint
 from .config import PolicyArguments, RunArguments
+from .faults import SkipReason, check_skip_limit, guarded_optimizer_step
 from .losses import flow_dpo_loss
-from .pair_store import PairRecord, PairStore
+from .pair_store import TRAINING, PairRecord, PairStore
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
 from .rollout import sample_trajectory
@@ -56,6 +62,10 @@ class FlowDpoArguments:
     online_every: int | None = field(
         default=None, metadata={"help": "Online Flow-DPO: refresh the reference and re-sample pairs every K steps."}
     )
+    max_consecutive_skipped_steps: int = field(
+        default=5, metadata={"help": "Stop the run after this many steps in a row were skipped (non-finite loss or "
+                                     "gradient norm)."}
+    )
 
     def __post_init__(self) -> None:
         if not self.rewards:
@@ -65,6 +75,7 @@ class FlowDpoArguments:
             raise ConfigError(f"samples_per_prompt must be >= 2 to form pairs, got {self.samples_per_prompt}")
         if self.online_every is not None and self.online_every < 1:
             raise ConfigError(f"online_every must be >= 1, got {self.online_every}")
+        check_skip_limit(self.max_consecutive_skipped_steps)
 
 
 def build_pairs(
@@ -115,6 +126,39 @@ def build_pairs(
     accelerator.wait_for_everyone()
 
 
+def pair_settings(
+    policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments, *, processes: int
+) -> dict[str, dict[str, Any]]:
+    """What the pairs of a store depend on, recorded in the store and checked when it is reused: the model and
+    how it samples (sizes, steps, guidance, dtypes, seed), how samples are paired, and the reward terms. With
+    ``online_every``, rounds after the first are sampled by the policy being trained, so the settings that
+    shape its training (LoRA, optimizer, DPO loss, batch and the number of processes) are recorded too, in
+    the group the store compares only once it holds such rounds."""
+    model = Path(policy_args.model)
+    settings = {
+        "sampling": {
+            "model": str(model.resolve()) if model.exists() else policy_args.model,
+            **{name: getattr(policy_args, name) for name in (
+                "transformer_dtype", "text_encoder_dtype", "height", "width", "num_frames", "num_steps",
+                "guidance_scale", "negative_prompt", "max_sequence_length")},
+            "mixed_precision": run_args.mixed_precision,
+            "seed": run_args.seed,
+        },
+        "pairs": {name: getattr(dpo, name) for name in ("samples_per_prompt", "pair_mode", "pair_margin")},
+        "rewards": {"terms": [term.to_dict() for term in dpo.rewards]},
+    }
+    if dpo.online_every is not None:
+        settings[TRAINING] = {
+            "online_every": dpo.online_every,
+            **{name: getattr(policy_args, name) for name in ("lora_rank", "lora_alpha", "lora_target_modules")},
+            **{name: getattr(run_args, name) for name in ("learning_rate", "weight_decay", "max_grad_norm")},
+            **{name: getattr(dpo, name) for name in (
+                "beta", "train_batch_size", "gradient_accumulation_steps", "logit_mean", "logit_std")},
+            "processes": processes,
+        }
+    return settings
+
+
 def select_pairs(scores: torch.Tensor, *, mode: str, margin: float) -> list[tuple[int, int]]:
     """(winner, loser) indices. NaN scores never take part."""
     finite = [i for i in range(len(scores)) if math.isfinite(float(scores[i]))]
@@ -163,11 +207,12 @@ def _errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments) -> dict[str, Any]:
-    """Train; returns the per-step metrics and where the final LoRA went."""
+    """Train; returns the per-step metrics, where the final LoRA went and the skipped-step counts (``faults``)."""
     run = start_run(policy_args, run_args, dpo.rewards, project="descore-flow-dpo",
                     config={"policy": policy_args, "run": run_args, "dpo": dpo})
     accelerator, policy = run.accelerator, run.policy
-    store = PairStore(dpo.pair_dir or run.run_dir / "pairs")
+    store = PairStore.for_run(dpo.pair_dir or run.run_dir / "pairs", prompts=run.prompts,
+                              settings=pair_settings(policy_args, run_args, dpo, processes=accelerator.num_processes))
     history: list[dict[str, float]] = []
     progress = tqdm(range(run.state.step, run_args.max_steps), desc="Flow-DPO", disable=not accelerator.is_main_process)
     round_ = None
@@ -182,17 +227,25 @@ def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: Flow
             records = store.pairs(round_)
             if not records:
                 raise ConfigError(f"round {round_} produced no pairs: all samples of every prompt tied within the margin")
-        metrics = _optimizer_step(policy, run.model, run.optimizer, accelerator, store, records, step=step, dpo=dpo,
-                                  run_args=run_args)
-        run.after_optimizer_step(step)
+        metrics, applied = _optimizer_step(policy, run.model, run.optimizer, accelerator, store, records, step=step,
+                                           dpo=dpo, run_args=run_args)
+        skip = None if applied else SkipReason.NONFINITE
+        if applied:
+            run.after_optimizer_step(step)
+        else:
+            run.after_skipped_step(step)
+            logger.warning("step %d skipped: non-finite loss or gradient norm", step)
+        run.state.faults.record(skip)
+        metrics |= run.state.faults.metrics()
         history.append(metrics)
         if accelerator.is_main_process and step % run_args.log_every == 0:
             accelerator.log(metrics, step=step)
             progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/implicit_accuracy']:.2f}")
+        run.state.faults.stop_if_stuck(dpo.max_consecutive_skipped_steps, step=step, reason=skip)
         if run.state.step % run_args.save_every == 0 or run.state.step == run_args.max_steps:
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"loss": metrics["train/loss"]})
     final = finish_run(run, fused=run_args.save_fused)
-    return {"history": history, "final": str(final)}
+    return {"history": history, "final": str(final), "faults": run.state.faults.state_dict()}
 
 
 def _optimizer_step(
@@ -206,8 +259,9 @@ def _optimizer_step(
     step: int,
     dpo: FlowDpoArguments,
     run_args: RunArguments,
-) -> dict[str, float]:
-    """One optimizer step over ``gradient_accumulation_steps`` micro-batches of pairs (seeded order)."""
+) -> tuple[dict[str, float], bool]:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches of pairs (seeded order); returns
+    the metrics and whether the update was applied (False: a loss or the gradient norm was not finite)."""
     per_step = dpo.train_batch_size * dpo.gradient_accumulation_steps * accelerator.num_processes
     chosen = permuted_slice(len(records), step, per_step, run_args.seed)
     mine = chosen[accelerator.process_index :: accelerator.num_processes]
@@ -223,8 +277,7 @@ def _optimizer_step(
             accelerator.backward(loss / dpo.gradient_accumulation_steps)
         for key, value in {"loss": loss.item(), **stats}.items():
             collected.setdefault(key, []).append(value)
-    grad_norm = accelerator.clip_grad_norm_(policy.trainable_parameters(), run_args.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm, applied = guarded_optimizer_step(accelerator, optimizer, policy.trainable_parameters(),
+                                                max_grad_norm=run_args.max_grad_norm, losses=collected["loss"])
     metrics = {f"train/{key}": float(np.mean(values)) for key, values in collected.items()}
-    return metrics | {"train/grad_norm": float(grad_norm), "train/pairs": float(len(records))}
+    return metrics | {"train/grad_norm": grad_norm, "train/pairs": float(len(records))}, applied

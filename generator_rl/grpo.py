@@ -10,9 +10,12 @@ One optimizer step = one rollout:
    ``shared_noise`` gives a group one initial noise (DanceGRPO).
 3. **Rewards.** Frames decoded in memory go to the weighted reward mix (any registry reward); each term logged.
 4. **Advantages.** Rewards and group ids are gathered from every process, normalised per group (``std_mode``:
-   group / LongCat ``max_group`` / ``global``), and each process keeps its own rows. NaN rewards are masked.
+   group / LongCat ``max_group`` / ``global``), and each process keeps its own rows. NaN rewards are masked;
+   when a process has no valid reward at all, the step is skipped on every process.
 5. **Update.** PPO-clip on each stochastic step with the advantage clamped, plus β · closed-form KL to the
    reference (adapters disabled); CFG in training as in sampling; gradients accumulated over samples and steps.
+   A non-finite loss or gradient norm skips the update. Skipped steps are counted, and
+   ``max_consecutive_skipped_steps`` of them in a row stop the run (``faults.py``).
 
 Resumable from ``output_dir/checkpoints``; metrics through accelerate's trackers, per-sample records in
 ``rollouts.jsonl``, sample mp4s in ``samples/``, the LoRA (diffusers format) in ``final/``.
@@ -27,7 +30,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +43,7 @@ from reward.errors import ConfigError
 from .advantages import group_advantages
 from .checkpointing import save_checkpoint
 from .config import PolicyArguments, RunArguments
+from .faults import SkipReason, check_skip_limit, guarded_optimizer_step
 from .losses import PolicyLoss, ppo_clip_loss
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
@@ -71,6 +75,10 @@ class GrpoArguments:
     train_fraction: float = field(
         default=1.0, metadata={"help": "Share of the stochastic steps trained per micro-batch (DanceGRPO: 0.6)."}
     )
+    max_consecutive_skipped_steps: int = field(
+        default=5, metadata={"help": "Stop the run after this many steps in a row were skipped (all rewards of a "
+                                     "process invalid, or a non-finite loss or gradient norm)."}
+    )
 
     def __post_init__(self) -> None:
         if not self.rewards:
@@ -80,6 +88,7 @@ class GrpoArguments:
             raise ConfigError(f"group_size must be >= 2 for group-relative advantages, got {self.group_size}")
         if not 0 < self.train_fraction <= 1:
             raise ConfigError(f"train_fraction must lie in (0, 1], got {self.train_fraction}")
+        check_skip_limit(self.max_consecutive_skipped_steps)
 
 
 @dataclass
@@ -151,14 +160,25 @@ def collect(
     )
 
 
-def gathered_advantages(accelerator: Accelerator, rollout: Rollout, std_mode: str) -> tuple[torch.Tensor, float]:
-    """Gather rewards and group ids from every process, normalise per group, return this process's rows."""
+class StepAdvantages(NamedTuple):
+    values: torch.Tensor  # (N,) this process's rows, NaN where the reward was invalid
+    zero_std_fraction: float
+    trainable: bool  # every process holds at least one valid advantage (the same answer on every process)
+
+
+def gathered_advantages(accelerator: Accelerator, rollout: Rollout, std_mode: str) -> StepAdvantages:
+    """Gather rewards and group ids from every process, normalise per group, return this process's rows.
+
+    ``trainable`` is False when some process has no valid reward at all: it would have nothing to run
+    forward and backward, and DDP's gradient all-reduce would wait for it, so the step is skipped everywhere.
+    """
     local = torch.stack([rollout.rewards.float(), rollout.group_ids.float()], dim=1).to(accelerator.device)
     everything = accelerator.gather(local).cpu()
     advantages = group_advantages(everything[:, 0], everything[:, 1].long(), std_mode=std_mode)
     rows = len(rollout.rewards)
+    per_process = torch.isfinite(advantages.values).view(accelerator.num_processes, rows)
     mine = advantages.values[accelerator.process_index * rows : (accelerator.process_index + 1) * rows]
-    return mine, advantages.zero_std_fraction
+    return StepAdvantages(mine, advantages.zero_std_fraction, bool(per_process.any(dim=1).all()))
 
 
 def score_step(
@@ -193,18 +213,18 @@ def update(
     grpo: GrpoArguments,
     max_grad_norm: float,
     generator: torch.Generator,
-) -> dict[str, float]:
-    """One optimizer step of PPO-clip (+ KL) over every valid sample and trained step of the rollout."""
+) -> tuple[dict[str, float], bool]:
+    """One optimizer step of PPO-clip (+ KL) over every valid sample and trained step of the rollout; this
+    process must hold at least one valid sample (``StepAdvantages.trainable``). Returns the metrics and
+    whether the update was applied (False: a loss or the gradient norm was not finite on some process)."""
     trajectory = rollout.trajectory
     valid = torch.isfinite(advantages).nonzero().flatten()
     order = valid[torch.randperm(len(valid), generator=generator)]
     batches = list(order.split(grpo.train_batch_size))
     count = max(1, round(len(trajectory.steps) * grpo.train_fraction))
     stats: dict[str, list[float]] = {key: [] for key in ("loss", "policy_loss", "kl", "ratio", "clipped")}
-    total = max(1, len(batches) * count)
+    total = len(batches) * count
     parameters = policy.trainable_parameters()
-    if not batches:  # every reward failed on this process: join the gradient all-reduce with zeros
-        accelerator.backward(sum(parameter.sum() for parameter in parameters) * 0.0)
     for batch_index, indices in enumerate(batches):
         positions = torch.randperm(len(trajectory.steps), generator=generator)[:count].sort().values.tolist()
         conditional, unconditional = policy.prompt_embeddings([rollout.prompts[i] for i in indices.tolist()])
@@ -221,21 +241,21 @@ def update(
             stats["kl"].append(float(kl))
             stats["ratio"] += clipped.ratio.cpu().tolist()
             stats["clipped"] += clipped.clipped.float().cpu().tolist()
-    grad_norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    ratios = np.array(stats["ratio"] or [1.0])
-    return {
-        **{f"train/{key}": float(np.mean(stats[key] or [0.0])) for key in ("loss", "policy_loss", "kl")},
+    grad_norm, applied = guarded_optimizer_step(accelerator, optimizer, parameters, max_grad_norm=max_grad_norm,
+                                                losses=stats["loss"])
+    ratios = np.array(stats["ratio"])
+    metrics = {
+        **{f"train/{key}": float(np.mean(stats[key])) for key in ("loss", "policy_loss", "kl")},
         "train/ratio_mean": float(ratios.mean()),
         "train/ratio_min": float(ratios.min()),
         "train/ratio_max": float(ratios.max()),
-        "train/clip_fraction": float(np.mean(stats["clipped"] or [0.0])),
+        "train/clip_fraction": float(np.mean(stats["clipped"])),
         "train/approx_kl": float(0.5 * np.mean(np.log(ratios) ** 2)),
         "train/first_ratio": float(ratios[0]),
-        "train/grad_norm": float(grad_norm),
+        "train/grad_norm": grad_norm,
         "train/trained_samples": float(len(valid)),
     }
+    return metrics, applied
 
 
 def step_loss(
@@ -270,8 +290,9 @@ def step_loss(
 
 
 def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArguments) -> dict[str, Any]:
-    """Train; returns the per-step mean reward history, the PPO ratio of the first micro-batch of this run's
-    first update (1 when the code is on-policy-consistent) and where the final LoRA went."""
+    """Train; returns the per-step mean reward history (NaN for a step without a valid reward), the PPO ratio
+    of the first micro-batch of this run's first applied update (1 when the code is on-policy-consistent),
+    where the final LoRA went and the skipped-step counts (``faults``)."""
     run = start_run(policy_args, run_args, grpo.rewards, project="descore-grpo",
                     config={"policy": policy_args, "run": run_args, "grpo": grpo})
     accelerator, policy = run.accelerator, run.policy
@@ -293,27 +314,38 @@ def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArg
             seed=run_args.seed, group_offset=accelerator.process_index * per_process, accelerator=accelerator,
         )
         sampled = time.perf_counter()
-        advantages, zero_std = gathered_advantages(accelerator, rollout, grpo.std_mode)
-        metrics = update(
-            policy, run.model, run.optimizer, accelerator, rollout, advantages, policy_args=policy_args, grpo=grpo,
-            max_grad_norm=run_args.max_grad_norm,
-            generator=seeded_generator(run_args.seed, step, "shuffle", accelerator.process_index),
-        )
-        run.after_optimizer_step(step)
-        metrics |= _reward_metrics(accelerator, rollout, advantages, zero_std)
+        advantages = gathered_advantages(accelerator, rollout, grpo.std_mode)
+        metrics, skip = {}, SkipReason.INVALID_REWARDS
+        if advantages.trainable:
+            metrics, applied = update(
+                policy, run.model, run.optimizer, accelerator, rollout, advantages.values, policy_args=policy_args,
+                grpo=grpo, max_grad_norm=run_args.max_grad_norm,
+                generator=seeded_generator(run_args.seed, step, "shuffle", accelerator.process_index),
+            )
+            skip = None if applied else SkipReason.NONFINITE
+        if skip is None:
+            run.after_optimizer_step(step)
+            first_ratio = metrics["train/first_ratio"] if first_ratio is None else first_ratio
+        else:
+            run.after_skipped_step(step)
+            logger.warning("step %d skipped: %s", step, skip.value)
+        run.state.faults.record(skip)
+        metrics |= _reward_metrics(accelerator, rollout, advantages.values, advantages.zero_std_fraction)
+        metrics |= run.state.faults.metrics()
         metrics |= {"time/rollout_s": sampled - started, "time/update_s": time.perf_counter() - sampled}
         history.append(metrics["reward/total/mean"])
-        first_ratio = metrics["train/first_ratio"] if first_ratio is None else first_ratio
-        _record(accelerator, run.run_dir, step, rollout, advantages)
+        _record(accelerator, run.run_dir, step, rollout, advantages.values)
         if accelerator.is_main_process and step % run_args.log_every == 0:
             accelerator.log(metrics, step=step)
             progress.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}")
+        run.state.faults.stop_if_stuck(grpo.max_consecutive_skipped_steps, step=step, reason=skip)
         if run_args.sample_every and step % run_args.sample_every == 0 and accelerator.is_main_process:
             write_samples(accelerator, run.run_dir / "samples", step, rollout.frames, rollout.prompts)
         if run.state.step % run_args.save_every == 0 or run.state.step == run_args.max_steps:
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]})
     final = finish_run(run, fused=run_args.save_fused)
-    return {"reward_history": history, "first_ratio": first_ratio, "final": str(final)}
+    return {"reward_history": history, "first_ratio": first_ratio, "final": str(final),
+            "faults": run.state.faults.state_dict()}
 
 
 def _reward_metrics(accelerator: Accelerator, rollout: Rollout, advantages: torch.Tensor, zero_std: float) -> dict[str, float]:

@@ -44,6 +44,10 @@ class TrainingRun:
             self.ema.step(self.policy.trainable_parameters())
         self.state.step = step + 1
 
+    def after_skipped_step(self, step: int) -> None:
+        """A skipped step moves the data position on but leaves the weights and the EMA as they were."""
+        self.state.step = step + 1
+
 
 def start_run(policy_args: Any, run_args: Any, reward_terms: list[RewardTerm], *, project: str, config: dict[str, Any]) -> TrainingRun:
     """Accelerator and trackers, the policy with cached prompts, rewards, AdamW on the LoRA weights, the EMA,

@@ -22,3 +22,7 @@ class CheckpointError(ValueError):
 
 class ConfigError(ValueError):
     """A job configuration is invalid; the message names the key and the fix."""
+
+
+class NumericalFaultError(RuntimeError):
+    """A training run skipped too many steps in a row (invalid rewards, non-finite loss or gradients)."""

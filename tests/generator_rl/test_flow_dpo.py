@@ -14,6 +14,7 @@ from generator_rl.flow_dpo import FlowDpoArguments, run_flow_dpo, select_pairs
 from generator_rl.pair_store import PairStore
 from generator_rl.sample import SampleArguments, run_sample
 from reward import build_reward
+from reward.run_record import RunMismatchError
 
 from .conftest import PROMPTS
 from .helpers import Preempted, dies_on_call, same_lora, tiny_arguments
@@ -78,6 +79,30 @@ def test_pair_building_resumes_and_is_reused(tiny_wan_dir, prompt_file, tmp_path
     assert resumed_indices == []  # the second run trained on the stored pairs
     tensors = store.load(records[0])
     assert set(tensors) == {"winner", "loser", "prompt_embeds"} and tensors["winner"].shape == tuple(records[0].latent_shape)
+
+
+def test_a_pair_store_of_another_run_is_refused(tiny_wan_dir, prompt_file, tmp_path):
+    """A --pair_dir reused with another reward, other sampler settings or another prompt at the same index is
+    refused (naming the store and every difference) and left as it was; the same settings reuse it."""
+    pair_dir, settings = tmp_path / "pairs", {"max_steps": 1, "samples_per_prompt": 2}
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a",
+                                 pair_dir=pair_dir, **settings))
+    other_prompts = tmp_path / "prompts.txt"
+    other_prompts.write_text("\n".join([*PROMPTS[:2], "a cat sleeping", *PROMPTS[3:]]) + "\n")
+    cases = [
+        (prompt_file, {"rewards": ["name=brightness"]}, "rewards.terms: "),
+        (prompt_file, {"guidance_scale": 2.0, "seed": 3},
+         "sampling.guidance_scale: 3.0 -> 2.0\n  sampling.seed: 0 -> 3\n"),
+        (other_prompts, {}, "prompt 2: 'a dog running on the beach' -> 'a cat sleeping'"),
+    ]
+    for index, (prompts, overrides, expected) in enumerate(cases):
+        with pytest.raises(RunMismatchError) as raised:
+            run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompts,
+                                         tmp_path / f"other{index}", pair_dir=pair_dir, **settings | overrides))
+        assert f"pair store {pair_dir}" in str(raised.value) and expected in str(raised.value)
+    assert len(PairStore(pair_dir).pairs(0)) == len(PROMPTS)  # nothing was added to the refused store
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b",
+                                 pair_dir=pair_dir, learning_rate=0.02, **settings))
 
 
 def test_select_pairs():
