@@ -164,7 +164,7 @@ def _errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments) -> dict[str, Any]:
     """Train; returns the per-step metrics and where the final LoRA went."""
-    run = start_run(policy_args, run_args, dpo.rewards, project="descore-flow-dpo",
+    run = start_run(policy_args, run_args, dpo.rewards, job="tune-flow-dpo", project="descore-flow-dpo",
                     config={"policy": policy_args, "run": run_args, "dpo": dpo})
     accelerator, policy = run.accelerator, run.policy
     store = PairStore(dpo.pair_dir or run.run_dir / "pairs")

@@ -272,7 +272,7 @@ def step_loss(
 def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArguments) -> dict[str, Any]:
     """Train; returns the per-step mean reward history, the PPO ratio of the first micro-batch of this run's
     first update (1 when the code is on-policy-consistent) and where the final LoRA went."""
-    run = start_run(policy_args, run_args, grpo.rewards, project="descore-grpo",
+    run = start_run(policy_args, run_args, grpo.rewards, job="tune-grpo", project="descore-grpo",
                     config={"policy": policy_args, "run": run_args, "grpo": grpo})
     accelerator, policy = run.accelerator, run.policy
     if grpo.prompts_per_step % accelerator.num_processes:
