@@ -93,7 +93,8 @@ def save_ema(ema: Any, named: Mapping[str, torch.nn.Parameter], directory: str |
     follow, and JSON for its scalars (decay, step count, warm-up settings)."""
     state = ema.state_dict()
     shadow = state.pop("shadow_params")
-    save_file({name: tensor.detach().contiguous() for name, tensor in zip(named, shadow)}, str(Path(directory) / EMA_WEIGHTS))
+    tensors = {name: tensor.detach().contiguous() for name, tensor in zip(named, shadow)}
+    save_file(tensors, str(Path(directory) / EMA_WEIGHTS))
     (Path(directory) / EMA_STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
@@ -109,13 +110,15 @@ def load_ema(ema: Any, named: Mapping[str, torch.nn.Parameter], directory: str |
         raise CheckpointError(f"{path}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
     for name, parameter in named.items():
         if stored[name].shape != parameter.shape:
-            raise CheckpointError(f"{path}: {name} has shape {tuple(stored[name].shape)}, the model {tuple(parameter.shape)}")
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(stored[name].shape)}, the model's is {tuple(parameter.shape)}"
+            )
     state = _read_json(Path(directory) / EMA_STATE)
     state["shadow_params"] = [stored[name].to(parameter.device) for name, parameter in named.items()]
     try:
         ema.load_state_dict(state)
     except ValueError as error:
-        raise CheckpointError(f"{directory / EMA_STATE}: {error}") from error
+        raise CheckpointError(f"{Path(directory) / EMA_STATE}: {error}") from error
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -144,7 +147,8 @@ def register_checkpoint_hooks(accelerator: Accelerator, policy: WanPolicy, state
                     save_lora(policy, output_dir)
                     if REFERENCE in policy.transformer.peft_config:  # online Flow-DPO's refreshed reference
                         reference = get_peft_model_state_dict(policy.transformer, adapter_name=REFERENCE)
-                        save_file({key: value.contiguous() for key, value in reference.items()}, str(Path(output_dir) / REFERENCE_WEIGHTS))
+                        reference = {key: value.contiguous() for key, value in reference.items()}
+                        save_file(reference, str(Path(output_dir) / REFERENCE_WEIGHTS))
                 weights.pop(index)
         if accelerator.is_main_process:
             save_run_state(state, output_dir)

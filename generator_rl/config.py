@@ -164,7 +164,9 @@ class RunArguments:
         if not self.weight_decay >= 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must lie in (0, 1) (e.g. 0.9), or be left unset to turn the EMA off; got {self.ema_decay}")
+            raise ConfigError(
+                f"ema_decay must lie in (0, 1) (e.g. 0.9), or be left unset to turn the EMA off; got {self.ema_decay}"
+            )
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -248,7 +248,9 @@ def new_accelerator(run_args: Any) -> Accelerator:
     return accelerator
 
 
-def start_trackers(accelerator: Accelerator, run_args: Any, *, project: str, record: Mapping[str, Mapping[str, Any]]) -> None:
+def start_trackers(
+    accelerator: Accelerator, run_args: Any, *, project: str, record: Mapping[str, Mapping[str, Any]]
+) -> None:
     """Trackers named by ``report_to`` (wandb offline by default, in ``output_dir``) with the run's config."""
     if run_args.report_to == "none":
         return

@@ -9,13 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from generator_rl.checkpointing import LORA_WEIGHTS
-from generator_rl.grpo import GrpoArguments, run_grpo
+from generator_rl.config import PolicyArguments
+from generator_rl.policy import LEARNER, REFERENCE
 
-from .helpers import tiny_arguments
+from .test_policy import tiny_policy_arguments
 
 # One step of AdamW moves a weight by about the learning rate: 1e-5 is ~1/100 of bf16's spacing at the LoRA
 # A weights' size (~0.2), and ~100 000 times float32's.
@@ -47,16 +49,31 @@ def _check_one_step_lands(run_dir: Path) -> None:
     assert all(torch.equal(final[name], second[name]) for name in second)
 
 
-def test_one_bf16_step_changes_every_lora_tensor(tiny_wan_dir, prompt_file, tmp_path):
-    run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run", **BF16_RUN))
-    _check_one_step_lands(tmp_path / "run")
-
-
-def test_one_bf16_step_changes_every_lora_tensor_on_two_processes(tiny_wan_dir, prompt_file, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
-               str(Path(__file__).with_name("run_worker.py")), str(tiny_wan_dir), str(prompt_file), str(tmp_path / "run"),
-               *(f"{key}={value}" for key, value in BF16_RUN.items())]
+@pytest.mark.parametrize("processes", [1, 2])
+def test_one_bf16_step_changes_every_lora_tensor(tiny_wan_dir, prompt_file, tmp_path, processes):
+    """In a fresh process: accelerate's precision setting is process-wide, and the other tests train in fp32."""
+    worker = Path(__file__).with_name("run_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", str(29536 + processes), str(worker), str(tiny_wan_dir), str(prompt_file),
+               str(tmp_path / "run"), *(f"{key}={value}" for key, value in BF16_RUN.items())]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
     assert finished.returncode == 0, finished.stderr[-4000:]
     _check_one_step_lands(tmp_path / "run")
+
+
+def test_the_refreshed_reference_is_an_exact_float32_copy(tiny_wan_dir):
+    """Online Flow-DPO's reference adapter is float32 too: on a bf16 transformer it equals the learner bit for
+    bit after a refresh (a bf16 reference would round the learner's small updates away)."""
+    from peft import get_peft_model_state_dict
+
+    arguments = PolicyArguments(**{**tiny_policy_arguments(tiny_wan_dir).__dict__, "transformer_dtype": "bfloat16"})
+    policy = arguments.load_policy(torch.device("cpu"))
+    with torch.no_grad():
+        for parameter in policy.trainable_parameters():
+            parameter.add_(1e-5)
+    policy.refresh_reference()
+    learner = get_peft_model_state_dict(policy.transformer, adapter_name=LEARNER)
+    reference = get_peft_model_state_dict(policy.transformer, adapter_name=REFERENCE)
+    assert learner.keys() == reference.keys() and len(learner) == 40
+    assert all(reference[key].dtype == torch.float32 and torch.equal(reference[key], learner[key]) for key in learner)
