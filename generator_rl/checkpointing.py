@@ -1,18 +1,24 @@
-"""Checkpoints of generator runs: LoRA in the diffusers format, resumable accelerate state, final export.
+"""Checkpoints of generator runs: LoRA in the diffusers format, resumable state, final export.
 
 * LoRA weights are written with ``WanPipeline.save_lora_weights`` (``pytorch_lora_weights.safetensors``), so
   ``WanPipeline.load_lora_weights(dir)`` loads them. accelerate's save/load hooks route the transformer
-  through this format instead of pickling the whole model.
+  through this format instead of pickling the whole model. The weights are float32 (the trained LoRA is
+  kept in float32 whatever the transformer's dtype).
+* The loop state (``run_state.json``) and the EMA (``ema.safetensors`` + ``ema.json``) are files we write
+  and read ourselves in the same hooks; nothing of ours is pickled, so no code runs when they are loaded.
+  accelerate still writes the optimizer (``optimizer.bin``) and the RNG states (``random_states_<rank>.pkl``)
+  and reads them with ``torch.load(weights_only=True)``, which refuses to build arbitrary objects.
 * ``save_checkpoint`` writes ``checkpoints/step_N`` through a staging folder renamed at the end: only
-  complete checkpoints carry the final name, and resuming picks the newest one.
-* What accelerate saves beside the LoRA (optimizer, RNG states, registered objects such as the run state and
-  the EMA) is written and read by accelerate itself.
+  complete checkpoints carry the final name, and resuming picks the newest one. ``export_final`` replaces
+  ``final/`` the same way: a kill leaves the previous complete ``final/`` or none.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +28,18 @@ from diffusers import WanPipeline
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from reward.checkpoint import atomic_directory
 from reward.errors import CheckpointError
+from reward.run_record import write_run_config
 
 from .faults import FaultCounters
 from .policy import LEARNER, REFERENCE, WanPolicy
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 REFERENCE_WEIGHTS = "reference_lora.safetensors"
-CHECKPOINTS = "checkpoints"
+RUN_STATE = "run_state.json"
+EMA_WEIGHTS, EMA_STATE = "ema.safetensors", "ema.json"
+CHECKPOINTS, FINAL = "checkpoints", "final"
 
 
 class RunState:
@@ -73,8 +83,63 @@ def load_lora(policy: WanPolicy, directory: str | Path) -> None:
     set_peft_model_state_dict(policy.transformer, stored, adapter_name=LEARNER)
 
 
-def register_lora_hooks(accelerator: Accelerator, policy: WanPolicy) -> None:
-    """Make ``accelerator.save_state``/``load_state`` keep the transformer as a diffusers LoRA file."""
+def save_run_state(state: Any, directory: str | Path) -> None:
+    """``state.state_dict()`` (plain JSON data) as ``run_state.json``."""
+    (Path(directory) / RUN_STATE).write_text(json.dumps(state.state_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def load_run_state(state: Any, directory: str | Path) -> None:
+    state.load_state_dict(_read_json(Path(directory) / RUN_STATE))
+
+
+def save_ema(ema: Any, named: Mapping[str, torch.nn.Parameter], directory: str | Path) -> None:
+    """An EMA (diffusers ``EMAModel``) as safetensors, its shadow weights named like the parameters they
+    follow, and JSON for its scalars (decay, step count, warm-up settings)."""
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    tensors = {name: tensor.detach().contiguous() for name, tensor in zip(named, shadow)}
+    save_file(tensors, str(Path(directory) / EMA_WEIGHTS))
+    (Path(directory) / EMA_STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def load_ema(ema: Any, named: Mapping[str, torch.nn.Parameter], directory: str | Path) -> None:
+    """Restore ``ema`` from :func:`save_ema`'s files; each shadow tensor goes to its parameter's device and
+    keeps the stored dtype (float32). A key or shape mismatch is a :class:`CheckpointError`."""
+    path = Path(directory) / EMA_WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: {EMA_WEIGHTS} is missing (was the run saved without an EMA?)")
+    stored = load_file(str(path))
+    missing, unexpected = sorted(set(named) - set(stored)), sorted(set(stored) - set(named))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
+    for name, parameter in named.items():
+        if stored[name].shape != parameter.shape:
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(stored[name].shape)}, the model's is {tuple(parameter.shape)}"
+            )
+    state = _read_json(Path(directory) / EMA_STATE)
+    state["shadow_params"] = [stored[name].to(parameter.device) for name, parameter in named.items()]
+    try:
+        ema.load_state_dict(state)
+    except ValueError as error:
+        raise CheckpointError(f"{Path(directory) / EMA_STATE}: {error}") from error
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent}: {path.name} is missing; not a checkpoint of this version of the kit")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return value
+
+
+def register_checkpoint_hooks(accelerator: Accelerator, policy: WanPolicy, state: Any, ema: Any) -> None:
+    """Make ``accelerator.save_state``/``load_state`` keep the transformer as a diffusers LoRA file and the
+    run state and EMA (``None``: off) as JSON + safetensors, instead of accelerate's pickled custom state."""
 
     def is_transformer(model: torch.nn.Module) -> bool:
         return accelerator.unwrap_model(model) is policy.transformer
@@ -85,9 +150,14 @@ def register_lora_hooks(accelerator: Accelerator, policy: WanPolicy) -> None:
                 if accelerator.is_main_process:
                     save_lora(policy, output_dir)
                     if REFERENCE in policy.transformer.peft_config:  # online Flow-DPO's refreshed reference
-                        state = get_peft_model_state_dict(policy.transformer, adapter_name=REFERENCE)
-                        save_file({key: value.contiguous() for key, value in state.items()}, str(Path(output_dir) / REFERENCE_WEIGHTS))
+                        reference = get_peft_model_state_dict(policy.transformer, adapter_name=REFERENCE)
+                        reference = {key: value.contiguous() for key, value in reference.items()}
+                        save_file(reference, str(Path(output_dir) / REFERENCE_WEIGHTS))
                 weights.pop(index)
+        if accelerator.is_main_process:
+            save_run_state(state, output_dir)
+            if ema is not None:
+                save_ema(ema, policy.named_trainable_parameters(), output_dir)
 
     def load_hook(models: list, input_dir: str) -> None:
         for index in reversed(range(len(models))):
@@ -98,6 +168,9 @@ def register_lora_hooks(accelerator: Accelerator, policy: WanPolicy) -> None:
                     policy.refresh_reference()
                     set_peft_model_state_dict(policy.transformer, load_file(str(reference)), adapter_name=REFERENCE)
                 models.pop(index)
+        load_run_state(state, input_dir)
+        if ema is not None:
+            load_ema(ema, policy.named_trainable_parameters(), input_dir)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -115,10 +188,23 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, metadata
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (staging / "run.json").write_text(json.dumps({"step": step, **metadata}, indent=2))
+        normal_permissions(staging)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     accelerator.wait_for_everyone()
     return final
+
+
+def refuse_pickled_state(checkpoint: Path) -> None:
+    """A checkpoint must not hold accelerate's pickled custom state (``custom_checkpoint_*.pkl``): this kit
+    never writes it, and unpickling runs code. Older checkpoints and tampered folders stop here, unread."""
+    pickled = sorted(path.name for path in checkpoint.glob("custom_checkpoint_*"))
+    if pickled:
+        raise CheckpointError(
+            f"{checkpoint} holds {', '.join(pickled)}: pickled state this version never writes and will not load "
+            "(it could run code). Resume from a checkpoint written by this version, or restart with "
+            "--overwrite_output_dir true."
+        )
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -129,15 +215,29 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name.removeprefix("step_")), default=None)
 
 
-def export_final(policy: WanPolicy, run_dir: Path, *, fused: bool) -> Path:
-    """``run_dir/final``: the LoRA (diffusers format) and, if asked, a plain transformer with the LoRA fused
-    in (``transformer_fused/``, loadable by ``WanTransformer3DModel.from_pretrained``). Fusing removes the
-    adapters from ``policy``, so it is the last thing a run does."""
-    final = run_dir / "final"
-    save_lora(policy, final)
-    if fused:
-        transformer = policy.transformer
-        transformer.fuse_lora(adapter_names=[LEARNER])
-        transformer.unload_lora()
-        transformer.save_pretrained(final / "transformer_fused")
+def export_final(policy: WanPolicy, run_dir: Path, *, fused: bool, job: str, config: Mapping[str, Any]) -> Path:
+    """``run_dir/final``: the LoRA (diffusers format), the run's ``run_config.json`` and, if asked, a plain
+    transformer with the LoRA fused in (``transformer_fused/``, loadable by
+    ``WanTransformer3DModel.from_pretrained``). Written in a staging folder that replaces ``final/`` at the end,
+    so a kill leaves the previous complete export or none. Fusing removes the adapters from ``policy``, so it
+    is the last thing a run does."""
+    final = run_dir / FINAL
+    with atomic_directory(final) as staging:
+        save_lora(policy, staging)
+        write_run_config(staging, job, config)
+        if fused:
+            transformer = policy.transformer
+            transformer.fuse_lora(adapter_names=[LEARNER])
+            transformer.unload_lora()
+            transformer.save_pretrained(staging / "transformer_fused")
+        normal_permissions(staging)
     return final
+
+
+def normal_permissions(folder: Path) -> None:
+    """Give ``folder`` and everything in it the permissions the umask gives new files (safetensors writes its
+    files private, 0600), so a checkpoint can be shared like any other output."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from reward.errors import ConfigError
+from reward.run_record import check_model_source
 
 from .policy import LoraSpec, VideoShape, WanPolicy
 from .rollout import SdeSettings
@@ -53,10 +54,43 @@ class PolicyArguments:
     vae_slicing: bool = field(default=False, metadata={"help": "Decode one video at a time (less memory)."})
 
     def __post_init__(self) -> None:
-        if self.sde_window_range is not None and len(self.sde_window_range) != 2:
-            raise ConfigError(f"sde_window_range needs two numbers [first, last), got {self.sde_window_range}")
+        """Every value is checked here, before any model loads; the message names the option and the fix."""
+        check_model_source(self.model, what="model")
         if self.num_steps < 2:
             raise ConfigError(f"num_steps must be >= 2 (the last step is deterministic), got {self.num_steps}")
+        for option in ("height", "width"):
+            value = getattr(self, option)
+            if value <= 0 or value % 16:
+                raise ConfigError(f"{option} must be a positive multiple of 16 (VAE factor 8 x patch 2), got {value}")
+        if self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise ConfigError(f"num_frames must be 4k + 1 (1, 5, 9, ..., 33, 81), got {self.num_frames}")
+        if self.guidance_scale < 1:
+            raise ConfigError(f"guidance_scale must be >= 1 (1 turns CFG off), got {self.guidance_scale}")
+        if self.lora_rank < 1 or self.lora_alpha <= 0:
+            raise ConfigError(f"lora_rank must be >= 1 and lora_alpha > 0, got {self.lora_rank} and {self.lora_alpha}")
+        if not self.lora_target_modules:
+            raise ConfigError("lora_target_modules is empty: name at least one module, e.g. to_q")
+        if self.max_sequence_length < 1:
+            raise ConfigError(f"max_sequence_length must be >= 1, got {self.max_sequence_length}")
+        if self.noise_level < 0:
+            raise ConfigError(f"noise_level must be >= 0, got {self.noise_level}")
+        self._check_sde_window()
+
+    def _check_sde_window(self) -> None:
+        stochastic = self.num_steps - 1  # the last step is never stochastic
+        if self.sde_window is not None and not 1 <= self.sde_window <= stochastic:
+            raise ConfigError(f"sde_window must lie in [1, num_steps - 1 = {stochastic}], got {self.sde_window}")
+        if self.sde_window_range is None:
+            return
+        if len(self.sde_window_range) != 2:
+            raise ConfigError(f"sde_window_range needs two numbers [first, last), got {self.sde_window_range}")
+        first, last = self.sde_window_range
+        if not 0 <= first < last <= stochastic:
+            raise ConfigError(
+                f"sde_window_range [{first}, {last}) must satisfy 0 <= first < last <= num_steps - 1 = {stochastic}"
+            )
+        if self.sde_window is not None and self.sde_window > last - first:
+            raise ConfigError(f"sde_window {self.sde_window} does not fit in sde_window_range [{first}, {last})")
 
     @property
     def shape(self) -> VideoShape:
@@ -107,12 +141,32 @@ class RunArguments:
     )
     ema_decay: float | None = field(default=None, metadata={"help": "EMA of the LoRA weights (e.g. 0.9); None: off."})
     save_fused: bool = field(default=False, metadata={"help": "Also write the full transformer with LoRA fused in."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Restart from scratch: remove what an earlier run wrote to output_dir (checkpoints, final/, "
+                          "samples, logs, run_config.json, the default pairs/ store); other files are kept."},
+    )
 
     def __post_init__(self) -> None:
+        """Every value is checked here, before any model loads; the message names the option and the fix."""
         if self.output_dir is None or self.prompts is None:
             raise ConfigError("output_dir and prompts are required")
-        if self.max_steps < 1 or self.save_every < 1:
-            raise ConfigError(f"max_steps and save_every must be >= 1, got {self.max_steps} and {self.save_every}")
+        if not Path(self.prompts).is_file():
+            raise ConfigError(f"prompts: {self.prompts} is not a file (give a .txt or .csv prompt file)")
+        at_least = {"max_steps": 1, "save_every": 1, "log_every": 1, "sample_every": 0}
+        for option, smallest in at_least.items():
+            if getattr(self, option) < smallest:
+                raise ConfigError(f"{option} must be >= {smallest}, got {getattr(self, option)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm must be > 0 (it is the gradient-norm clip), got {self.max_grad_norm}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(
+                f"ema_decay must lie in (0, 1) (e.g. 0.9), or be left unset to turn the EMA off; got {self.ema_decay}"
+            )
 
 
 def read_prompts(path: str | Path) -> list[str]:

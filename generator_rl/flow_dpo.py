@@ -40,7 +40,7 @@ from .pair_store import TRAINING, PairRecord, PairStore
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
 from .rollout import sample_trajectory
-from .run import finish_run, permuted_slice, seeded_generator, start_run
+from .run import TrainingRun, finish_run, permuted_slice, seeded_generator, training_run
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +208,12 @@ def _errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments) -> dict[str, Any]:
     """Train; returns the per-step metrics, where the final LoRA went and the skipped-step counts (``faults``)."""
-    run = start_run(policy_args, run_args, dpo.rewards, project="descore-flow-dpo",
-                    config={"policy": policy_args, "run": run_args, "dpo": dpo})
+    with training_run(policy_args, run_args, dpo.rewards, job="tune-flow-dpo", project="descore-flow-dpo",
+                      config={"policy": policy_args, "run": run_args, "dpo": dpo}) as run:
+        return _train_flow_dpo(run, policy_args, run_args, dpo)
+
+
+def _train_flow_dpo(run: TrainingRun, policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments) -> dict[str, Any]:
     accelerator, policy = run.accelerator, run.policy
     store = PairStore.for_run(dpo.pair_dir or run.run_dir / "pairs", prompts=run.prompts,
                               settings=pair_settings(policy_args, run_args, dpo, processes=accelerator.num_processes))

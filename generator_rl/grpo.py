@@ -48,7 +48,7 @@ from .losses import PolicyLoss, ppo_clip_loss
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
 from .rollout import Trajectory, sample_trajectory
-from .run import finish_run, permuted_slice, seeded_generator, start_run, write_samples
+from .run import TrainingRun, finish_run, permuted_slice, seeded_generator, training_run, write_samples
 from .sde import StepOutput, gaussian_kl, sde_step, step_mean_std
 
 logger = logging.getLogger(__name__)
@@ -293,8 +293,12 @@ def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArg
     """Train; returns the per-step mean reward history (NaN for a step without a valid reward), the PPO ratio
     of the first micro-batch of this run's first applied update (1 when the code is on-policy-consistent),
     where the final LoRA went and the skipped-step counts (``faults``)."""
-    run = start_run(policy_args, run_args, grpo.rewards, project="descore-grpo",
-                    config={"policy": policy_args, "run": run_args, "grpo": grpo})
+    with training_run(policy_args, run_args, grpo.rewards, job="tune-grpo", project="descore-grpo",
+                      config={"policy": policy_args, "run": run_args, "grpo": grpo}) as run:
+        return _train_grpo(run, policy_args, run_args, grpo)
+
+
+def _train_grpo(run: TrainingRun, policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArguments) -> dict[str, Any]:
     accelerator, policy = run.accelerator, run.policy
     if grpo.prompts_per_step % accelerator.num_processes:
         raise ConfigError(

@@ -2,6 +2,10 @@
 
 * Components load from a local directory or a hub id with a dtype each; the VAE stays float32 (diffusers'
   recommendation for Wan), the transformer and text encoder default to bf16 on GPU.
+* Precision: the LoRA weights (learner and reference adapters) are float32 whatever the transformer's dtype;
+  the frozen base keeps its load dtype and the forward runs under accelerate's autocast. AdamW keeps no
+  float32 master copy, so a bf16 LoRA would round small updates away (bf16 resolves about 3 significant
+  digits: a 1e-5 step on a weight of 0.2 is lost).
 * LoRA (peft, through diffusers' ``add_adapter``) targets the attention projections of ``attn1`` (self) and
   ``attn2`` (cross) **and** the FFN (flow_grpo's Wan script leaves the FFN out; users asked for it).
 * The reference policy is the same transformer with adapters disabled (``reference()``), or, for online
@@ -105,7 +109,11 @@ class WanPolicy:
         return self.pipeline.transformer
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [parameter for parameter in self.transformer.parameters() if parameter.requires_grad]
+        return list(self.named_trainable_parameters().values())
+
+    def named_trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The learner LoRA weights by name, in module order (float32: see ``from_pretrained``)."""
+        return {name: parameter for name, parameter in self.transformer.named_parameters() if parameter.requires_grad}
 
     # ----- prompts -------------------------------------------------------------------------------------
 
@@ -216,6 +224,10 @@ class WanPolicy:
         if REFERENCE not in transformer.peft_config:
             transformer.add_adapter(transformer.peft_config[LEARNER], adapter_name=REFERENCE)
             transformer.set_adapter(LEARNER)
+            # float32 like the learner, so the copy below is exact on a bf16 transformer too
+            for name, parameter in transformer.named_parameters():
+                if f".{REFERENCE}." in name:
+                    parameter.data = parameter.data.float()
         learner = get_peft_model_state_dict(transformer, adapter_name=LEARNER)
         set_peft_model_state_dict(transformer, learner, adapter_name=REFERENCE)
         self._freeze_reference()

@@ -1,11 +1,25 @@
 """Run plumbing shared by the generator jobs: setting a training run up and down, stable per-sample seeds,
-permuted data order, sample videos."""
+permuted data order, sample videos.
+
+A run knows what it is. Before any model loads, ``start_run`` resolves the job's configuration (every field,
+the sha256 of the prompt file) and compares it with the ``run_config.json`` an earlier run left in
+``output_dir``: the same configuration resumes from the newest checkpoint, a different one stops with a
+:class:`~reward.run_record.RunMismatchError` listing the differences (fields in :data:`RESUMABLE_CHANGES`
+may change), and ``overwrite_output_dir`` restarts from scratch, removing only what a run writes
+(:data:`RUN_OUTPUTS`). On resume, append-only logs are cut back to the checkpoint's step, so a step that is
+trained again is logged once.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +29,30 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from reward.checkpoint import atomic_file
+from reward.errors import DataError
+from reward.run_record import RUN_CONFIG, RunMismatchError, check_same_run, resolved_config, write_run_config
+from reward.base import check_reward_entry
 from reward.video import write_video
 
-from .checkpointing import RunState, export_final, latest_checkpoint, register_lora_hooks
+from .checkpointing import (
+    CHECKPOINTS, FINAL, RunState, export_final, latest_checkpoint, refuse_pickled_state, register_checkpoint_hooks,
+)
 from .config import read_prompts
 from .policy import WAN_FPS, WanPolicy
 from .rewards import RewardMix, RewardTerm
 
 logger = logging.getLogger(__name__)
+
+ROLLOUTS = "rollouts.jsonl"
+# Everything a generator run writes into its output_dir; overwrite_output_dir removes these and nothing else.
+RUN_OUTPUTS = (CHECKPOINTS, FINAL, "samples", "logs", "wandb", "pairs", ROLLOUTS, RUN_CONFIG)
+# Logs that grow by one record per step ({"step": N, ...} per line): cut back to the checkpoint on resume.
+APPEND_ONLY_LOGS = (ROLLOUTS,)
+# Fields a resumed run may change: how long it trains and how it logs, not what it trains. The output folder
+# itself may move (the run is the folder).
+RESUMABLE_CHANGES = ("max_steps", "save_every", "sample_every", "log_every", "report_to", "overwrite_output_dir",
+                     "output_dir")
 
 
 @dataclass
@@ -38,6 +68,8 @@ class TrainingRun:
     ema: Any  # diffusers EMAModel of the LoRA weights, or None
     rewards: RewardMix
     prompts: list[str]
+    job: str
+    record: dict[str, dict[str, Any]]  # the resolved configuration written to run_config.json
 
     def after_optimizer_step(self, step: int) -> None:
         if self.ema is not None:
@@ -49,37 +81,68 @@ class TrainingRun:
         self.state.step = step + 1
 
 
-def start_run(policy_args: Any, run_args: Any, reward_terms: list[RewardTerm], *, project: str, config: dict[str, Any]) -> TrainingRun:
-    """Accelerator and trackers, the policy with cached prompts, rewards, AdamW on the LoRA weights, the EMA,
-    checkpoint hooks, and — if ``output_dir`` holds a checkpoint — everything restored from the newest one."""
+def start_run(
+    policy_args: Any, run_args: Any, reward_terms: list[RewardTerm], *, job: str, project: str, config: dict[str, Any]
+) -> TrainingRun:
+    """Check that ``output_dir`` is this run's (before any model loads), then the accelerator and trackers,
+    the policy with cached prompts, rewards, AdamW on the LoRA weights, the EMA, checkpoint hooks, and — if
+    ``output_dir`` holds a checkpoint — everything restored from the newest one. If setting up fails, the
+    trackers are closed again."""
     run_dir = Path(run_args.output_dir)
-    accelerator = make_accelerator(run_args, project=project, config=config)
-    set_seed(run_args.seed)
-    prompts = read_prompts(run_args.prompts)
-    policy = policy_args.load_policy(accelerator.device)
-    policy.cache_prompts(prompts)
-    policy.offload_text_encoder()
-    rewards = RewardMix(reward_terms)
-    optimizer = torch.optim.AdamW(
-        policy.trainable_parameters(), lr=run_args.learning_rate, betas=(0.9, 0.999), weight_decay=run_args.weight_decay,
-        eps=1e-8,
-    )
-    model, optimizer = accelerator.prepare(policy.transformer, optimizer)
-    policy.runner = model
-    state = RunState()
-    accelerator.register_for_checkpointing(state)
-    ema = None
-    if run_args.ema_decay is not None:
-        from diffusers.training_utils import EMAModel
+    for term in reward_terms:
+        check_reward_entry(term.entry)  # a misspelt reward or a missing checkpoint fails before Wan loads
+    record = run_record(config, prompts=run_args.prompts)
+    accelerator = new_accelerator(run_args)
+    claim_output_dir(accelerator, run_dir, job=job, record=record, overwrite=run_args.overwrite_output_dir)
+    start_trackers(accelerator, run_args, project=project, record=record)
+    try:
+        set_seed(run_args.seed)
+        prompts = read_prompts(run_args.prompts)
+        policy = policy_args.load_policy(accelerator.device)
+        policy.cache_prompts(prompts)
+        policy.offload_text_encoder()
+        rewards = RewardMix(reward_terms)
+        optimizer = torch.optim.AdamW(
+            policy.trainable_parameters(), lr=run_args.learning_rate, betas=(0.9, 0.999),
+            weight_decay=run_args.weight_decay, eps=1e-8,
+        )
+        model, optimizer = accelerator.prepare(policy.transformer, optimizer)
+        policy.runner = model
+        state = RunState()
+        ema = None
+        if run_args.ema_decay is not None:
+            from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(policy.trainable_parameters(), decay=run_args.ema_decay)
-        accelerator.register_for_checkpointing(ema)
-    register_lora_hooks(accelerator, policy)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        logger.info("resuming from %s", checkpoint)
-        accelerator.load_state(str(checkpoint))
-    return TrainingRun(run_dir, accelerator, policy, model, optimizer, state, ema, rewards, prompts)
+            ema = EMAModel(policy.trainable_parameters(), decay=run_args.ema_decay)  # float32 like the LoRA
+        register_checkpoint_hooks(accelerator, policy, state, ema)
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+            refuse_pickled_state(checkpoint)
+            accelerator.load_state(str(checkpoint))
+        if accelerator.is_main_process:
+            for name in APPEND_ONLY_LOGS:
+                truncate_log(run_dir / name, before_step=state.step)
+        accelerator.wait_for_everyone()
+    except BaseException:
+        close_run(accelerator)
+        raise
+    return TrainingRun(run_dir, accelerator, policy, model, optimizer, state, ema, rewards, prompts, job, record)
+
+
+@contextmanager
+def training_run(
+    policy_args: Any, run_args: Any, reward_terms: list[RewardTerm], *, job: str, project: str, config: dict[str, Any]
+) -> Iterator[TrainingRun]:
+    """:func:`start_run` as a context manager: a run that raises still closes its trackers, so the next job in
+    the same process (the demo, a notebook, a test session) logs to a run of its own. A run that finishes
+    closes them in :func:`finish_run`."""
+    run = start_run(policy_args, run_args, reward_terms, job=job, project=project, config=config)
+    try:
+        yield run
+    except BaseException:
+        close_run(run.accelerator)
+        raise
 
 
 def finish_run(run: TrainingRun, *, fused: bool) -> Path:
@@ -87,22 +150,99 @@ def finish_run(run: TrainingRun, *, fused: bool) -> Path:
     run.accelerator.wait_for_everyone()
     if run.ema is not None:
         run.ema.copy_to(run.policy.trainable_parameters())
-    final = run.run_dir / "final"
+    final = run.run_dir / FINAL
     if run.accelerator.is_main_process:
-        export_final(run.policy, run.run_dir, fused=fused)
+        export_final(run.policy, run.run_dir, fused=fused, job=run.job, config=run.record)
     close_run(run.accelerator)
     return final
 
 
-def make_accelerator(run_args: Any, *, project: str, config: dict[str, Any]) -> Accelerator:
-    """An accelerator logging to ``run_args.report_to`` under ``output_dir`` (wandb offline by default)."""
+def run_record(config: Mapping[str, Any], *, prompts: str | Path) -> dict[str, dict[str, Any]]:
+    """The resolved configuration of a generator run (``{group: {field: value}}``), with the sha256 of the
+    prompt file under ``run.prompts_sha256``: the same path with other prompts is another run."""
+    record = resolved_config(config)
+    with Path(prompts).open("rb") as handle:
+        record["run"]["prompts_sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return record
+
+
+def claim_output_dir(accelerator: Accelerator, run_dir: Path, *, job: str, record: dict[str, dict[str, Any]],
+                     overwrite: bool) -> None:
+    """Make ``run_dir`` this run's: with ``overwrite``, remove an earlier run's outputs; then refuse a recorded
+    run with another configuration, or a run's outputs without a record; then write ``run_config.json``.
+    Every process checks (they read the same file, so all raise together); the main process writes."""
+    if overwrite and accelerator.is_main_process:
+        remove_run_outputs(run_dir, keep=_named_folders(record))
+    accelerator.wait_for_everyone()
+    if not check_same_run(run_dir, job, record, allowed=RESUMABLE_CHANGES):
+        leftovers = [name for name in (CHECKPOINTS, FINAL, ROLLOUTS) if (run_dir / name).exists()]
+        if leftovers:
+            raise RunMismatchError(
+                f"{run_dir} holds {', '.join(leftovers)} of a run without {RUN_CONFIG}, so it cannot tell whether "
+                "that run is this one. Use another output folder, or pass --overwrite_output_dir true to restart."
+            )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_run_config(run_dir, job, record)
+    accelerator.wait_for_everyone()
+
+
+def _named_folders(record: Mapping[str, Mapping[str, Any]]) -> set[Path]:
+    """Folders the configuration names explicitly (e.g. a reused ``pair_dir``): an overwrite keeps them."""
+    return {
+        Path(value).resolve()
+        for values in record.values() for name, value in values.items()
+        if name.endswith("_dir") and name != "output_dir" and isinstance(value, str)
+    }
+
+
+def remove_run_outputs(run_dir: Path, *, keep: set[Path] = frozenset()) -> list[str]:
+    """Delete what a generator run writes into ``run_dir`` (:data:`RUN_OUTPUTS` and leftover staging folders
+    of ``final/``), except paths in ``keep``; any other file stays. Returns the names removed."""
+    removed = []
+    for path in [*(run_dir / name for name in RUN_OUTPUTS), *run_dir.glob(f".{FINAL}.*")]:
+        if not (path.exists() or path.is_symlink()) or path.resolve() in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path.name)
+    if removed:
+        logger.info("overwrite_output_dir: removed %s from %s", ", ".join(removed), run_dir)
+    return removed
+
+
+def truncate_log(path: Path, *, before_step: int) -> int:
+    """Keep only the records with ``step < before_step`` of a JSONL log, replacing the file atomically; a last
+    line cut short by a kill is dropped too. Returns the number of lines dropped."""
+    if not path.is_file():
+        return 0
+    lines = path.read_bytes().split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            step = json.loads(line)["step"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise DataError(f"{path}:{number}: not a JSON record with a 'step' ({error})") from error
+        if step < before_step:
+            kept.append(line)
+    dropped = len(lines) - len(kept) + bool(torn)
+    if dropped:
+        with atomic_file(path, "wb") as handle:
+            handle.write(b"".join(line + b"\n" for line in kept))
+        logger.info("%s: dropped %d line(s) from step %d on (they are trained again)", path, dropped, before_step)
+    return dropped
+
+
+def new_accelerator(run_args: Any) -> Accelerator:
+    """An accelerator for ``run_args`` (mixed precision, project folder under ``output_dir``), no trackers yet."""
     run_dir = Path(run_args.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tracker = None if run_args.report_to == "none" else run_args.report_to
     accelerator = Accelerator(
         mixed_precision=run_args.mixed_precision,
-        log_with=tracker,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        log_with=None if run_args.report_to == "none" else run_args.report_to,
         # Without a GPU, cpu=True is what makes accelerate join a torchrun group (gloo) instead of running alone.
         cpu=not torch.cuda.is_available(),
     )
@@ -112,10 +252,25 @@ def make_accelerator(run_args: Any, *, project: str, config: dict[str, Any]) -> 
             f"launched with WORLD_SIZE={launched} but accelerate sees {accelerator.num_processes} process(es); "
             "the processes would train independently — check the launcher and the accelerate config"
         )
-    if tracker is not None:
-        flat = {f"{group}.{key}": _plain(value) for group, args in config.items() for key, value in vars(args).items()}
-        init = {"wandb": {"dir": str(run_dir)}} if tracker == "wandb" else {}
-        accelerator.init_trackers(project, config=flat, init_kwargs=init)
+    return accelerator
+
+
+def start_trackers(
+    accelerator: Accelerator, run_args: Any, *, project: str, record: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Trackers named by ``report_to`` (wandb offline by default, in ``output_dir``) with the run's config."""
+    if run_args.report_to == "none":
+        return
+    Path(run_args.output_dir).mkdir(parents=True, exist_ok=True)
+    flat = {f"{group}.{key}": _scalar(value) for group, values in record.items() for key, value in values.items()}
+    init = {"wandb": {"dir": str(run_args.output_dir)}} if run_args.report_to == "wandb" else {}
+    accelerator.init_trackers(project, config=flat, init_kwargs=init)
+
+
+def make_accelerator(run_args: Any, *, project: str, config: dict[str, Any]) -> Accelerator:
+    """An accelerator logging to ``run_args.report_to`` under ``output_dir`` (wandb offline by default)."""
+    accelerator = new_accelerator(run_args)
+    start_trackers(accelerator, run_args, project=project, record=resolved_config(config))
     return accelerator
 
 
@@ -129,10 +284,11 @@ def close_run(accelerator: Accelerator) -> None:
         wandb.teardown()
 
 
-def _plain(value: Any) -> Any:
+def _scalar(value: Any) -> Any:
+    """Tracker configs take scalars (TensorBoard's hparams refuse lists): anything else as JSON text."""
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    return str([item.to_dict() if hasattr(item, "to_dict") else item for item in value]) if isinstance(value, list) else str(value)
+    return json.dumps(value, sort_keys=True)
 
 
 def seeded_generator(seed: int, step: int, *keys: Any) -> torch.Generator:

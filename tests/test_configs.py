@@ -64,27 +64,36 @@ def test_accelerate_configs_are_valid(recipe):
 GENERATOR_RECIPES = sorted((CONFIGS / "generator").glob("*.yaml"))
 
 
+def _generator_inputs(recipe: Path, folder: Path) -> list[str]:
+    """Prompt file and model folder the generator arguments check for (a tiny recipe's model is built by the demo)."""
+    prompts = folder / "p.txt"
+    prompts.write_text("a prompt\n")
+    model = ["--model", str(folder)] if recipe.stem.startswith("tiny") else []
+    return ["--prompts", str(prompts), *model]
+
+
 @pytest.mark.parametrize("recipe", GENERATOR_RECIPES, ids=[path.stem for path in GENERATOR_RECIPES])
-def test_generator_recipes_load(recipe):
+def test_generator_recipes_load(recipe, tmp_path):
     from generator_rl.config import PolicyArguments, RunArguments
     from generator_rl.flow_dpo import FlowDpoArguments
     from generator_rl.grpo import GrpoArguments
 
     algorithm = GrpoArguments if "grpo" in recipe.stem else FlowDpoArguments
     policy, run, arguments = TrlParser([PolicyArguments, RunArguments, algorithm]).parse_args_and_config(
-        ["--config", str(recipe), "--prompts", "p.txt"]
+        ["--config", str(recipe), *_generator_inputs(recipe, tmp_path)]
     )
     values = yaml.safe_load(recipe.read_text())
     assert [term.to_dict()["name"] for term in arguments.rewards] == [entry["name"] for entry in values["rewards"]]
     assert policy.num_steps == values["num_steps"] and run.learning_rate == values["learning_rate"]
 
 
-def test_wan_recipes_follow_the_reference_defaults():
+def test_wan_recipes_follow_the_reference_defaults(tmp_path):
     from generator_rl.config import PolicyArguments, RunArguments
     from generator_rl.grpo import GrpoArguments
 
+    recipe = CONFIGS / "generator" / "grpo_wan1.3b.yaml"
     policy, run, grpo = TrlParser([PolicyArguments, RunArguments, GrpoArguments]).parse_args_and_config(
-        ["--config", str(CONFIGS / "generator" / "grpo_wan1.3b.yaml"), "--prompts", "p.txt"]
+        ["--config", str(recipe), *_generator_inputs(recipe, tmp_path)]
     )
     assert (policy.num_steps, policy.guidance_scale, policy.noise_level, policy.sde) == (20, 4.5, 0.7, "flow_sde")
     assert (grpo.group_size, grpo.clip_range, grpo.beta, grpo.adv_clip_max) == (4, 1e-3, 0.004, 5.0)

@@ -118,7 +118,7 @@ def test_flow_dpo_shares_noise_and_timestep_between_winner_and_loser(tiny_wan_di
     from tests.generator_rl.test_policy import tiny_policy_arguments
 
     policy = tiny_policy_arguments(tiny_wan_dir).load_policy(torch.device("cpu"))
-    shape = policy.latent_shape(2, tiny_policy_arguments("m").shape)
+    shape = policy.latent_shape(2, tiny_policy_arguments(tiny_wan_dir).shape)
     batch = {"winner": torch.randn(shape), "loser": torch.randn(shape), "prompt_embeds": torch.randn(2, 16, 32)}
     seen = []
     original = policy.velocity

@@ -9,10 +9,14 @@ from diffusers import WanPipeline
 
 from generator_rl.checkpointing import LORA_WEIGHTS, load_lora, save_lora
 from generator_rl.config import PolicyArguments
+from generator_rl.policy import VideoShape
 from generator_rl.rollout import SdeSettings, sample_trajectory
 from reward.errors import CheckpointError
 
 from .conftest import PROMPTS
+
+
+TINY_SHAPE = VideoShape(height=32, width=32, num_frames=9)
 
 
 def tiny_policy_arguments(model) -> PolicyArguments:
@@ -45,7 +49,7 @@ def test_lora_covers_attention_and_ffn_and_only_lora_trains(policy):
 
 def test_guided_velocity_is_the_cfg_combination(policy):
     conditional, unconditional = policy.prompt_embeddings(PROMPTS[:2])
-    latents = torch.randn(policy.latent_shape(2, tiny_policy_arguments("m").shape), generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(policy.latent_shape(2, TINY_SHAPE), generator=torch.Generator().manual_seed(0))
     cond = policy.velocity(latents, 500.0, conditional, unconditional, 1.0)
     uncond = policy.velocity(latents, 500.0, unconditional, unconditional, 1.0)
     torch.testing.assert_close(policy.velocity(latents, 500.0, conditional, unconditional, 3.0), uncond + 3.0 * (cond - uncond))
@@ -56,7 +60,7 @@ def test_reference_is_the_base_model(policy, tiny_wan_dir):
     _perturb_lora(policy)
     base = WanPipeline.from_pretrained(str(tiny_wan_dir)).transformer
     conditional, unconditional = policy.prompt_embeddings(PROMPTS[:1])
-    latents = torch.randn(policy.latent_shape(1, tiny_policy_arguments("m").shape), generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(policy.latent_shape(1, TINY_SHAPE), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = base(hidden_states=latents, timestep=torch.tensor([500.0]), encoder_hidden_states=conditional, return_dict=False)[0]
         tuned = policy.velocity(latents, 500.0, conditional, unconditional, 1.0)
@@ -70,7 +74,7 @@ def test_reference_is_the_base_model(policy, tiny_wan_dir):
 
 def test_refreshed_reference_follows_the_learner_then_stays_frozen(policy):
     conditional, unconditional = policy.prompt_embeddings(PROMPTS[:1])
-    latents = torch.randn(policy.latent_shape(1, tiny_policy_arguments("m").shape), generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(policy.latent_shape(1, TINY_SHAPE), generator=torch.Generator().manual_seed(0))
     _perturb_lora(policy)
     policy.refresh_reference()
     with torch.no_grad():
@@ -94,7 +98,7 @@ def test_prompt_cache_survives_text_encoder_offload(policy):
 
 
 def test_decode_gives_frames_in_unit_range_for_reward_models(policy):
-    shape = tiny_policy_arguments("m").shape
+    shape = TINY_SHAPE
     frames = policy.decode(torch.randn(policy.latent_shape(2, shape)))
     assert frames.shape == (2, shape.num_frames, 3, shape.height, shape.width)
     assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
@@ -104,9 +108,9 @@ def test_decode_gives_frames_in_unit_range_for_reward_models(policy):
 
 def test_bad_video_shapes_are_rejected(policy):
     with pytest.raises(ValueError, match="num_frames - 1 must be divisible by 4"):
-        policy.latent_shape(1, tiny_policy_arguments("m").shape.__class__(32, 32, 10))
+        policy.latent_shape(1, VideoShape(32, 32, 10))
     with pytest.raises(ValueError, match="multiples of 16"):
-        policy.latent_shape(1, tiny_policy_arguments("m").shape.__class__(40, 32, 9))
+        policy.latent_shape(1, VideoShape(40, 32, 9))
 
 
 def test_lora_round_trip_through_the_diffusers_format(policy, tiny_wan_dir, tmp_path):
@@ -142,11 +146,11 @@ def test_loading_a_mismatched_lora_fails(policy, tiny_wan_dir, tmp_path):
         load_lora(policy, tmp_path / "nowhere")
 
 
-def test_trajectory_log_probs_match_re_scoring(policy):
+def test_trajectory_log_probs_match_re_scoring(policy, tiny_wan_dir):
     """Sampling-time and training-time log-probs agree in fp32 (the basis of ratio == 1)."""
     from generator_rl.sde import sde_step
 
-    arguments = tiny_policy_arguments("m")
+    arguments = tiny_policy_arguments(tiny_wan_dir)
     sigmas, timesteps = policy.schedule(arguments.num_steps)
     conditional, unconditional = policy.prompt_embeddings(PROMPTS[:2])
     velocity = lambda latents, index: policy.velocity(latents, timesteps[index], conditional, unconditional, 3.0)  # noqa: E731
@@ -170,10 +174,10 @@ def test_fused_export_is_a_plain_transformer_with_the_lora_inside(policy, tmp_pa
 
     _perturb_lora(policy)
     conditional, unconditional = policy.prompt_embeddings(PROMPTS[:1])
-    latents = torch.randn(policy.latent_shape(1, tiny_policy_arguments("m").shape), generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(policy.latent_shape(1, TINY_SHAPE), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         tuned = policy.velocity(latents, 500.0, conditional, unconditional, 1.0)
-    final = export_final(policy, tmp_path, fused=True)
+    final = export_final(policy, tmp_path, fused=True, job="tune-test", config={"run": {"seed": 0}})
     plain, info = WanTransformer3DModel.from_pretrained(final / "transformer_fused", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():

@@ -1,0 +1,133 @@
+"""Checkpoints of generator runs are safe to resume and to share: the run state and the EMA are JSON and
+safetensors we read ourselves (a pickle planted in a checkpoint is never unpickled), the EMA is float32, the
+final export replaces final/ whole or not at all, and files get the user's normal permissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+from diffusers.training_utils import EMAModel
+
+import generator_rl.checkpointing as checkpointing
+from generator_rl.checkpointing import (
+    EMA_STATE, EMA_WEIGHTS, LORA_WEIGHTS, RUN_STATE, RunState, export_final, load_ema, load_run_state, save_ema,
+    save_run_state,
+)
+from generator_rl.config import PolicyArguments
+from generator_rl.grpo import GrpoArguments, run_grpo
+from reward.errors import CheckpointError
+
+from .helpers import same_lora, tiny_arguments
+from .test_policy import tiny_policy_arguments
+
+
+class Planted:
+    """Unpickling this creates ``marker``: proof that a loader executed code from a checkpoint folder."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def bf16_policy(tiny_wan_dir):
+    arguments = tiny_policy_arguments(tiny_wan_dir)
+    return PolicyArguments(**{**arguments.__dict__, "transformer_dtype": "bfloat16"}).load_policy(torch.device("cpu"))
+
+
+def test_a_planted_pickle_is_not_executed_on_resume(tiny_wan_dir, prompt_file, tmp_path):
+    """A custom_checkpoint_0.pkl (what accelerate's pickled custom state was) planted in the checkpoint stops
+    the resume unread; a pickle planted as accelerate's RNG state is refused by weights_only=True, and the
+    run (whose randomness comes from seeded generators) resumes to the uninterrupted result. The files a run
+    writes have the permissions the umask gives (safetensors alone would leave 0600)."""
+    settings = {"max_steps": 2, "save_every": 1, "ema_decay": 0.5}
+    run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "straight", **settings))
+    previous = os.umask(0o022)
+    try:
+        run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run",
+                                 **{**settings, "max_steps": 1}))
+    finally:
+        os.umask(previous)
+    written = [tmp_path / "run" / "run_config.json", tmp_path / "run" / "final"]
+    written += [path for folder in ("final", "checkpoints") for path in (tmp_path / "run" / folder).rglob("*")]
+    wrong = {str(path): oct(stat.S_IMODE(path.stat().st_mode)) for path in written
+             if stat.S_IMODE(path.stat().st_mode) != (0o755 if path.is_dir() else 0o644)}
+    assert not wrong
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_1"
+    assert {RUN_STATE, EMA_WEIGHTS, EMA_STATE, LORA_WEIGHTS} <= {path.name for path in checkpoint.iterdir()}
+    assert not list(checkpoint.glob("custom_checkpoint_*"))
+    assert json.loads((checkpoint / RUN_STATE).read_text())["step"] == 1
+    marker = tmp_path / "executed"
+    torch.save(Planted(marker), checkpoint / "custom_checkpoint_0.pkl")
+    torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)  # what accelerate's custom state did
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(CheckpointError, match=r"step_1 holds custom_checkpoint_0\.pkl: pickled state"):
+        run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run", **settings))
+    assert not marker.exists()
+    (checkpoint / "custom_checkpoint_0.pkl").unlink()
+    torch.save(Planted(marker), checkpoint / "random_states_0.pkl")  # accelerate reads it with weights_only=True
+    run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run", **settings))
+    assert not marker.exists()
+    assert same_lora(tmp_path / "straight", tmp_path / "run")
+
+
+def test_ema_round_trip_is_float32_and_exact(bf16_policy, tmp_path):
+    named = bf16_policy.named_trainable_parameters()
+    ema = EMAModel(list(named.values()), decay=0.9)
+    assert all(shadow.dtype == torch.float32 for shadow in ema.shadow_params)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        with torch.no_grad():
+            for parameter in named.values():
+                parameter.add_(1e-5 * torch.randn(parameter.shape, generator=generator))
+        ema.step(list(named.values()))
+    save_ema(ema, named, tmp_path)
+    restored = EMAModel(list(named.values()), decay=0.9)
+    load_ema(restored, named, tmp_path)
+    assert restored.optimization_step == 3 and restored.decay == 0.9
+    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(restored.shadow_params, ema.shadow_params))
+    first = next(iter(named))
+    smaller = {name: parameter for name, parameter in named.items() if name != first}
+    with pytest.raises(CheckpointError, match=rf"unexpected keys \['{first}'\]"):
+        load_ema(EMAModel(list(smaller.values())), smaller, tmp_path)
+
+
+def test_run_state_is_json_and_a_missing_file_is_named(tmp_path):
+    state = RunState()
+    state.step = 7
+    save_run_state(state, tmp_path)
+    restored = RunState()
+    load_run_state(restored, tmp_path)
+    assert restored.step == 7 and json.loads((tmp_path / RUN_STATE).read_text())["step"] == 7
+    with pytest.raises(CheckpointError, match=r"run_state\.json is missing"):
+        load_run_state(RunState(), tmp_path / "elsewhere")
+
+
+def test_a_killed_export_leaves_the_previous_final_or_none(bf16_policy, tmp_path, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during export")
+
+    config = {"run": {"seed": 0}}
+    monkeypatch.setattr(checkpointing, "write_run_config", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_final(bf16_policy, tmp_path, fused=False, job="tune-test", config=config)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # no final/, no staging left behind
+    monkeypatch.undo()
+    final = export_final(bf16_policy, tmp_path, fused=False, job="tune-test", config=config)
+    exported = {path.name: path.read_bytes() for path in final.iterdir()}
+    assert set(exported) == {LORA_WEIGHTS, "run_config.json"}
+    with torch.no_grad():
+        for parameter in bf16_policy.trainable_parameters():
+            parameter.add_(1.0)
+    monkeypatch.setattr(checkpointing, "write_run_config", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_final(bf16_policy, tmp_path, fused=False, job="tune-test", config=config)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["final"]
+    assert {path.name: path.read_bytes() for path in final.iterdir()} == exported

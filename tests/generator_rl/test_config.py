@@ -1,0 +1,68 @@
+"""Bad values of the shared generator arguments are refused when the arguments are built, before any model
+loads, with a message naming the option and the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.cli import main
+from generator_rl.config import PolicyArguments, RunArguments
+from reward.errors import ConfigError
+
+POLICY_CASES = [
+    ({"guidance_scale": 0.5}, r"guidance_scale must be >= 1 .* got 0\.5"),
+    ({"num_steps": 1}, r"num_steps must be >= 2 .* got 1"),
+    ({"height": 40}, r"height must be a positive multiple of 16 .* got 40"),
+    ({"width": 0}, r"width must be a positive multiple of 16 .* got 0"),
+    ({"num_frames": 10}, r"num_frames must be 4k \+ 1 .* got 10"),
+    ({"lora_rank": 0}, r"lora_rank must be >= 1 and lora_alpha > 0, got 0 and 64"),
+    ({"lora_alpha": 0}, r"lora_rank must be >= 1 and lora_alpha > 0, got 32 and 0"),
+    ({"lora_target_modules": []}, r"lora_target_modules is empty"),
+    ({"noise_level": -0.1}, r"noise_level must be >= 0, got -0\.1"),
+    ({"sde_window": 0}, r"sde_window must lie in \[1, num_steps - 1 = 19\], got 0"),
+    ({"sde_window": 20}, r"sde_window must lie in \[1, num_steps - 1 = 19\], got 20"),
+    ({"sde_window_range": [3]}, r"sde_window_range needs two numbers"),
+    ({"sde_window_range": [5, 2]}, r"sde_window_range \[5, 2\) must satisfy 0 <= first < last <= num_steps - 1 = 19"),
+    ({"sde_window": 4, "sde_window_range": [0, 3]}, r"sde_window 4 does not fit in sde_window_range \[0, 3\)"),
+    ({"model": "runs/nowhere/tiny-wan"}, r"model: runs/nowhere/tiny-wan does not exist"),
+]
+
+RUN_CASES = [
+    ({"learning_rate": 0.0}, r"learning_rate must be > 0, got 0\.0"),
+    ({"learning_rate": float("nan")}, r"learning_rate must be > 0, got nan"),
+    ({"max_grad_norm": 0.0}, r"max_grad_norm must be > 0 .* got 0\.0"),
+    ({"weight_decay": -1e-4}, r"weight_decay must be >= 0, got -0\.0001"),
+    ({"ema_decay": 1.0}, r"ema_decay must lie in \(0, 1\) .* got 1\.0"),
+    ({"ema_decay": 0.0}, r"ema_decay must lie in \(0, 1\) .* got 0\.0"),
+    ({"max_steps": 0}, r"max_steps must be >= 1, got 0"),
+    ({"save_every": 0}, r"save_every must be >= 1, got 0"),
+    ({"log_every": 0}, r"log_every must be >= 1, got 0"),
+    ({"sample_every": -1}, r"sample_every must be >= 0, got -1"),
+    ({"prompts": "missing-prompts.txt"}, r"prompts: missing-prompts.txt is not a file"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), POLICY_CASES, ids=[str(case[0]) for case in POLICY_CASES])
+def test_bad_policy_values_are_refused(values, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        PolicyArguments(**{"model": str(tmp_path), **values})
+
+
+@pytest.mark.parametrize(("values", "message"), RUN_CASES, ids=[str(case[0]) for case in RUN_CASES])
+def test_bad_run_values_are_refused(values, message, prompt_file, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        RunArguments(**{"output_dir": str(tmp_path / "run"), "prompts": str(prompt_file), **values})
+
+
+def test_good_values_pass(prompt_file, tmp_path):
+    policy = PolicyArguments(model=str(tmp_path), sde_window=2, sde_window_range=[1, 5], guidance_scale=1.0)
+    run = RunArguments(output_dir=str(tmp_path / "run"), prompts=str(prompt_file), ema_decay=0.9, sample_every=0)
+    assert policy.sde_settings.window_range == (1, 5) and run.ema_decay == 0.9 and not run.overwrite_output_dir
+
+
+def test_the_cli_refuses_a_bad_value_before_any_work(tmp_path, prompt_file):
+    """`descore tune grpo --learning_rate 0` fails while parsing, without creating the output folder."""
+    with pytest.raises(ConfigError, match=r"learning_rate must be > 0, got 0\.0"):
+        main(["tune", "grpo", "--model", str(tmp_path), "--prompts", str(prompt_file), "--output_dir",
+              str(tmp_path / "run"), "--rewards", "name=brightness", "--learning_rate", "0"])
+    assert not (tmp_path / "run").exists()
