@@ -83,7 +83,9 @@ class ColdStartConfig(TrainingArguments):
         default="Qwen/Qwen3-VL-8B-Instruct", metadata={"help": "Backbone: hub id or local directory."}
     )
     torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
-        default="bfloat16", metadata={"help": "Backbone weight dtype."}
+        default="bfloat16",
+        metadata={"help": "Dtype of the frozen backbone weights; trained tensors (LoRA, vision tower, <Reward> row, "
+                  "head) are always float32."},
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "e.g. sdpa or flash_attention_2; None = transformers' default."}
@@ -146,7 +148,9 @@ class ColdStartConfig(TrainingArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the training pairs."})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Pairs per device per micro-step."})
     per_device_eval_batch_size: int = field(default=4, metadata={"help": "Pairs per device per eval step."})
-    bf16: bool = field(default=True, metadata={"help": "bf16 mixed precision."})
+    bf16: bool = field(
+        default=True, metadata={"help": "bf16 autocast for the forward pass (on CPU too); weights keep their dtypes."}
+    )
     activation_checkpointing: bool | None = field(default=True, metadata={"help": "Recompute activations."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps (or a ratio if < 1)."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate (no, steps, epoch)."})
@@ -304,7 +308,8 @@ def _load_pairs(path: str, config: ColdStartConfig) -> PreferenceData:
     return data
 
 
-def check_enough_pairs(path: str, pairs: int, config: ColdStartConfig) -> None:
+def check_enough_pairs(path: str, pairs: int, *, config: ColdStartConfig) -> None:
+    """At least one optimizer step's worth of pairs (otherwise the Trainer would quietly take a partial step)."""
     per_step = config.per_device_train_batch_size * config.world_size * config.gradient_accumulation_steps
     if pairs < per_step:
         raise ConfigError(
@@ -335,7 +340,7 @@ def run(config: ColdStartConfig, callbacks: list[TrainerCallback] | None = None)
     check_output_dir(config, record)
     set_seed(config.seed)
     train = _load_pairs(config.train_data, config)
-    check_enough_pairs(config.train_data, len(train.pairs), config)
+    check_enough_pairs(config.train_data, len(train.pairs), config=config)
     evaluation = _load_pairs(config.eval_data, config) if config.eval_data else None
     processor = AutoProcessor.from_pretrained(config.model_name_or_path)
     spec = config.video_spec(pixel_factor(processor))
@@ -347,15 +352,16 @@ def run(config: ColdStartConfig, callbacks: list[TrainerCallback] | None = None)
         dtype=config.torch_dtype,
         attn_implementation=config.attn_implementation,
     )
-    trainer = _build_trainer(config, model, train, evaluation, spec, callbacks)
+    trainer = _build_trainer(config, model, train=train, evaluation=evaluation, spec=spec, callbacks=callbacks)
     claim_output_dir(config, record)
     with closed_trackers(config.report_to):
-        return _train_and_save(trainer, config, model, record)
+        return _train_and_save(trainer, config, model=model, record=record)
 
 
 def _build_trainer(
     config: ColdStartConfig,
     model: DeScoreModel,
+    *,
     train: PreferenceData,
     evaluation: PreferenceData | None,
     spec: VideoSpec,
@@ -398,7 +404,7 @@ def _build_trainer(
 
 
 def _train_and_save(
-    trainer: DeScoreTrainer, config: ColdStartConfig, model: DeScoreModel, record: dict[str, dict[str, Any]]
+    trainer: DeScoreTrainer, config: ColdStartConfig, *, model: DeScoreModel, record: dict[str, dict[str, Any]]
 ) -> dict[str, float]:
     """Train (resuming from the last complete checkpoint), evaluate, and write ``final/`` with the run record."""
     checkpoint = last_complete_checkpoint(Path(config.output_dir))
