@@ -219,6 +219,8 @@ def value_problems(config: ColdStartConfig) -> list[str]:
         (config.num_train_epochs > 0 or config.max_steps > 0,
          f"num_train_epochs ({config.num_train_epochs}) and max_steps ({config.max_steps}) would train 0 steps; "
          "set num_train_epochs > 0 or max_steps > 0"),
+        (config.per_device_train_batch_size >= 1,
+         f"per_device_train_batch_size must be >= 1, got {config.per_device_train_batch_size}"),
         (config.effective_batch_size is None or config.effective_batch_size >= 1,
          f"effective_batch_size must be >= 1 (or None), got {config.effective_batch_size}"),
         (config.video_fps > 0, f"video_fps must be > 0, got {config.video_fps}"),

@@ -52,6 +52,7 @@ BAD_VALUES = [
     ({"video_min_frames": 0}, "need 1 <= video_min_frames <= video_max_frames, got 0 and 8"),
     ({"video_min_frames": 9}, "need 1 <= video_min_frames <= video_max_frames, got 9 and 8"),
     ({"video_min_pixels": 8192}, "need 0 < video_min_pixels <= video_max_pixels, got 8192 and 4096"),
+    ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be >= 1, got 0"),
     ({"effective_batch_size": 128}, "64 usable pair(s), fewer than one optimizer step takes (128 ="),
     ({"train_data": "{tmp}/missing.csv"}, "train_data: {tmp}/missing.csv does not exist"),
     ({"eval_data": "{tmp}/missing.csv"}, "eval_data: {tmp}/missing.csv does not exist"),
