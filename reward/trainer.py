@@ -113,6 +113,8 @@ def closed_trackers(report_to: str | list[str] | None) -> Iterator[None]:
     The Trainer's wandb callback starts a run and leaves it open (so a later ``evaluate`` can log to it). In one
     process running several jobs (the demo, a notebook) the next job would then log into this run and lose
     every step below its last one. A run that was already open before the job (the caller's) is left open.
+    After finishing its own run, the job also resets wandb's process-wide settings (``wandb.teardown``): wandb
+    reads ``WANDB_DIR`` once per process, and the next job writes its run next to its own outputs.
     """
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     if not {"all", "wandb"} & set(names) or importlib.util.find_spec("wandb") is None:
@@ -128,3 +130,4 @@ def closed_trackers(report_to: str | list[str] | None) -> Iterator[None]:
     finally:
         if wandb.run is not None and wandb.run is not before:
             wandb.finish(exit_code=1 if failed else 0)
+            wandb.teardown()

@@ -137,25 +137,26 @@ class _FailAt(TrainerCallback):
 
 def test_each_run_closes_its_wandb_run_with_every_step_logged(tiny_qwen3_vl_dir, visual_pairs, tmp_path, monkeypatch):
     """Two runs in one process (as in the demo), the second failing at step 2: each has its own offline run
-    holding all of its steps, and no run is left open."""
+    next to its outputs, holding all of its steps, and no run is left open."""
     train, _ = visual_pairs
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     settings = {**ONE_STEP, "max_steps": 3, "logging_steps": 1, "report_to": "wandb", "save_strategy": "steps", "save_steps": 3}
+    wandb.teardown()  # settings an earlier test may have left in this process
     previous = os.umask(0o022)
     try:
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path / "first"))
         run(tiny_config(tiny_qwen3_vl_dir, train, tmp_path / "first", **settings))
     finally:
         os.umask(previous)
     assert wandb.run is None
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "second"))
     with pytest.raises(RuntimeError, match="killed at step 2"):
         run(tiny_config(tiny_qwen3_vl_dir, train, tmp_path / "second", **settings), callbacks=[_FailAt(2)])
     assert wandb.run is None
-    runs = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda path: path.parent.name)
-    assert len(runs) == 2
-    steps = [sorted({row["train/global_step"] for row in wandb_history(path) if "train/global_step" in row}) for path in runs]
-    assert steps == [[1, 2, 3], [1]]  # the second run logged step 1, then died during step 2
+    for name, expected in (("first", [1, 2, 3]), ("second", [1])):  # the second died during step 2
+        (run_file,) = (tmp_path / name / "wandb").glob("offline-run-*/run-*.wandb")
+        assert sorted({row["train/global_step"] for row in wandb_history(run_file) if "train/global_step" in row}) == expected
     # the Trainer's checkpoint folders and our final/ get normal permissions
     for path in [tmp_path / "first" / "checkpoint-3", *(tmp_path / "first" / "checkpoint-3").iterdir(),
                  tmp_path / "first" / "final", *(tmp_path / "first" / "final").iterdir()]:
