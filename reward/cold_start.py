@@ -8,32 +8,57 @@ both videos is dropped with probability 0.5. Ties are dropped for ``loss: bt`` a
 (Rao–Kupper, k = 5).
 
 Launch: ``descore reward train --config configs/reward/cold_start_qwen3vl_8b.yaml [--key value ...]``,
-under ``accelerate launch --config_file configs/accelerate/<engine>.yaml`` for several GPUs. Re-running the
-same command resumes from the last complete ``checkpoint-*`` in ``output_dir``.
+under ``accelerate launch --config_file configs/accelerate/<engine>.yaml`` for several GPUs.
+
+A run writes its resolved configuration (every field, the sha256 of the data files, library versions, git
+commit) to ``output_dir/run_config.json`` and ``final/run_config.json``. Re-running the same command resumes
+from the last complete ``checkpoint-*``; a re-run whose configuration differs outside
+:data:`RESUME_ALLOWED` stops before any model loads and lists the differences, and ``--overwrite_output_dir
+true`` restarts instead (it removes only what a stage-1 run writes).
+
+Precision: with ``torch_dtype: bfloat16`` the frozen weights stay bf16 while every trained tensor is float32
+(see :mod:`reward.modeling`); ``bf16: true`` runs the forward under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import math
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import AutoProcessor, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checkpoint import atomic_directory
 from .data import PreferenceData, read_preferences
 from .errors import ConfigError
 from .losses import bradley_terry_loss, bradley_terry_ties_loss
-from .modeling import DEFAULT_LORA_TARGETS, REWARD_TOKEN, DeScoreModel, LoraSettings, pixel_factor, save_descore
+from .modeling import DEFAULT_LORA_TARGETS, REWARD_TOKEN, DeScoreModel, LoraSettings, pixel_factor
 from .pairs import PairCollator, PairDataset
-from .trainer import DeScoreTrainer, pairwise_metrics
+from .run_record import RUN_CONFIG, check_model_source, check_same_run, resolved_config, write_run_config
+from .trainer import DeScoreTrainer, closed_trackers, pairwise_metrics
 from .video import VideoSpec
 
 logger = logging.getLogger(__name__)
 
 LOSSES = {"bt": bradley_terry_loss, "bt_ties": bradley_terry_ties_loss}
+JOB = "reward-train"
+# Fields a resumed run may change: how long it trains, and how it logs, evaluates, saves and feeds data. Any
+# other difference would make the resumed run a mix of two runs.
+RESUME_ALLOWED = (
+    "output_dir", "num_train_epochs", "max_steps", "overwrite_output_dir", "resume_from_checkpoint",
+    "logging_strategy", "logging_steps", "logging_first_step", "logging_dir", "log_level", "log_level_replica",
+    "log_on_each_node", "report_to", "run_name", "project", "disable_tqdm", "skip_memory_metrics",
+    "eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "eval_accumulation_steps",
+    "per_device_eval_batch_size", "save_strategy", "save_steps", "save_total_limit",
+    "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_persistent_workers",
+    "dataloader_pin_memory", "local_rank", "ddp_timeout",
+)
 
 
 @dataclass
@@ -58,7 +83,9 @@ class ColdStartConfig(TrainingArguments):
         default="Qwen/Qwen3-VL-8B-Instruct", metadata={"help": "Backbone: hub id or local directory."}
     )
     torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
-        default="bfloat16", metadata={"help": "Backbone weight dtype."}
+        default="bfloat16",
+        metadata={"help": "Dtype of the frozen backbone weights; trained tensors (LoRA, vision tower, <Reward> row, "
+                  "head) are always float32."},
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "e.g. sdpa or flash_attention_2; None = transformers' default."}
@@ -105,7 +132,14 @@ class ColdStartConfig(TrainingArguments):
     )
     # ----- output --------------------------------------------------------------------------------------
     merge_final: bool = field(
-        default=True, metadata={"help": "Write output_dir/final with LoRA merged (self-contained, vLLM-ready)."}
+        default=True,
+        metadata={"help": "Write output_dir/final with LoRA merged (self-contained, vLLM-ready), in torch_dtype; "
+                  "false keeps the adapter format (float32 trainables, exactly as trained)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Restart from scratch: remove what an earlier stage-1 run wrote in output_dir "
+                  "(checkpoint-*, final/, run_config.json, wandb/ and runs/ logs); other files are kept."},
     )
     # ----- TrainingArguments defaults changed for stage 1 ---------------------------------------------
     learning_rate: float = field(default=2e-6, metadata={"help": "AdamW learning rate (DeScore: 2e-6)."})
@@ -114,7 +148,9 @@ class ColdStartConfig(TrainingArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the training pairs."})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Pairs per device per micro-step."})
     per_device_eval_batch_size: int = field(default=4, metadata={"help": "Pairs per device per eval step."})
-    bf16: bool = field(default=True, metadata={"help": "bf16 mixed precision."})
+    bf16: bool = field(
+        default=True, metadata={"help": "bf16 autocast for the forward pass (on CPU too); weights keep their dtypes."}
+    )
     activation_checkpointing: bool | None = field(default=True, metadata={"help": "Recompute activations."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps (or a ratio if < 1)."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate (no, steps, epoch)."})
@@ -134,10 +170,9 @@ class ColdStartConfig(TrainingArguments):
             raise ConfigError("remove_unused_columns must be False: DeScore batches are assembled by PairCollator")
         if self.eval_data is None and self.eval_strategy != "no":
             self.eval_strategy = "no"
-        if not 0.0 <= self.cot_drop_prob <= 1.0:
-            raise ConfigError(f"cot_drop_prob must lie in [0, 1], got {self.cot_drop_prob}")
-        if self.loss == "bt_ties" and self.tie_k <= 1:
-            raise ConfigError(f"tie_k must be > 1 for loss: bt_ties, got {self.tie_k}")
+        problems = value_problems(self)
+        if problems:
+            raise ConfigError("invalid stage-1 settings:\n  " + "\n  ".join(problems))
         super().__post_init__()
         if self.effective_batch_size is not None:
             per_step = self.per_device_train_batch_size * self.world_size
@@ -170,6 +205,97 @@ class ColdStartConfig(TrainingArguments):
         )
 
 
+def value_problems(config: ColdStartConfig) -> list[str]:
+    """Every out-of-range value, each with the value and the fix (checked before anything loads)."""
+    checks = [
+        (0 < config.learning_rate < math.inf, f"learning_rate must be a finite number > 0, got {config.learning_rate}"),
+        (config.max_grad_norm is None or config.max_grad_norm >= 0,
+         f"max_grad_norm must be >= 0 (0 turns clipping off), got {config.max_grad_norm}"),
+        (config.lora_r >= 1, f"lora_r must be >= 1, got {config.lora_r}"),
+        (config.lora_alpha > 0, f"lora_alpha must be > 0, got {config.lora_alpha}"),
+        (0.0 <= config.lora_dropout < 1.0, f"lora_dropout must lie in [0, 1), got {config.lora_dropout}"),
+        (0.0 <= config.cot_drop_prob <= 1.0, f"cot_drop_prob must lie in [0, 1], got {config.cot_drop_prob}"),
+        (config.loss != "bt_ties" or config.tie_k > 1, f"tie_k must be > 1 for loss: bt_ties, got {config.tie_k}"),
+        (config.num_train_epochs > 0 or config.max_steps > 0,
+         f"num_train_epochs ({config.num_train_epochs}) and max_steps ({config.max_steps}) would train 0 steps; "
+         "set num_train_epochs > 0 or max_steps > 0"),
+        (config.per_device_train_batch_size >= 1,
+         f"per_device_train_batch_size must be >= 1, got {config.per_device_train_batch_size}"),
+        (config.effective_batch_size is None or config.effective_batch_size >= 1,
+         f"effective_batch_size must be >= 1 (or None), got {config.effective_batch_size}"),
+        (config.video_fps > 0, f"video_fps must be > 0, got {config.video_fps}"),
+        (1 <= config.video_min_frames <= config.video_max_frames,
+         f"need 1 <= video_min_frames <= video_max_frames, got {config.video_min_frames} and {config.video_max_frames}"),
+        (config.video_min_pixels is None or 0 < config.video_min_pixels <= config.video_max_pixels,
+         f"need 0 < video_min_pixels <= video_max_pixels, got {config.video_min_pixels} and {config.video_max_pixels}"),
+        (config.video_max_pixels > 0, f"video_max_pixels must be > 0, got {config.video_max_pixels}"),
+        (config.video_max_total_tokens > 0, f"video_max_total_tokens must be > 0, got {config.video_max_total_tokens}"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def check_sources(config: ColdStartConfig) -> None:
+    """The data files and the backbone exist (a missing local model path fails here, not after hub retries)."""
+    for key in ("train_data", "eval_data"):
+        path = getattr(config, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{key}: {path} does not exist or is not a file")
+    check_model_source(config.model_name_or_path, what="model_name_or_path")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_record(config: ColdStartConfig) -> dict[str, dict[str, Any]]:
+    """The resolved configuration of this run: every field, local paths made absolute (a re-run from another
+    folder is compared by what it reads), plus the content digest of each data file (so a file edited in place
+    is a different run). Video files are named by path, not hashed."""
+    values = config.to_dict()
+    for key in ("train_data", "eval_data", "model_name_or_path"):
+        if values[key] is not None and Path(values[key]).expanduser().exists():
+            values[key] = str(Path(values[key]).expanduser().resolve())
+    data = {key: file_sha256(getattr(config, key)) if getattr(config, key) else None for key in ("train_data", "eval_data")}
+    return resolved_config({"config": values, "data_sha256": data})
+
+
+def written_by_stage1(output_dir: Path) -> list[Path]:
+    """What a stage-1 run writes into its output folder (and so what ``overwrite_output_dir`` removes)."""
+    patterns = (f"{PREFIX_CHECKPOINT_DIR}-*", "final", ".final.*", RUN_CONFIG, "wandb", "runs")
+    return sorted({path for pattern in patterns for path in output_dir.glob(pattern)})
+
+
+def check_output_dir(config: ColdStartConfig, record: dict[str, dict[str, Any]]) -> None:
+    """Refuse, before anything loads, to resume a run recorded with another configuration (or unrecorded
+    checkpoints). Read-only, so every process raises the same error together."""
+    output_dir = Path(config.output_dir)
+    if config.overwrite_output_dir:
+        return
+    if not check_same_run(output_dir, JOB, record, allowed=RESUME_ALLOWED) and last_complete_checkpoint(output_dir):
+        raise ConfigError(
+            f"{output_dir} holds checkpoints but no {RUN_CONFIG}, so it cannot be told whether they belong to "
+            "this run; use another output_dir, or pass --overwrite_output_dir true to restart it"
+        )
+
+
+def claim_output_dir(config: ColdStartConfig, record: dict[str, dict[str, Any]]) -> None:
+    """Just before training: the main process clears the folder (``overwrite_output_dir``) and writes the
+    run record while the other processes wait. Done late so that a run failing on bad data records nothing."""
+    output_dir = Path(config.output_dir)
+    with config.main_process_first(local=False, desc="preparing the output folder"):
+        if config.process_index == 0:
+            if config.overwrite_output_dir:
+                for path in written_by_stage1(output_dir):
+                    logger.info("overwrite_output_dir: removing %s", path)
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_run_config(output_dir, JOB, record)
+
+
 def _load_pairs(path: str, config: ColdStartConfig) -> PreferenceData:
     data = read_preferences(
         path, skip_invalid=config.skip_invalid, reserved_tokens=(REWARD_TOKEN,), probe_videos=config.probe_videos
@@ -182,6 +308,17 @@ def _load_pairs(path: str, config: ColdStartConfig) -> PreferenceData:
     if not data.pairs:
         raise ConfigError(f"{path}: no usable pairs left")
     return data
+
+
+def check_enough_pairs(path: str, pairs: int, *, config: ColdStartConfig) -> None:
+    """At least one optimizer step's worth of pairs (otherwise the Trainer would quietly take a partial step)."""
+    per_step = config.per_device_train_batch_size * config.world_size * config.gradient_accumulation_steps
+    if pairs < per_step:
+        raise ConfigError(
+            f"train_data {path}: {pairs} usable pair(s), fewer than one optimizer step takes ({per_step} = "
+            f"per_device_train_batch_size x processes x gradient_accumulation_steps); add pairs or lower "
+            "effective_batch_size"
+        )
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
@@ -197,10 +334,15 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
 def run(config: ColdStartConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, float]:
     """Train stage 1 and write ``output_dir/final``; returns the final evaluation metrics (if any).
 
-    ``callbacks`` are extra ``TrainerCallback``s (early stopping, custom logging, ...).
+    ``callbacks`` are extra ``TrainerCallback``s (early stopping, custom logging, ...). Trackers the run
+    opens (wandb) are closed when it returns or fails, so a later job in the same process gets its own run.
     """
+    check_sources(config)
+    record = run_record(config)
+    check_output_dir(config, record)
     set_seed(config.seed)
     train = _load_pairs(config.train_data, config)
+    check_enough_pairs(config.train_data, len(train.pairs), config=config)
     evaluation = _load_pairs(config.eval_data, config) if config.eval_data else None
     processor = AutoProcessor.from_pretrained(config.model_name_or_path)
     spec = config.video_spec(pixel_factor(processor))
@@ -212,7 +354,21 @@ def run(config: ColdStartConfig, callbacks: list[TrainerCallback] | None = None)
         dtype=config.torch_dtype,
         attn_implementation=config.attn_implementation,
     )
-    collator = PairCollator(model.processor, model.reward_token, config.cot_placement)
+    trainer = _build_trainer(config, model, train=train, evaluation=evaluation, spec=spec, callbacks=callbacks)
+    claim_output_dir(config, record)
+    with closed_trackers(config.report_to):
+        return _train_and_save(trainer, config, model=model, record=record)
+
+
+def _build_trainer(
+    config: ColdStartConfig,
+    model: DeScoreModel,
+    *,
+    train: PreferenceData,
+    evaluation: PreferenceData | None,
+    spec: VideoSpec,
+    callbacks: list[TrainerCallback] | None,
+) -> DeScoreTrainer:
     eval_sets = None
     if evaluation is not None:
         eval_sets = {"no_cot": PairDataset(evaluation.pairs, spec, cot_mode="drop", skip_invalid=config.skip_invalid)}
@@ -229,7 +385,7 @@ def run(config: ColdStartConfig, callbacks: list[TrainerCallback] | None = None)
         "loss": config.loss,
         "cot_drop_prob": config.cot_drop_prob,
     }
-    trainer = DeScoreTrainer(
+    return DeScoreTrainer(
         model=model,
         args=config,
         train_dataset=PairDataset(
@@ -241,25 +397,36 @@ def run(config: ColdStartConfig, callbacks: list[TrainerCallback] | None = None)
             skip_invalid=config.skip_invalid,
         ),
         eval_dataset=eval_sets,
-        data_collator=collator,
+        data_collator=PairCollator(model.processor, model.reward_token, config.cot_placement),
         compute_metrics=pairwise_metrics,
         pair_loss=pair_loss,
         training_info=training_info,
         callbacks=callbacks,
     )
+
+
+def _train_and_save(
+    trainer: DeScoreTrainer, config: ColdStartConfig, *, model: DeScoreModel, record: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    """Train (resuming from the last complete checkpoint), evaluate, and write ``final/`` with the run record."""
     checkpoint = last_complete_checkpoint(Path(config.output_dir))
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics = trainer.evaluate() if eval_sets else {}
+    metrics = trainer.evaluate() if trainer.eval_dataset else {}
     final = Path(config.output_dir) / "final"
+    training = {**trainer.training_info, "global_step": trainer.state.global_step}
     if _parameters_are_sharded(trainer):
         # Every rank joins the gather; the result is adapter-format (merge later with `descore reward export`).
         trainer.save_model(str(final))
+        if trainer.args.should_save:
+            write_run_config(final, JOB, record)
     elif trainer.args.should_save:
         if config.merge_final:
             model.merge_lora_()
-        save_descore(model, final, training={**training_info, "global_step": trainer.state.global_step})
+        with atomic_directory(final) as staging:
+            model.save_pretrained(staging, training=training)
+            write_run_config(staging, JOB, record)
     trainer.accelerator.wait_for_everyone()
     return metrics
 

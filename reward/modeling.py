@@ -6,13 +6,21 @@ from the backbone config. The head runs in float32 so that rewards are not round
 
 Checkpoint directory (``save_pretrained`` / ``from_pretrained``)::
 
-    descore_config.json          manifest: base model, backbone format, <Reward> id, CoT placement, VideoSpec
+    descore_config.json          manifest: base model, its fingerprint, backbone format, <Reward> id, CoT
+                                 placement, VideoSpec
     reward_head.safetensors      the head weight, shape (1, hidden_size)
     tokenizer / processor files  with <Reward> registered as a special token
     config.json + model*.safetensors           when the backbone is merged (a plain HF checkpoint), or
     adapter_config.json + adapter_model.safetensors   a peft adapter over ``base_model``
 
-Loading checks every key both ways and fails on any mismatch.
+Loading checks every key both ways and fails on any mismatch. Weights are read from safetensors only. An
+adapter checkpoint names its base by absolute path (or hub id) and records the base's fingerprint
+(:func:`reward.checkpoint.weights_fingerprint`); loading it over other base weights is refused.
+
+Precision: training keeps every trainable tensor (LoRA, the ``modules_to_save`` copies, the ``<Reward>`` row,
+the head) in float32 while frozen weights stay in the load dtype (:func:`upcast_trainable_`). Adapter
+checkpoints therefore hold float32 trainables exactly as trained; a merged backbone is written in the load
+dtype (every weight rounded once to it, as any bf16 checkpoint), and the head is always float32.
 """
 
 from __future__ import annotations
@@ -27,13 +35,15 @@ from typing import Any
 import safetensors.torch
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import ModulesToSaveWrapper
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from .checkpoint import atomic_directory
+from .checkpoint import atomic_directory, normalize_permissions, weights_fingerprint
 from .errors import CheckpointError, ConfigError
 from .inputs import COT_PLACEMENTS, CotPlacement
+from .run_record import looks_like_hub_id
 from .video import VideoSpec
 
 logger = logging.getLogger(__name__)
@@ -42,7 +52,9 @@ REWARD_TOKEN = "<Reward>"
 MANIFEST_NAME = "descore_config.json"
 HEAD_NAME = "reward_head.safetensors"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds base_fingerprint; version-1 checkpoints still load (their base is not verified)
+# What a base model needs locally: config, weights (safetensors only), tokenizer and processor files.
+BASE_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 # The LLM's attention and MLP projections; the vision tower (``visual``) is excluded and trained in full.
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -75,6 +87,7 @@ class DeScoreManifest:
     """What a checkpoint holds and how to rebuild it (``descore_config.json``)."""
 
     base_model: str
+    base_fingerprint: str | None
     backbone_format: str
     reward_token: str
     reward_token_id: int
@@ -95,10 +108,12 @@ class DeScoreManifest:
             raise CheckpointError(f"{directory} is not a DeScore checkpoint: {MANIFEST_NAME} is missing")
         payload = json.loads(path.read_text())
         payload.pop("versions", None)
-        if payload.get("format_version") != FORMAT_VERSION:
+        if payload.get("format_version") not in (1, FORMAT_VERSION):
             raise CheckpointError(
                 f"{path}: format_version {payload.get('format_version')} is not supported (expected {FORMAT_VERSION})"
             )
+        if payload["format_version"] == 1:
+            payload.setdefault("base_fingerprint", None)
         known = set(cls.__dataclass_fields__)
         unknown = set(payload) - known
         missing = {name for name in known if name not in payload} - {"training"}
@@ -123,6 +138,7 @@ class DeScoreModel(nn.Module):
         base_model: str,
         video_spec: VideoSpec,
         cot_placement: CotPlacement,
+        base_fingerprint: str | None = None,
         reward_token: str = REWARD_TOKEN,
         head: nn.Linear | None = None,
     ) -> None:
@@ -142,6 +158,7 @@ class DeScoreModel(nn.Module):
         self.backbone = backbone
         self.processor = processor
         self.base_model = base_model
+        self.base_fingerprint = base_fingerprint
         self.video_spec = video_spec
         self.cot_placement = cot_placement
         self.reward_token = reward_token
@@ -163,15 +180,28 @@ class DeScoreModel(nn.Module):
         dtype: torch.dtype | str = "auto",
         attn_implementation: str | None = None,
     ) -> DeScoreModel:
-        """A fresh DeScore model over a pretrained backbone (a hub id or a local directory)."""
-        processor = AutoProcessor.from_pretrained(model_name_or_path)
+        """A fresh DeScore model over a pretrained backbone (a hub id or a local directory).
+
+        With ``lora`` the trainable parameters are float32 whatever ``dtype`` the frozen weights load in.
+        """
+        directory = base_directory(model_name_or_path)
+        fingerprint = weights_fingerprint(directory)
+        processor = AutoProcessor.from_pretrained(directory)
         backbone = AutoModelForImageTextToText.from_pretrained(
-            model_name_or_path, dtype=dtype, attn_implementation=attn_implementation
+            directory, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True
         )
         reward_token_id = add_reward_token(backbone, processor.tokenizer, REWARD_TOKEN)
         if lora is not None:
-            backbone = get_peft_model(backbone, lora.peft_config(reward_token_id))
-        return cls(backbone, processor, base_model=model_name_or_path, video_spec=video_spec, cot_placement=cot_placement)
+            backbone = upcast_trainable_(get_peft_model(backbone, lora.peft_config(reward_token_id)))
+        local = Path(model_name_or_path).expanduser()
+        return cls(
+            backbone,
+            processor,
+            base_model=str(local.resolve()) if local.exists() else model_name_or_path,
+            base_fingerprint=fingerprint,
+            video_spec=video_spec,
+            cot_placement=cot_placement,
+        )
 
     @classmethod
     def from_pretrained(
@@ -189,20 +219,29 @@ class DeScoreModel(nn.Module):
         if processor.tokenizer.convert_tokens_to_ids(manifest.reward_token) != manifest.reward_token_id:
             raise CheckpointError(f"{directory}: the tokenizer's {manifest.reward_token} id differs from the manifest")
         if manifest.backbone_format == "merged":
+            _require_safetensors(directory, "model*.safetensors")
             backbone, info = AutoModelForImageTextToText.from_pretrained(
-                directory, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True
+                directory,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                output_loading_info=True,
+                use_safetensors=True,
             )
             _raise_on_key_mismatch(directory, info.get("missing_keys", []), info.get("unexpected_keys", []))
             mismatched = info.get("mismatched_keys", [])
             if mismatched:
                 raise CheckpointError(f"{directory}: weights with mismatched shapes: {mismatched}")
         elif manifest.backbone_format == "adapter":
+            _require_safetensors(directory, ADAPTER_WEIGHTS)
+            base_dir = _checked_base(directory, manifest)
             base = AutoModelForImageTextToText.from_pretrained(
-                manifest.base_model, dtype=dtype, attn_implementation=attn_implementation
+                base_dir, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True
             )
             add_reward_token(base, processor.tokenizer, manifest.reward_token)
             backbone = PeftModel.from_pretrained(base, directory, is_trainable=trainable)
             _check_adapter_keys(directory, backbone)
+            if trainable:
+                upcast_trainable_(backbone)
         else:
             raise CheckpointError(f"{directory}: unknown backbone_format {manifest.backbone_format!r}")
         if backbone.config.get_text_config().hidden_size != manifest.hidden_size:
@@ -211,6 +250,7 @@ class DeScoreModel(nn.Module):
             backbone,
             processor,
             base_model=manifest.base_model,
+            base_fingerprint=manifest.base_fingerprint,
             video_spec=manifest.video_spec,
             cot_placement=manifest.cot_placement,
             reward_token=manifest.reward_token,
@@ -252,6 +292,7 @@ class DeScoreModel(nn.Module):
     def manifest(self, training: dict[str, Any] | None = None) -> DeScoreManifest:
         return DeScoreManifest(
             base_model=self.base_model,
+            base_fingerprint=self.base_fingerprint,
             backbone_format=self.backbone_format,
             reward_token=self.reward_token,
             reward_token_id=self.reward_token_id,
@@ -283,10 +324,22 @@ class DeScoreModel(nn.Module):
         safetensors.torch.save_file({"weight": head_weight.detach().float().cpu().contiguous()}, directory / HEAD_NAME)
         self.processor.save_pretrained(directory)
         (directory / MANIFEST_NAME).write_text(self.manifest(training).to_json())
+        normalize_permissions(directory)
 
     def merge_lora_(self) -> DeScoreModel:
-        """Fold LoRA, the fully trained modules and the ``<Reward>`` row into the backbone, in place."""
+        """Fold LoRA, the fully trained modules and the ``<Reward>`` row into the backbone, in place.
+
+        The merged backbone keeps the dtypes the base was loaded in: each fully trained module is rounded once
+        from float32 to the dtype of the module it replaces, and peft adds the LoRA product and writes the
+        ``<Reward>`` row in the base weight's dtype. A bf16 run thus exports a bf16 backbone.
+        """
         if isinstance(self.backbone, PeftModel):
+            for wrapper in self.backbone.modules():
+                if isinstance(wrapper, ModulesToSaveWrapper):
+                    original = dict(wrapper.original_module.named_parameters())
+                    for copy in wrapper.modules_to_save.values():
+                        for name, parameter in copy.named_parameters():
+                            parameter.data = parameter.data.to(original[name].dtype)
             self.backbone = self.backbone.merge_and_unload()
         return self
 
@@ -318,6 +371,31 @@ class DeScoreModel(nn.Module):
         query = hidden[torch.arange(len(positions), device=hidden.device), positions]
         with torch.autocast(device_type=query.device.type, enabled=False):
             return self.head(query.float()).squeeze(-1)
+
+
+def upcast_trainable_(module: nn.Module) -> nn.Module:
+    """Keep every trainable parameter in float32, in place; frozen weights keep their load dtype.
+
+    The optimizer updates the parameters it is given, so they are its master weights: in bf16, an AdamW step
+    of lr 2e-6 is below half a bf16 ulp of most weights and rounds away. peft already keeps LoRA and the
+    ``<Reward>`` row in float32; its ``modules_to_save`` copies (the vision tower) follow the base dtype, so
+    they are raised here. Compute still runs in bf16 under the Trainer's autocast (``bf16: true``).
+    """
+    for parameter in module.parameters():
+        if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return module
+
+
+def base_directory(model_name_or_path: str | Path) -> Path:
+    """The local folder of a base model: the path itself, or the hub snapshot of an ``owner/name`` id
+    (downloaded once into the hub cache when missing, as ``from_pretrained`` would)."""
+    local = Path(model_name_or_path).expanduser()
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(model_name_or_path), allow_patterns=BASE_FILES))
 
 
 def pixel_factor(processor: ProcessorMixin) -> int:
@@ -372,6 +450,34 @@ def add_reward_token(backbone: PreTrainedModel, tokenizer: Any, token: str) -> i
 def _raise_on_key_mismatch(where: Path, missing: list[str], unexpected: list[str]) -> None:
     if missing or unexpected:
         raise CheckpointError(f"{where}: missing keys {list(missing)[:20]}, unexpected keys {list(unexpected)[:20]}")
+
+
+def _require_safetensors(directory: Path, pattern: str) -> None:
+    """Weights are read from safetensors only: a folder that has only pickled weights is refused."""
+    if not list(directory.glob(pattern)):
+        pickles = sorted(path.name for path in directory.glob("*.bin"))
+        found = f" (it has {pickles}: pickled weights are never loaded)" if pickles else ""
+        raise CheckpointError(f"{directory}: no {pattern} weights{found}")
+
+
+def _checked_base(directory: Path, manifest: DeScoreManifest) -> Path:
+    """The local folder of an adapter's base, after checking it is the base the adapter was trained on."""
+    if not Path(manifest.base_model).is_dir() and not looks_like_hub_id(manifest.base_model):
+        raise CheckpointError(
+            f"{directory}: its base model {manifest.base_model} does not exist; put the base weights back there "
+            f"or load a merged checkpoint (descore reward export)"
+        )
+    base = base_directory(manifest.base_model)
+    if manifest.base_fingerprint is None:
+        logger.warning("%s: written without a base fingerprint (format 1); %s is not verified", directory, base)
+        return base
+    found = weights_fingerprint(base)
+    if found != manifest.base_fingerprint:
+        raise CheckpointError(
+            f"{directory}: base model {base} is not the one this adapter was trained on (fingerprint {found}, "
+            f"expected {manifest.base_fingerprint}); its weights or config changed"
+        )
+    return base
 
 
 def _check_adapter_keys(directory: Path, backbone: PeftModel) -> None:

@@ -8,7 +8,10 @@ folder is a loadable DeScore checkpoint (adapter format), so any of them can be 
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -101,3 +104,30 @@ def pairwise_metrics(prediction: EvalPrediction) -> dict[str, float]:
     labels = torch.as_tensor(prediction.label_ids)
     accuracy, decided = pairwise_accuracy(rewards[:, 0] - rewards[:, 1], labels)
     return {"accuracy": accuracy, "decided_pairs": float(decided)}
+
+
+@contextmanager
+def closed_trackers(report_to: str | list[str] | None) -> Iterator[None]:
+    """Finish the wandb run a job opens, when it returns or fails.
+
+    The Trainer's wandb callback starts a run and leaves it open (so a later ``evaluate`` can log to it). In one
+    process running several jobs (the demo, a notebook) the next job would then log into this run and lose
+    every step below its last one. A run that was already open before the job (the caller's) is left open.
+    After finishing its own run, the job also resets wandb's process-wide settings (``wandb.teardown``): wandb
+    reads ``WANDB_DIR`` once per process, and the next job writes its run next to its own outputs.
+    """
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if not {"all", "wandb"} & set(names) or importlib.util.find_spec("wandb") is None:
+        yield
+        return
+    import wandb
+
+    before = wandb.run
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        if wandb.run is not None and wandb.run is not before:
+            wandb.finish(exit_code=1 if failed else 0)
+            wandb.teardown()

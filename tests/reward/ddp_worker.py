@@ -1,5 +1,8 @@
-"""Run by test_distributed.py under `accelerate launch`: tiny stage 1, then each rank writes a digest of
-its trainable parameters so the test can check that the ranks stayed in sync."""
+"""Run by test_distributed.py under torchrun: tiny stage 1, then each rank writes a digest of its trainable
+parameters (so the test can check that the ranks stayed in sync) and its changed-entry counts.
+
+Usage: ddp_worker.py MODEL_DIR TRAIN_CSV OUTPUT_DIR [JSON overrides of the tiny recipe]
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from reward.cold_start import run  # noqa: E402
-from tests.reward.helpers import tiny_config  # noqa: E402
+from tests.reward.helpers import ChangedEntries, tiny_config  # noqa: E402
 
 
 class ParameterDigest(TrainerCallback):
@@ -34,5 +37,7 @@ class ParameterDigest(TrainerCallback):
 
 if __name__ == "__main__":
     model_dir, train, output_dir = sys.argv[1:4]
-    config = tiny_config(Path(model_dir), Path(train), Path(output_dir), max_steps=3, eval_strategy="no", save_strategy="no")
-    run(config, callbacks=[ParameterDigest()])
+    overrides = {"max_steps": 3, "eval_strategy": "no", "save_strategy": "no"}
+    overrides.update(json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})
+    config = tiny_config(Path(model_dir), Path(train), Path(output_dir), **overrides)
+    run(config, callbacks=[ParameterDigest(), ChangedEntries()])

@@ -25,6 +25,7 @@ from reward.modeling import (
     save_descore,
 )
 from reward.prompts import judge_text
+from reward.tiny_models import save_tiny_vlm
 from reward.video import VideoSpec, load_video
 
 from ..conftest import TINY_SPEC
@@ -205,3 +206,47 @@ def test_atomic_save_keeps_the_previous_checkpoint_when_writing_fails(trained_li
     assert sorted(p.name for p in directory.iterdir()) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ckpt")]
     shutil.rmtree(directory)
+
+
+def test_adapter_refuses_a_base_with_other_weights(tmp_path):
+    """Same architecture, other weights (another seed) at the recorded base path: loading is refused."""
+    base = save_tiny_vlm(tmp_path / "base", "qwen3_vl", seed=0)
+    model = DeScoreModel.from_base(str(base), video_spec=TINY_SPEC, lora=LoraSettings(r=4, alpha=8))
+    directory = save_descore(model, tmp_path / "ckpt")
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    assert manifest["base_model"] == str(base.resolve()) and manifest["base_fingerprint"].startswith("sha256:")
+    DeScoreModel.from_pretrained(directory)  # the untouched base loads
+    shutil.rmtree(base)
+    save_tiny_vlm(base, "qwen3_vl", seed=1)
+    with pytest.raises(CheckpointError, match=r"ckpt: base model .*base is not the one this adapter was trained on"):
+        DeScoreModel.from_pretrained(directory)
+    shutil.rmtree(base)
+    with pytest.raises(CheckpointError, match=r"its base model .*base does not exist"):
+        DeScoreModel.from_pretrained(directory)
+
+
+def test_base_model_is_recorded_as_an_absolute_path(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_qwen3_vl_dir.parent)
+    model = DeScoreModel.from_base(tiny_qwen3_vl_dir.name, video_spec=TINY_SPEC, lora=LoraSettings(r=4, alpha=8))
+    assert model.base_model == str(tiny_qwen3_vl_dir.resolve())
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["adapter", "merged"])
+def test_pickled_weights_are_never_loaded(trained_like, tmp_path, merged):
+    model = DeScoreModel.from_pretrained(save_descore(trained_like, tmp_path / "a")).merge_lora_() if merged else trained_like
+    directory = save_descore(model, tmp_path / "ckpt")
+    weights = directory / ("model.safetensors" if merged else ADAPTER_WEIGHTS)
+    torch.save(load_file(weights), directory / ("pytorch_model.bin" if merged else "adapter_model.bin"))
+    weights.unlink()
+    with pytest.raises(CheckpointError, match=r"\.bin'\]: pickled weights are never loaded"):
+        DeScoreModel.from_pretrained(directory)
+
+
+def test_a_format_1_adapter_still_loads_without_a_base_check(trained_like, tmp_path, caplog):
+    directory = save_descore(trained_like, tmp_path / "ckpt")
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    del manifest["base_fingerprint"]
+    (directory / MANIFEST_NAME).write_text(json.dumps({**manifest, "format_version": 1}))
+    with caplog.at_level("WARNING"):
+        assert DeScoreModel.from_pretrained(directory).base_fingerprint is None
+    assert "is not verified" in caplog.text
