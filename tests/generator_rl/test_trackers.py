@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from generator_rl.flow_dpo import FlowDpoArguments, run_flow_dpo
 from generator_rl.grpo import GrpoArguments, run_grpo
