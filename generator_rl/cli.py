@@ -8,10 +8,15 @@ from reward.cli import Command
 
 
 def _report_run(result: dict[str, Any]) -> str:
+    lines = []
     history = result.get("reward_history")
     if history:
-        return f"mean reward: first step {history[0]:.5f}, last step {history[-1]:.5f}\nLoRA: {result['final']}"
-    return f"LoRA: {result['final']}"
+        lines.append(f"mean reward: first step {history[0]:.5f}, last step {history[-1]:.5f}")
+    faults = result.get("faults") or {}
+    if faults.get("skipped_steps"):
+        lines.append(f"skipped steps: {faults['skipped_steps']} ({faults['invalid_reward_steps']} with no valid reward, "
+                     f"{faults['nonfinite_grad']} with a non-finite loss or gradient)")
+    return "\n".join([*lines, f"LoRA: {result['final']}"])
 
 
 def commands() -> dict[str, Command]:

@@ -31,7 +31,9 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from reward.checkpoint import atomic_file
 from reward.errors import DataError
-from reward.run_record import RUN_CONFIG, RunMismatchError, check_same_run, resolved_config, write_run_config
+from reward.run_record import (
+    RUN_CONFIG, RunMismatchError, check_model_source, check_same_run, resolved_config, write_run_config,
+)
 from reward.base import check_reward_entry
 from reward.video import write_video
 
@@ -91,6 +93,7 @@ def start_run(
     run_dir = Path(run_args.output_dir)
     for term in reward_terms:
         check_reward_entry(term.entry)  # a misspelt reward or a missing checkpoint fails before Wan loads
+    check_model_source(policy_args.model, what="model", ask_hub=True)
     record = run_record(config, prompts=run_args.prompts)
     accelerator = new_accelerator(run_args)
     claim_output_dir(accelerator, run_dir, job=job, record=record, overwrite=run_args.overwrite_output_dir)

@@ -101,7 +101,7 @@ def run_sample(policy_args: PolicyArguments, sample: SampleArguments) -> list[Pa
     prompts = read_prompts(sample.prompts)
     out = check_output_directory(sample.out, marker=SAMPLES_RECORD, overwrite=sample.overwrite, option="--out")
     device = sample_device(sample.device)
-    check_model_source(policy_args.model, what="--model")
+    check_model_source(policy_args.model, what="--model", ask_hub=True)
     rows = [
         {"prompt": prompt, "seed": sample.seed + 1000 * i + k, "file": f"{i:04d}_{k}.mp4"}
         for i, prompt in enumerate(prompts)

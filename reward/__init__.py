@@ -13,7 +13,7 @@ from typing import Any
 from .base import RewardModel, RewardOutput, ScoredItem, build_reward, register_reward, registered_rewards
 from . import sanity  # noqa: F401  (registers the sanity-check rewards)
 from .scoring import DeScoreReward
-from .video import VideoFrames, VideoSpec, load_video
+from .video import DecodeLimits, VideoFrames, VideoSpec, load_video, probe_video
 
 
 def load(path: str | Path, *, cot: bool = True, **options: Any) -> DeScoreReward:
@@ -23,6 +23,7 @@ def load(path: str | Path, *, cot: bool = True, **options: Any) -> DeScoreReward
 
 __all__ = [
     "DeScoreReward",
+    "DecodeLimits",
     "RewardModel",
     "RewardOutput",
     "ScoredItem",
@@ -31,6 +32,7 @@ __all__ = [
     "build_reward",
     "load",
     "load_video",
+    "probe_video",
     "register_reward",
     "registered_rewards",
 ]

@@ -240,7 +240,7 @@ def check_sources(config: ColdStartConfig) -> None:
         path = getattr(config, key)
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{key}: {path} does not exist or is not a file")
-    check_model_source(config.model_name_or_path, what="model_name_or_path")
+    check_model_source(config.model_name_or_path, what="model_name_or_path", ask_hub=True)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -382,6 +382,8 @@ def _build_trainer(
         "train_data": str(config.train_data),
         "train_pairs": len(train),
         "skipped_rows": len(train.skipped),
+        "duplicate_pairs": len(train.warnings.duplicates),
+        "contradictory_pairs": len(train.warnings.contradictions),
         "loss": config.loss,
         "cot_drop_prob": config.cot_drop_prob,
     }

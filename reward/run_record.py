@@ -165,22 +165,44 @@ def looks_like_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and ".." not in name and not name.endswith((".", "-"))
 
 
-def check_model_source(name: str | Path, *, what: str) -> None:
-    """Fail fast on a model reference that cannot load: a local path that does not exist, unless it is a
-    hub id. A hub id is left to the hub client (it downloads once and caches); with ``HF_HUB_OFFLINE=1``
-    only ids already in the local cache are accepted."""
+def check_model_source(name: str | Path, *, what: str, ask_hub: bool = False) -> None:
+    """Fail fast on a model reference that cannot load, instead of minutes of hub retries.
+
+    A local path must exist, unless it reads as a hub id (``owner/name``). A hub id already in the local cache
+    is fine. With ``ask_hub`` (jobs do this just before loading; configs don't, so reading a recipe never
+    touches the network) one short request asks the hub whether the id exists; with ``HF_HUB_OFFLINE=1`` an
+    id outside the cache is refused without asking.
+    """
     text = str(name)
     if Path(text).expanduser().exists():
         return
     if not looks_like_hub_id(text):
         raise ConfigError(f"{what}: {text} does not exist (and is not a hub id of the form owner/name)")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        from huggingface_hub import try_to_load_from_cache
+    if not ask_hub and os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        return
+    from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(text, "config.json"), str) and not isinstance(
-            try_to_load_from_cache(text, "model_index.json"), str
-        ):
-            raise ConfigError(f"{what}: {text} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set")
+    if any(isinstance(try_to_load_from_cache(text, file), str) for file in ("config.json", "model_index.json")):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ConfigError(f"{what}: {text} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set")
+    _ask_hub(text, what=what)
+
+
+def _ask_hub(repo_id: str, *, what: str) -> None:
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        model_info(repo_id, timeout=10)
+    except RepositoryNotFoundError as error:
+        raise ConfigError(f"{what}: {repo_id} is neither a local folder nor a model on the hub") from error
+    except HfHubHTTPError:
+        return  # the hub answered (gated, rate-limited, ...): the id exists and the loader reports the rest
+    except Exception as error:  # no answer: DNS, refused connection, timeout (the HTTP client's classes vary)
+        raise ConfigError(
+            f"{what}: {repo_id} is not a local folder, and the hub could not be reached to fetch it ({error})"
+        ) from error
 
 
 def check_output_file(path: str | Path, *, option: str = "--output") -> Path:

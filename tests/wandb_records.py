@@ -6,6 +6,7 @@ each with a 7-byte header (checksum, little-endian length, kind: 1 whole, 2 firs
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,3 +43,12 @@ def records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
 def history_steps(path: Path) -> list[int]:
     """The ``step`` of every history row the run recorded, in order."""
     return [record.history.step.num for record in records(path) if record.WhichOneof("record_type") == "history"]
+
+
+def history_rows(path: Path) -> list[dict]:
+    """The logged values of every history row, keyed by metric name."""
+    return [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+        for record in records(path)
+        if record.WhichOneof("record_type") == "history"
+    ]

@@ -132,26 +132,3 @@ class ChangedEntries(TrainerCallback):
         frozen = sorted({str(p.dtype) for p in model.parameters() if not p.requires_grad and p.is_floating_point()})
         record = {"counts": counts, "frozen_dtypes": frozen, "global_step": state.global_step}
         Path(args.output_dir, f"changes-rank{args.process_index}.json").write_text(json.dumps(record))
-
-
-def wandb_history(run_file: Path) -> list[dict]:
-    """The rows an offline wandb run logged, read from its ``run-*.wandb`` file (a LevelDB-style log of
-    protobuf records in 32 KiB blocks, after a 7-byte file header)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = run_file.read_bytes()
-    block, position, pending, rows = 32768, 7, b"", []
-    while position + 7 <= len(data):
-        if block - position % block < 7:  # a block's tail too short for a record header is padding
-            position += block - position % block
-            continue
-        length, kind = int.from_bytes(data[position + 4 : position + 6], "little"), data[position + 6]
-        pending += data[position + 7 : position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):  # a whole record, or the last fragment of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
-    return rows

@@ -50,6 +50,7 @@ def test_final_checkpoint_scores_held_out_pairs(trained, visual_pairs, tmp_path)
     _, held_out = visual_pairs
     manifest = json.loads((output_dir / "final" / MANIFEST_NAME).read_text())
     assert manifest["backbone_format"] == "merged" and manifest["training"]["train_pairs"] == 64
+    assert manifest["training"]["duplicate_pairs"] == manifest["training"]["contradictory_pairs"] == 0
     for flags, key in (({"cot_source": "data"}, "eval_cot_accuracy"), ({"cot": False}, "eval_no_cot_accuracy")):
         output = tmp_path / f"{key}.jsonl"
         summary = run_score(ScoreConfig(model=str(output_dir / "final"), data=str(held_out), output=str(output), device="cpu", **flags))

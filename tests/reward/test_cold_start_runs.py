@@ -17,7 +17,8 @@ from reward.cold_start import run
 from reward.errors import ConfigError
 from reward.run_record import RunMismatchError
 
-from .helpers import tiny_config, wandb_history
+from ..wandb_records import history_rows
+from .helpers import tiny_config
 
 ONE_STEP = {"max_steps": 1, "eval_strategy": "no", "save_strategy": "no", "merge_final": "false"}
 
@@ -156,7 +157,7 @@ def test_each_run_closes_its_wandb_run_with_every_step_logged(tiny_qwen3_vl_dir,
     assert wandb.run is None
     for name, expected in (("first", [1, 2, 3]), ("second", [1])):  # the second died during step 2
         (run_file,) = (tmp_path / name / "wandb").glob("offline-run-*/run-*.wandb")
-        assert sorted({row["train/global_step"] for row in wandb_history(run_file) if "train/global_step" in row}) == expected
+        assert sorted({row["train/global_step"] for row in history_rows(run_file) if "train/global_step" in row}) == expected
     # the Trainer's checkpoint folders and our final/ get normal permissions
     for path in [tmp_path / "first" / "checkpoint-3", *(tmp_path / "first" / "checkpoint-3").iterdir(),
                  tmp_path / "first" / "final", *(tmp_path / "first" / "final").iterdir()]:

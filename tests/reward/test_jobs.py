@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from benchmarks.cli import main
@@ -17,23 +16,15 @@ from benchmarks.synthetic import make_preference_set
 from reward.cold_start import run
 from reward.errors import CheckpointError, ConfigError, DataError
 from reward.jobs import EXPORT_MARKER, ExportConfig, ScoreConfig, run_export, run_score
-from reward.modeling import HEAD_NAME, DeScoreModel, LoraSettings, save_descore
+from reward.modeling import HEAD_NAME, DeScoreModel
 from reward.run_record import RunMismatchError
 from reward.score_output import partial_path, settings_path
 from reward.scoring import DeScoreReward
 
-from ..conftest import TINY_SPEC
 from ..generator_rl.helpers import Preempted, dies_on_call
 from .helpers import small_clip, tiny_config, truncated_clip
 
 PROMPTS = ["a red square moving left", "a cat", "a dog on a beach", "rain at night", "a red square"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_qwen3_vl_dir, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = DeScoreModel.from_base(str(tiny_qwen3_vl_dir), video_spec=TINY_SPEC, lora=LoraSettings(r=4, alpha=8))
-    return save_descore(model.merge_lora_(), tmp_path_factory.mktemp("descore") / "ckpt")
 
 
 @pytest.fixture(scope="module")

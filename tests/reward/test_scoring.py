@@ -13,19 +13,10 @@ import torch
 from reward import build_reward, load, registered_rewards
 from reward.base import RewardModel
 from reward.errors import ConfigError
-from reward.modeling import DeScoreModel, LoraSettings, save_descore
 from reward.scoring import DeScoreReward, GenerationSettings
 from reward.video import VideoFrames
 
-from ..conftest import TINY_SPEC
 from .helpers import small_clip, truncated_clip
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_qwen3_vl_dir, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = DeScoreModel.from_base(str(tiny_qwen3_vl_dir), video_spec=TINY_SPEC, lora=LoraSettings(r=4, alpha=8))
-    return save_descore(model.merge_lora_(), tmp_path_factory.mktemp("descore") / "ckpt")
 
 
 @pytest.fixture(scope="module")
