@@ -12,7 +12,6 @@ trained again is logged once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,12 +28,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from reward.base import check_reward_entry
 from reward.checkpoint import atomic_file
 from reward.errors import DataError
 from reward.run_record import (
-    RUN_CONFIG, RunMismatchError, check_model_source, check_same_run, resolved_config, write_run_config,
+    RUN_CONFIG, RunMismatchError, check_model_source, check_same_run, file_sha256, resolved_config, write_run_config,
 )
-from reward.base import check_reward_entry
 from reward.video import write_video
 
 from .checkpointing import (
@@ -164,8 +163,7 @@ def run_record(config: Mapping[str, Any], *, prompts: str | Path) -> dict[str, d
     """The resolved configuration of a generator run (``{group: {field: value}}``), with the sha256 of the
     prompt file under ``run.prompts_sha256``: the same path with other prompts is another run."""
     record = resolved_config(config)
-    with Path(prompts).open("rb") as handle:
-        record["run"]["prompts_sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
+    record["run"]["prompts_sha256"] = file_sha256(prompts)
     return record
 
 

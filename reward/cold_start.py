@@ -23,7 +23,6 @@ Precision: with ``torch_dtype: bfloat16`` the frozen weights stay bf16 while eve
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
 import shutil
@@ -40,7 +39,7 @@ from .errors import ConfigError
 from .losses import bradley_terry_loss, bradley_terry_ties_loss
 from .modeling import DEFAULT_LORA_TARGETS, REWARD_TOKEN, DeScoreModel, LoraSettings, pixel_factor
 from .pairs import PairCollator, PairDataset
-from .run_record import RUN_CONFIG, check_model_source, check_same_run, resolved_config, write_run_config
+from .run_record import RUN_CONFIG, check_model_source, check_same_run, file_sha256, resolved_config, write_run_config
 from .trainer import DeScoreTrainer, closed_trackers, pairwise_metrics
 from .video import VideoSpec
 
@@ -241,14 +240,6 @@ def check_sources(config: ColdStartConfig) -> None:
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{key}: {path} does not exist or is not a file")
     check_model_source(config.model_name_or_path, what="model_name_or_path", ask_hub=True)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_record(config: ColdStartConfig) -> dict[str, dict[str, Any]]:

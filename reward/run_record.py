@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import json
 import math
 import os
@@ -76,6 +77,15 @@ def code_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content digest of a data file: the same path with other content is another run."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolved_config(groups: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
