@@ -106,10 +106,13 @@ def _generator_part(root: Path, configs: Path, config: DemoConfig) -> list[str]:
         videos = run_sample(policy, SampleArguments(prompts=str(prompts), out=str(root / "samples" / name), lora=lora,
                                                     seed=10_000, videos_per_prompt=2, device="cpu"))
         scores[name] = float(smoothness.score(videos, [""] * len(videos)).rewards.mean())
-    history = grpo_result["reward_history"]
+    history, dpo_history = grpo_result["reward_history"], dpo_result["history"]
+    finished = "{} already holds this finished run (resumed: nothing left to train)"
     return [
-        f"[generator] GRPO mean reward (smoothness + 0.01 x tiny DeScore): step 1 {history[0]:.4f} -> step {len(history)} {history[-1]:.4f}",
-        f"[generator] Flow-DPO final implicit accuracy {dpo_result['history'][-1]['train/implicit_accuracy']:.2f}",
+        f"[generator] GRPO mean reward (smoothness + 0.01 x tiny DeScore): step 1 {history[0]:.4f} -> step {len(history)} {history[-1]:.4f}"
+        if history else "[generator] GRPO: " + finished.format(root / "grpo"),
+        f"[generator] Flow-DPO final implicit accuracy {dpo_history[-1]['train/implicit_accuracy']:.2f}"
+        if dpo_history else "[generator] Flow-DPO: " + finished.format(root / "flow_dpo"),
         f"[generator] temporal smoothness of new samples ({len(PROMPTS)} prompts x 2, same seeds): "
         + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()),
     ]
