@@ -75,6 +75,15 @@ class FlowDpoArguments:
             raise ConfigError(f"samples_per_prompt must be >= 2 to form pairs, got {self.samples_per_prompt}")
         if self.online_every is not None and self.online_every < 1:
             raise ConfigError(f"online_every must be >= 1, got {self.online_every}")
+        for name in ("train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.beta < math.inf:
+            raise ConfigError(f"beta must be > 0 (the DPO temperature; flow_grpo's Flow-DPO: 100), got {self.beta}")
+        if not 0 <= self.pair_margin < math.inf:
+            raise ConfigError(f"pair_margin must be >= 0, got {self.pair_margin}")
+        if not (math.isfinite(self.logit_mean) and 0 < self.logit_std < math.inf):
+            raise ConfigError(f"logit_std must be > 0 and logit_mean finite, got {self.logit_std} and {self.logit_mean}")
         check_skip_limit(self.max_consecutive_skipped_steps)
 
 

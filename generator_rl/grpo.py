@@ -88,6 +88,15 @@ class GrpoArguments:
             raise ConfigError(f"group_size must be >= 2 for group-relative advantages, got {self.group_size}")
         if not 0 < self.train_fraction <= 1:
             raise ConfigError(f"train_fraction must lie in (0, 1], got {self.train_fraction}")
+        for name in ("prompts_per_step", "rollout_batch_size", "train_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.clip_range < math.inf:
+            raise ConfigError(f"clip_range must be > 0 (Flow-GRPO's Wan recipe: 1e-3), got {self.clip_range}")
+        if not 0 < self.adv_clip_max < math.inf:
+            raise ConfigError(f"adv_clip_max must be > 0, got {self.adv_clip_max}")
+        if not 0 <= self.beta < math.inf:
+            raise ConfigError(f"beta must be >= 0 (0 turns the KL term off), got {self.beta}")
         check_skip_limit(self.max_consecutive_skipped_steps)
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from benchmarks.cli import main
 from generator_rl.config import PolicyArguments, RunArguments
+from generator_rl.flow_dpo import FlowDpoArguments
+from generator_rl.grpo import GrpoArguments
 from reward.errors import ConfigError
 
 POLICY_CASES = [
@@ -66,3 +68,58 @@ def test_the_cli_refuses_a_bad_value_before_any_work(tmp_path, prompt_file):
         main(["tune", "grpo", "--model", str(tmp_path), "--prompts", str(prompt_file), "--output_dir",
               str(tmp_path / "run"), "--rewards", "name=brightness", "--learning_rate", "0"])
     assert not (tmp_path / "run").exists()
+
+
+GRPO_CASES = [
+    ({"group_size": 1}, r"group_size must be >= 2"),
+    ({"train_fraction": 0.0}, r"train_fraction must lie in \(0, 1\], got 0\.0"),
+    ({"prompts_per_step": 0}, r"prompts_per_step must be >= 1, got 0"),
+    ({"rollout_batch_size": 0}, r"rollout_batch_size must be >= 1, got 0"),
+    ({"train_batch_size": 0}, r"train_batch_size must be >= 1, got 0"),
+    ({"clip_range": 0.0}, r"clip_range must be > 0 .* got 0\.0"),
+    ({"adv_clip_max": -1.0}, r"adv_clip_max must be > 0, got -1\.0"),
+    ({"beta": -0.1}, r"beta must be >= 0 .* got -0\.1"),
+    ({"beta": float("inf")}, r"beta must be >= 0 .* got inf"),
+    ({"max_consecutive_skipped_steps": 0}, r"max_consecutive_skipped_steps must be an integer >= 1, got 0"),
+]
+
+FLOW_DPO_CASES = [
+    ({"samples_per_prompt": 1}, r"samples_per_prompt must be >= 2"),
+    ({"beta": 0.0}, r"beta must be > 0 .* got 0\.0"),
+    ({"pair_margin": -1.0}, r"pair_margin must be >= 0, got -1\.0"),
+    ({"train_batch_size": 0}, r"train_batch_size must be >= 1, got 0"),
+    ({"gradient_accumulation_steps": 0}, r"gradient_accumulation_steps must be >= 1, got 0"),
+    ({"logit_std": 0.0}, r"logit_std must be > 0 and logit_mean finite, got 0\.0 and 0\.0"),
+    ({"online_every": 0}, r"online_every must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), GRPO_CASES, ids=str)
+def test_bad_grpo_values_are_refused(values, message):
+    with pytest.raises(ConfigError, match=message):
+        GrpoArguments(**{"rewards": ["name=brightness"], **values})
+
+
+@pytest.mark.parametrize(("values", "message"), FLOW_DPO_CASES, ids=str)
+def test_bad_flow_dpo_values_are_refused(values, message):
+    with pytest.raises(ConfigError, match=message):
+        FlowDpoArguments(**{"rewards": ["name=brightness"], **values})
+
+
+@pytest.mark.parametrize(
+    ("term", "message"),
+    [
+        ("name=brightnes", r"unknown reward model 'brightnes'; registered: \[.*'brightness'"),
+        ("name=brightness,colour=red", r"reward model 'brightness' does not take options \['colour'\]"),
+        ("name=descore_no_cot,path=runs/nowhere/final", r"reward model 'descore_no_cot' path: runs/nowhere/final does not exist"),
+    ],
+)
+def test_reward_entries_are_checked_before_the_generator_loads(term, message, tiny_wan_dir, prompt_file, tmp_path, monkeypatch):
+    """A misspelt reward or a missing reward checkpoint fails before Wan loads (the loader is never reached)."""
+    def no_load(*args, **kwargs):
+        raise AssertionError("the generator was loaded before the bad reward entry was refused")
+
+    monkeypatch.setattr(PolicyArguments, "load_policy", no_load)
+    with pytest.raises(ConfigError, match=message):
+        main(["tune", "grpo", "--model", str(tiny_wan_dir), "--prompts", str(prompt_file), "--output_dir",
+              str(tmp_path / "run"), "--rewards", term, "--report_to", "none"])
