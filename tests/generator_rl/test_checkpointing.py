@@ -21,18 +21,9 @@ from generator_rl.config import PolicyArguments
 from generator_rl.grpo import GrpoArguments, run_grpo
 from reward.errors import CheckpointError
 
+from ..planted import Planted
 from .helpers import same_lora, tiny_arguments
 from .test_policy import tiny_policy_arguments
-
-
-class Planted:
-    """Unpickling this creates ``marker``: proof that a loader executed code from a checkpoint folder."""
-
-    def __init__(self, marker) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 @pytest.fixture

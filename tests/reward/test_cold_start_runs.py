@@ -10,13 +10,15 @@ import os
 import stat
 
 import pytest
+import torch
 import wandb
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from reward.cold_start import run
+from reward.cold_start import last_complete_checkpoint, run
 from reward.errors import ConfigError
 from reward.run_record import RunMismatchError
 
+from ..planted import Planted
 from ..wandb_records import history_rows
 from .helpers import tiny_config
 
@@ -162,3 +164,19 @@ def test_each_run_closes_its_wandb_run_with_every_step_logged(tiny_qwen3_vl_dir,
     for path in [tmp_path / "first" / "checkpoint-3", *(tmp_path / "first" / "checkpoint-3").iterdir(),
                  tmp_path / "first" / "final", *(tmp_path / "first" / "final").iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+
+
+def test_a_planted_pickle_in_the_trainer_state_is_not_executed(tiny_qwen3_vl_dir, visual_pairs, tmp_path):
+    """The Trainer's optimizer, scheduler and RNG files are read with torch.load(weights_only=True): a pickle
+    planted in their place stops the resume with an error and is never run."""
+    train, _ = visual_pairs
+    run(tiny_config(tiny_qwen3_vl_dir, train, tmp_path / "run", **{**ONE_STEP, "save_strategy": "steps", "save_steps": 1}))
+    checkpoint = last_complete_checkpoint(tmp_path / "run")
+    marker = tmp_path / "executed"
+    planted = [name for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth") if (checkpoint / name).is_file()]
+    assert planted == ["optimizer.pt", "scheduler.pt", "rng_state.pth"]
+    for name in planted:
+        torch.save(Planted(marker), checkpoint / name)
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        run(tiny_config(tiny_qwen3_vl_dir, train, tmp_path / "run", **{**ONE_STEP, "max_steps": 2}))
+    assert not marker.exists()
