@@ -59,7 +59,7 @@ BAD_VALUES = [
     ({"effective_batch_size": 128}, "64 usable pair(s), fewer than one optimizer step takes (128 ="),
     ({"train_data": "{tmp}/missing.csv"}, "train_data: {tmp}/missing.csv does not exist"),
     ({"eval_data": "{tmp}/missing.csv"}, "eval_data: {tmp}/missing.csv does not exist"),
-    ({"model_name_or_path": "runs/demo/x"}, "model_name_or_path: runs/demo/x does not exist"),
+    ({"model_name_or_path": "runs/nowhere-3b1f/x"}, "model_name_or_path: runs/nowhere-3b1f/x does not exist"),
 ]
 
 

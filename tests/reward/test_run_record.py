@@ -69,8 +69,8 @@ def test_same_run_resumes_and_another_is_refused_with_every_difference(tmp_path)
 def test_model_sources_fail_fast(tmp_path, monkeypatch):
     check_model_source(tmp_path, what="model")  # an existing folder
     check_model_source("Qwen/Qwen3-VL-8B-Instruct", what="model")  # a hub id: not asked about unless ask_hub
-    with pytest.raises(ConfigError, match=r"model: runs/demo/tiny-wan does not exist \(and is not a hub id"):
-        check_model_source("runs/demo/tiny-wan", what="model")
+    with pytest.raises(ConfigError, match=r"model: runs/nowhere-3b1f/tiny-wan does not exist \(and is not a hub id"):
+        check_model_source("runs/nowhere-3b1f/tiny-wan", what="model")
     with pytest.raises(ConfigError, match="does not exist"):
         check_model_source("./local-folder", what="model")
     # No answer (this machine has no route to the hub) or "no such repository": either way one clear error.
