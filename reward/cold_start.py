@@ -41,7 +41,7 @@ from .modeling import DEFAULT_LORA_TARGETS, REWARD_TOKEN, DeScoreModel, LoraSett
 from .pairs import PairCollator, PairDataset
 from .run_record import RUN_CONFIG, check_model_source, check_same_run, file_sha256, resolved_config, write_run_config
 from .trainer import DeScoreTrainer, closed_trackers, pairwise_metrics
-from .video import VideoSpec
+from .video import DecodeLimitArguments, VideoSpec
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ RESUME_ALLOWED = (
 
 
 @dataclass
-class ColdStartConfig(TrainingArguments):
+class ColdStartConfig(TrainingArguments, DecodeLimitArguments):
     """Stage-1 job: data, model and adaptation fields, plus every ``TrainingArguments`` field.
 
     Defaults reproduce DeScore stage 1 on Qwen3-VL-8B-Instruct; ``configs/reward/tiny_cold_start.yaml`` runs
@@ -169,6 +169,7 @@ class ColdStartConfig(TrainingArguments):
             raise ConfigError("remove_unused_columns must be False: DeScore batches are assembled by PairCollator")
         if self.eval_data is None and self.eval_strategy != "no":
             self.eval_strategy = "no"
+        self.decode_limits()  # raises on a bad limit
         problems = value_problems(self)
         if problems:
             raise ConfigError("invalid stage-1 settings:\n  " + "\n  ".join(problems))
@@ -289,7 +290,11 @@ def claim_output_dir(config: ColdStartConfig, record: dict[str, dict[str, Any]])
 
 def _load_pairs(path: str, config: ColdStartConfig) -> PreferenceData:
     data = read_preferences(
-        path, skip_invalid=config.skip_invalid, reserved_tokens=(REWARD_TOKEN,), probe_videos=config.probe_videos
+        path,
+        skip_invalid=config.skip_invalid,
+        reserved_tokens=(REWARD_TOKEN,),
+        probe_videos=config.probe_videos,
+        limits=config.decode_limits(),
     )
     if config.loss == "bt":
         ties = sum(pair.label == 0 for pair in data.pairs)
@@ -362,9 +367,10 @@ def _build_trainer(
 ) -> DeScoreTrainer:
     eval_sets = None
     if evaluation is not None:
-        eval_sets = {"no_cot": PairDataset(evaluation.pairs, spec, cot_mode="drop", skip_invalid=config.skip_invalid)}
+        datasets = functools.partial(PairDataset, skip_invalid=config.skip_invalid, limits=config.decode_limits())
+        eval_sets = {"no_cot": datasets(evaluation.pairs, spec, cot_mode="drop")}
         if all(pair.has_cot for pair in evaluation.pairs):
-            eval_sets["cot"] = PairDataset(evaluation.pairs, spec, cot_mode="keep", skip_invalid=config.skip_invalid)
+            eval_sets["cot"] = datasets(evaluation.pairs, spec, cot_mode="keep")
     pair_loss = LOSSES[config.loss]
     if config.loss == "bt_ties":
         pair_loss = functools.partial(pair_loss, k=config.tie_k)
@@ -388,6 +394,7 @@ def _build_trainer(
             cot_drop_prob=config.cot_drop_prob,
             seed=config.seed,
             skip_invalid=config.skip_invalid,
+            limits=config.decode_limits(),
         ),
         eval_dataset=eval_sets,
         data_collator=PairCollator(model.processor, model.reward_token, config.cot_placement),

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, VideoDecodeError
 from .records import MAX_FIELD_CHARS, Records, read_records
-from .video import probe_video
+from .video import DecodeLimits, probe_video
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def read_preferences(
     reserved_tokens: tuple[str, ...] = (),
     probe_videos: bool = False,
     max_field_chars: int = MAX_FIELD_CHARS,
+    limits: DecodeLimits = DecodeLimits(),
 ) -> PreferenceData:
     """Read and validate a preference file.
 
@@ -112,6 +113,7 @@ def read_preferences(
         probe_videos: also open every video (as :func:`check_videos` does), so that one pass reports bad
             rows and bad videos together.
         max_field_chars: the longest field accepted, in characters.
+        limits: what a video may cost to decode (checked from its header when ``probe_videos``).
 
     Raises:
         DataError: the file is missing, has no rows, has a bad header, a CSV record that cannot be parsed
@@ -125,7 +127,7 @@ def read_preferences(
     resolve = functools.cache(os.path.realpath)  # one identity per file for self-pairs and repeats
     pairs, problems, excluded = _parse_rows(path, records, reserved_tokens, resolve)
     if probe_videos:
-        video_problems = _video_problems(pairs)
+        video_problems = _video_problems(pairs, limits)
         problems += video_problems
         pairs = _without_lines(pairs, video_problems)
     problems.sort()
@@ -161,13 +163,13 @@ def check_videos(data: PreferenceData, *, skip_invalid: bool = False) -> Prefere
     return replace(data, pairs=kept, skipped=sorted(data.skipped + problems))
 
 
-def _video_problems(pairs: list[PreferencePair]) -> list[tuple[int, str]]:
+def _video_problems(pairs: list[PreferencePair], limits: DecodeLimits = DecodeLimits()) -> list[tuple[int, str]]:
     """(line, reason) for every pair that uses a video :func:`probe_video` rejects; each video opened once."""
     videos = sorted({path for pair in pairs for path in (pair.video_a, pair.video_b)})
     bad: dict[str, str] = {}
     for path in tqdm(videos, desc="checking videos", unit="video", disable=len(videos) < 100):
         try:
-            probe_video(path)
+            probe_video(path, limits=limits)
         except VideoDecodeError as error:
             bad[path] = error.reason
     return [

@@ -31,13 +31,13 @@ from .run_record import (
 )
 from .score_output import checkpoint_fingerprint
 from .scoring import DeScoreReward, GenerationSettings, default_device, default_dtype
-from .video import probe_video
+from .video import DecodeLimitArguments, DecodeLimits, probe_video
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(DecodeLimitArguments):
     """Score videos with a DeScore checkpoint; one JSON line per (video, prompt)."""
 
     model: str | None = field(default=None, metadata={"help": "DeScore checkpoint directory."})
@@ -77,6 +77,7 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if self.model is None or self.output is None:
             raise ConfigError("--model and --output are required")
+        self.decode_limits()  # raises on a bad limit
         if (self.data is None) == (self.video is None):
             raise ConfigError("give exactly one of --data and --video")
         if self.video is not None:
@@ -157,7 +158,7 @@ def run_score(config: ScoreConfig) -> ScoreSummary:
     done = {key(r): earlier[key(r)] for r in requests if key(r) in earlier and "error" not in earlier[key(r)]}
     pending = [request for request in requests if key(request) not in done]
     if config.video is not None and not config.skip_invalid:
-        _check_videos([request.video for request in pending])
+        _check_videos([request.video for request in pending], config.decode_limits())
     if done:
         logger.info("%s: %d of %d item(s) already scored by an earlier run; scoring %d", output, len(done), len(requests), len(pending))
     score_output.start(output, settings, overwrite=config.overwrite)
@@ -188,7 +189,11 @@ def _requests(config: ScoreConfig) -> tuple[list[PreferencePair], list[_Request]
         requests = [_Request(str(Path(video)), prompt, None, None) for video, prompt in zip(config.video, prompts)]
         return [], list(dict.fromkeys(requests)), 0
     data = read_preferences(
-        config.data, skip_invalid=config.skip_invalid, reserved_tokens=(REWARD_TOKEN,), probe_videos=True
+        config.data,
+        skip_invalid=config.skip_invalid,
+        reserved_tokens=(REWARD_TOKEN,),
+        probe_videos=True,
+        limits=config.decode_limits(),
     )
     if config.cot_from_data and not all(pair.has_cot for pair in data.pairs):
         raise ConfigError(f"{config.data}: cot_source: data needs cot_a and cot_b on every row")
@@ -210,12 +215,12 @@ def _record_key(item: _Request | dict[str, Any], *, given_cot: bool) -> tuple:
     return values["video"], values["prompt"], values.get("instruction"), values.get("cot") if given_cot else None
 
 
-def _check_videos(videos: list[str]) -> None:
+def _check_videos(videos: list[str], limits: DecodeLimits) -> None:
     """Open every file before the model loads; one error lists all that cannot be read."""
     problems = []
     for video in dict.fromkeys(videos):
         try:
-            probe_video(video)
+            probe_video(video, limits=limits)
         except VideoDecodeError as error:
             problems.append(f"{video}: {error.reason}")
     if problems:
@@ -239,6 +244,7 @@ def _score_pending(
         device=config.device,
         dtype=config.dtype,
         attn_implementation=config.attn_implementation,
+        decode_limits=config.decode_limits(),
     )
     records = {}
     with score_output.appending(output) as handle:

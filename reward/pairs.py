@@ -22,7 +22,7 @@ from .data import PreferencePair
 from .errors import VideoDecodeError
 from .inputs import CotPlacement, encode, scoring_text
 from .prompts import judge_text
-from .video import SampledVideo, VideoSpec, load_video
+from .video import DecodeLimits, SampledVideo, VideoSpec, load_video
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class PairDataset(Dataset):
         cot_drop_prob: float = 0.5,
         seed: int = 0,
         skip_invalid: bool = False,
+        limits: DecodeLimits = DecodeLimits(),
     ) -> None:
         if not pairs:
             raise ValueError("a PairDataset needs at least one pair")
@@ -63,7 +64,7 @@ class PairDataset(Dataset):
         if not 0.0 <= cot_drop_prob <= 1.0:
             raise ValueError(f"cot_drop_prob must lie in [0, 1], got {cot_drop_prob}")
         self.pairs, self.spec, self.cot_mode = list(pairs), spec, cot_mode
-        self.cot_drop_prob, self.seed, self.skip_invalid = cot_drop_prob, seed, skip_invalid
+        self.cot_drop_prob, self.seed, self.skip_invalid, self.limits = cot_drop_prob, seed, skip_invalid, limits
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -86,7 +87,10 @@ class PairDataset(Dataset):
             position = (index + offset) % len(self.pairs)
             pair = self.pairs[position]
             try:
-                video_a, video_b = load_video(pair.video_a, self.spec), load_video(pair.video_b, self.spec)
+                video_a, video_b = (
+                    load_video(pair.video_a, self.spec, limits=self.limits),
+                    load_video(pair.video_b, self.spec, limits=self.limits),
+                )
             except VideoDecodeError as error:
                 if not self.skip_invalid:
                     raise VideoDecodeError(error.source, f"{error.reason} (data line {pair.line})") from error

@@ -23,7 +23,7 @@ from .errors import ConfigError, VideoDecodeError
 from .inputs import encode, generation_text, scoring_text
 from .modeling import DeScoreModel
 from .prompts import JudgeText, judge_text, parse_judge_answer
-from .video import SampledVideo, VideoSource, load_video
+from .video import DecodeLimits, SampledVideo, VideoSource, load_video
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class DeScoreReward:
         skip_invalid: record unreadable videos as failed items (reward NaN, ``error`` set) instead of raising.
         progress: show a progress bar over batches (the CLI does; RL loops don't).
         device, dtype: where and in which dtype to load the backbone (default: CUDA if present, bf16 there).
+        decode_limits: what one video file may cost to decode (:class:`reward.video.DecodeLimits`, or its
+            fields as a mapping, e.g. from a reward entry in YAML); default: the defaults.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class DeScoreReward:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         attn_implementation: str | None = None,
+        decode_limits: DecodeLimits | Mapping[str, Any] | None = None,
     ) -> None:
         if (path is None) == (model is None):
             raise ValueError("pass exactly one of path and model")
@@ -105,6 +108,9 @@ class DeScoreReward:
         if isinstance(generation, Mapping):
             generation = GenerationSettings(**generation)
         self.generation = generation or GenerationSettings()
+        if isinstance(decode_limits, Mapping):
+            decode_limits = DecodeLimits(**decode_limits)
+        self.decode_limits = decode_limits or DecodeLimits()
         self.skip_invalid = skip_invalid
         self.progress = progress
         self.name = "descore" if use_cot else "descore_no_cot"
@@ -151,7 +157,7 @@ class DeScoreReward:
 
     def _load(self, source: VideoSource, index: int, items: list[ScoredItem | None]) -> SampledVideo | None:
         try:
-            return load_video(source, self.model.video_spec)
+            return load_video(source, self.model.video_spec, limits=self.decode_limits)
         except VideoDecodeError as error:
             if not self.skip_invalid:
                 raise

@@ -105,6 +105,25 @@ class DecodeLimits:
                 raise ConfigError(f"DecodeLimits.{name} must be a positive number, got {value}")
 
 
+@dataclass
+class DecodeLimitArguments:
+    """The :class:`DecodeLimits` of a job, as config fields (and so CLI flags) of the jobs that read videos."""
+
+    max_video_duration_s: float = field(
+        default=DecodeLimits.max_duration_s, metadata={"help": "Longest video file accepted, in seconds."}
+    )
+    max_video_frame_pixels: int = field(
+        default=DecodeLimits.max_pixels_per_frame, metadata={"help": "Largest frame accepted, in pixels (W x H)."}
+    )
+    max_video_decoded_bytes: int = field(
+        default=DecodeLimits.max_decoded_bytes,
+        metadata={"help": "Most bytes the sampled frames of one file may take at source resolution."},
+    )
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_video_duration_s, self.max_video_frame_pixels, self.max_video_decoded_bytes)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What a file's container says about its first video stream, read without decoding it.
@@ -308,10 +327,19 @@ def _limit_problems(
     return problems
 
 
+# The job-config field (CLI flag) of each DecodeLimits field.
+_LIMIT_FLAGS = {
+    "max_duration_s": "max_video_duration_s",
+    "max_pixels_per_frame": "max_video_frame_pixels",
+    "max_decoded_bytes": "max_video_decoded_bytes",
+}
+
+
 def _limits_error(name: str, problems: dict[str, tuple[int | float, str]]) -> VideoDecodeError:
     needed = ", ".join(f"{field}={value}" for field, (value, _) in problems.items())
     reasons = "; ".join(reason for _, reason in problems.values())
-    advice = f"to admit it, pass limits=reward.video.DecodeLimits({needed}) to load_video / probe_video"
+    flags = " ".join(f"--{_LIMIT_FLAGS[field]} {value}" for field, (value, _) in problems.items())
+    advice = f"to admit it, pass {flags} (command line) or limits=reward.video.DecodeLimits({needed}) (Python)"
     return VideoDecodeError(name, f"{reasons}; {advice}")
 
 

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from reward.video import _write_tone, write_video
+from reward.video import DecodeLimits, _write_tone, write_video
 from reward.data import PairWarnings, PreferencePair, check_videos, read_preferences
 from reward.errors import ConfigError, DataError
 
@@ -657,6 +657,17 @@ def test_strict_pass_lists_bad_rows_and_bad_videos_together(folder):
     with pytest.raises(DataError) as rows_only:
         read_preferences(path)
     assert [int(line) for line in re.findall(r"\n  line (\d+):", str(rows_only.value))] == [3, 5, 7]
+
+
+def test_decode_limits_apply_to_the_videos_a_file_names(folder):
+    """The limits reach the header check: with frames capped at 1,000 px, the good rows' 64x64 clips (4,096
+    px) are listed too, each with the limit it exceeds."""
+    path = _rows_and_videos_both_bad(folder)
+    with pytest.raises(DataError) as caught:
+        read_preferences(path, probe_videos=True, limits=DecodeLimits(max_pixels_per_frame=1000))
+    listed = dict((int(line), reason) for line, reason in re.findall(r"\n  line (\d+): (.*)", str(caught.value)))
+    assert sorted(listed) == [2, 3, 4, 5, 6, 7, 8]
+    assert "64x64 = 4,096 px exceeds DecodeLimits.max_pixels_per_frame = 1,000 px" in listed[2]
 
 
 def test_skip_invalid_pass_drops_bad_rows_and_bad_videos(folder):

@@ -247,3 +247,21 @@ def test_export_replaces_only_its_own_output_or_with_overwrite(checkpoint, tmp_p
     weights = (target / "model.safetensors").read_bytes()
     run_export(ExportConfig(model=str(checkpoint), output=str(target)))  # an earlier export may be replaced
     assert (target / "model.safetensors").read_bytes() == weights and (target / EXPORT_MARKER).is_file()
+
+
+def test_decode_limits_from_the_command_line_name_file_and_limit(checkpoint, clips, tmp_path, monkeypatch):
+    """`--max_video_frame_pixels 1000` (the clips are 64x64 = 4096 px): every file is refused before the model
+    loads, each named with its size and the limit; a limit that is not positive is a config error."""
+    loads = Calls(monkeypatch, DeScoreModel, "from_pretrained")
+    flags = ["reward", "score", "--model", str(checkpoint), "--video", *clips, "--prompt", "a cat",
+             "--output", str(tmp_path / "s.jsonl"), "--max_video_frame_pixels", "1000"]
+    with pytest.raises(DataError) as raised:
+        main(flags)
+    message = str(raised.value)
+    assert message.startswith(f"{len(clips)} --video file(s) cannot be read") and len(clips) == 5
+    assert message.count("its frame size 64x64 = 4,096 px exceeds DecodeLimits.max_pixels_per_frame = 1,000 px") == 5
+    assert all(f"{clip}: its frame size" in message for clip in clips)
+    assert message.count("pass --max_video_frame_pixels 4096 (command line)") == 5  # what would admit the files
+    assert loads.count == 0
+    with pytest.raises(ConfigError, match="DecodeLimits.max_duration_s must be a positive number, got 0.0"):
+        main([*flags, "--max_video_duration_s", "0"])

@@ -699,13 +699,15 @@ LIMIT_CASES = [
     pytest.param(
         DecodeLimits(max_duration_s=5.0),
         "its duration 10.0 s exceeds DecodeLimits.max_duration_s = 5 s; "
-        "to admit it, pass limits=reward.video.DecodeLimits(max_duration_s=10) to load_video / probe_video",
+        "to admit it, pass --max_video_duration_s 10 (command line) or "
+        "limits=reward.video.DecodeLimits(max_duration_s=10) (Python)",
         id="duration",
     ),
     pytest.param(
         DecodeLimits(max_pixels_per_frame=3000),
         "its frame size 64x48 = 3,072 px exceeds DecodeLimits.max_pixels_per_frame = 3,000 px; "
-        "to admit it, pass limits=reward.video.DecodeLimits(max_pixels_per_frame=3072) to load_video / probe_video",
+        "to admit it, pass --max_video_frame_pixels 3072 (command line) or "
+        "limits=reward.video.DecodeLimits(max_pixels_per_frame=3072) (Python)",
         id="resolution",
     ),
     # 20 sampled frames * 64 * 48 * 3 bytes = 184,320 bytes = 0.00017 GiB.
@@ -713,14 +715,16 @@ LIMIT_CASES = [
         DecodeLimits(max_decoded_bytes=100_000),
         "its 20 sampled frames decode to 184,320 bytes (0.00 GiB), above DecodeLimits.max_decoded_bytes = "
         "100,000 bytes (or sample fewer frames: VideoSpec.fps, max_frames); "
-        "to admit it, pass limits=reward.video.DecodeLimits(max_decoded_bytes=184320) to load_video / probe_video",
+        "to admit it, pass --max_video_decoded_bytes 184320 (command line) or "
+        "limits=reward.video.DecodeLimits(max_decoded_bytes=184320) (Python)",
         id="decoded-bytes",
     ),
     pytest.param(
         DecodeLimits(max_duration_s=9.5, max_pixels_per_frame=2048),
         "its duration 10.0 s exceeds DecodeLimits.max_duration_s = 9.5 s; its frame size 64x48 = 3,072 px "
         "exceeds DecodeLimits.max_pixels_per_frame = 2,048 px; to admit it, pass "
-        "limits=reward.video.DecodeLimits(max_duration_s=10, max_pixels_per_frame=3072) to load_video / probe_video",
+        "--max_video_duration_s 10 --max_video_frame_pixels 3072 (command line) or "
+        "limits=reward.video.DecodeLimits(max_duration_s=10, max_pixels_per_frame=3072) (Python)",
         id="two-at-once",
     ),
 ]
@@ -762,7 +766,8 @@ def test_default_limits_refuse_a_ten_minute_8k_file(tmp_path):
         load_video(path, DEFAULT_SPEC)
     assert caught.value.reason == (
         "its frame size 7680x4320 = 33,177,600 px exceeds DecodeLimits.max_pixels_per_frame = 8,847,360 px; "
-        "to admit it, pass limits=reward.video.DecodeLimits(max_pixels_per_frame=33177600) to load_video / probe_video"
+        "to admit it, pass --max_video_frame_pixels 33177600 (command line) or "
+        "limits=reward.video.DecodeLimits(max_pixels_per_frame=33177600) (Python)"
     )
     assert probe_video(path, limits=DecodeLimits(max_pixels_per_frame=7680 * 4320)).duration_s == 600.0
 
