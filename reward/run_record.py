@@ -124,26 +124,35 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def read_run_config(directory: str | Path) -> dict[str, Any] | None:
-    path = Path(directory) / RUN_CONFIG
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """A record written by :func:`write_record` (``None`` if there is none)."""
+    path = Path(path)
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path} is not a readable run record ({error}); move the folder away or pick another output") from error
+        raise ConfigError(f"{path} is not a readable run record ({error}); move it away or pick another output") from error
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise ConfigError(f"{path} is not a run record (no 'config' mapping)")
     return record
 
 
-def write_run_config(directory: str | Path, job: str, config: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Atomically write ``directory/run_config.json``: job name, resolved config, versions, commit."""
+def write_record(path: str | Path, job: str, config: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Atomically write the record of a job's output: job name, resolved config, versions, commit."""
     record = {"job": job, "config": config, "versions": library_versions(), "commit": code_commit()}
-    path = Path(directory) / RUN_CONFIG
     with atomic_file(path) as handle:
         handle.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return path
+    return Path(path)
+
+
+def read_run_config(directory: str | Path) -> dict[str, Any] | None:
+    return read_record(Path(directory) / RUN_CONFIG)
+
+
+def write_run_config(directory: str | Path, job: str, config: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Atomically write ``directory/run_config.json``."""
+    return write_record(Path(directory) / RUN_CONFIG, job, config)
 
 
 def check_same_run(directory: str | Path, job: str, config: Mapping[str, Mapping[str, Any]], *, allowed: Iterable[str]) -> bool:

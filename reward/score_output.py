@@ -25,7 +25,7 @@ from typing import IO, Any
 from .checkpoint import atomic_file
 from .errors import DataError
 from .modeling import HEAD_NAME, MANIFEST_NAME
-from .run_record import RunMismatchError, code_commit, config_differences, library_versions
+from .run_record import RunMismatchError, config_differences, read_record, write_record
 
 JOB = "reward score"
 
@@ -75,11 +75,8 @@ def earlier_records(output: Path, settings: Mapping[str, Mapping[str, Any]], *, 
 
 
 def _read_settings(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunMismatchError(f"{path} is not a readable settings record ({error}); pass --overwrite true") from error
-    if not isinstance(record, dict) or record.get("job") != JOB or not isinstance(record.get("config"), dict):
+    record = read_record(path)
+    if record.get("job") != JOB:
         raise RunMismatchError(f"{path} is not a settings record of {JOB!r}; pass --overwrite true")
     return record["config"]
 
@@ -114,9 +111,7 @@ def start(output: Path, settings: Mapping[str, Mapping[str, Any]], *, overwrite:
     if overwrite:
         output.unlink(missing_ok=True)
         partial_path(output).unlink(missing_ok=True)
-    record = {"job": JOB, "config": settings, "versions": library_versions(), "commit": code_commit()}
-    with atomic_file(settings_path(output)) as handle:
-        handle.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_record(settings_path(output), JOB, settings)
 
 
 @contextmanager
