@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from reward.checkpoint import atomic_file
-from reward.errors import CheckpointError
-from reward.run_record import RunMismatchError, config_differences, plain
+from reward.errors import CheckpointError, ConfigError
+from reward.run_record import RunMismatchError, config_differences, plain, read_record, write_record
 
 MANIFEST = "store.json"
+STORE_JOB = "flow-dpo pair store"
 TRAINING = "training"  # the settings group that only pairs of rounds after the first depend on
 
 
@@ -79,8 +79,7 @@ class PairStore:
         return store
 
     def _write_manifest(self, settings: Mapping[str, Any]) -> None:
-        with atomic_file(self.directory / MANIFEST) as handle:
-            handle.write(json.dumps({"settings": settings}, indent=2, sort_keys=True) + "\n")
+        write_record(self.directory / MANIFEST, STORE_JOB, settings)
 
     def _check_settings(self, recorded: Mapping[str, Any], current: Mapping[str, Any]) -> None:
         """Every group must match; ``training`` (what shapes the online policy) only once the store holds
@@ -167,11 +166,9 @@ class PairStore:
 
 def _recorded_settings(manifest: Path) -> dict[str, Any]:
     try:
-        recorded = json.loads(manifest.read_text(encoding="utf-8"))["settings"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(
-            f"{manifest} is not a pair-store record ({error!r}); delete the store to build it again"
-        ) from error
-    if not isinstance(recorded, dict):
-        raise CheckpointError(f"{manifest}: 'settings' is not a mapping; delete the store to build it again")
-    return recorded
+        record = read_record(manifest)
+    except ConfigError as error:
+        raise CheckpointError(f"{manifest} is not a pair-store record ({error}); delete the store to build it again") from error
+    if record.get("job") != STORE_JOB:
+        raise CheckpointError(f"{manifest} is not a pair-store record; delete the store to build it again")
+    return record["config"]

@@ -29,7 +29,7 @@ def _add_pair(store: PairStore, prompt_index: int, prompt: str) -> None:
 def test_a_new_store_records_its_settings_and_the_same_run_reuses_it(tmp_path):
     store = PairStore.for_run(tmp_path / "pairs", settings=SETTINGS, prompts=PROMPTS)
     _add_pair(store, 1, PROMPTS[1])
-    assert json.loads((tmp_path / "pairs" / MANIFEST).read_text()) == {"settings": SETTINGS}
+    assert json.loads((tmp_path / "pairs" / MANIFEST).read_text())["config"] == SETTINGS
     again = PairStore.for_run(tmp_path / "pairs", settings=SETTINGS, prompts=[*PROMPTS, "a new prompt at the end"])
     assert [record.prompt for record in again.pairs(0)] == ["a blue ball"]
 
@@ -88,7 +88,7 @@ def test_online_training_settings_count_once_the_store_holds_later_rounds(tmp_pa
     store = PairStore.for_run(tmp_path / "pairs", settings=online, prompts=PROMPTS)
     _add_pair(store, 0, PROMPTS[0])
     PairStore.for_run(tmp_path / "pairs", settings=faster, prompts=PROMPTS)
-    assert json.loads((tmp_path / "pairs" / MANIFEST).read_text()) == {"settings": faster}
+    assert json.loads((tmp_path / "pairs" / MANIFEST).read_text())["config"] == faster
     store.mark_without_pair(0, PairRecord(round=1, prompt_index=0, prompt=PROMPTS[0], file="", winner_reward=0.0,
                                           loser_reward=0.0, model="/models/wan", latent_shape=[2]))
     with pytest.raises(RunMismatchError, match=r"training.learning_rate: 0.02 -> 0.01"):
