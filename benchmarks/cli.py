@@ -60,6 +60,24 @@ def _set_run_environment(configs: tuple) -> None:
         os.environ.setdefault("WANDB_DIR", os.path.abspath(output_dir))
 
 
+# Options renamed so that both sides speak one vocabulary (HF TrainingArguments' names where it has one).
+RENAMED = {
+    "lora_r": "lora_rank",
+    "save_every": "save_steps",
+    "log_every": "logging_steps",
+    "sample_every": "sample_steps",
+    "out": "output_dir",
+    "output": "output_dir",
+}
+
+
+def _hint(key: str, known: set[str]) -> str:
+    if RENAMED.get(key) in known:
+        return f"{key} (renamed: did you mean {RENAMED[key]}?)"
+    close = difflib.get_close_matches(key, known, 3)
+    return f"{key} (did you mean {' or '.join(close)}?)" if close else key
+
+
 def check_keys(parser: argparse.ArgumentParser, argv: list[str], ignored: set[str] = frozenset()) -> None:
     """Reject unknown flags and YAML keys before any config is built, suggesting the closest known key.
 
@@ -76,11 +94,7 @@ def check_keys(parser: argparse.ArgumentParser, argv: list[str], ignored: set[st
         given += [key for key in values if key != "env" and key not in known and key not in ignored]
     unknown = [key for key in given if key != "config"]
     if unknown:
-        hints = [
-            f"{key} (did you mean {' or '.join(close)}?)" if (close := difflib.get_close_matches(key, known, 3)) else key
-            for key in unknown
-        ]
-        raise ConfigError(f"{parser.prog}: unknown option(s): {', '.join(hints)}")
+        raise ConfigError(f"{parser.prog}: unknown option(s): {', '.join(_hint(key, known) for key in unknown)}")
 
 
 def run_command(prog: str, command: Command, argv: list[str]) -> int:

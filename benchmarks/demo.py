@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generator_rl.config import PolicyArguments, RunArguments
-from generator_rl.flow_dpo import FlowDpoArguments, run_flow_dpo
-from generator_rl.grpo import GrpoArguments, run_grpo
-from generator_rl.sample import SampleArguments, run_sample
+from generator_rl.config import PolicyConfig, RunConfig
+from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo
+from generator_rl.grpo import GrpoConfig, run_grpo
+from generator_rl.sample import SampleConfig, run_sample
 from generator_rl.tiny_wan import save_tiny_wan
 from reward import build_reward
 from reward.cold_start import ColdStartConfig, run
@@ -93,17 +93,17 @@ def _generator_part(root: Path, configs: Path, config: DemoConfig) -> list[str]:
     prompts.write_text("\n".join(PROMPTS) + "\n")
     descore = f"name=descore_no_cot,path={root / 'cold_start' / 'final'},weight=0.01,device=cpu"
     common = {"model": wan, "prompts": prompts, "report_to": config.report_to}
-    policy, run_args, grpo = _parse([PolicyArguments, RunArguments, GrpoArguments], configs / "generator" / "tiny_grpo.yaml",
+    policy, run_args, grpo = _parse([PolicyConfig, RunConfig, GrpoConfig], configs / "generator" / "tiny_grpo.yaml",
                                     common | {"output_dir": root / "grpo"})
     grpo.rewards.append(type(grpo.rewards[0])(descore))
     grpo_result = run_grpo(policy, run_args, grpo)
-    _, dpo_run, dpo = _parse([PolicyArguments, RunArguments, FlowDpoArguments], configs / "generator" / "tiny_flow_dpo.yaml",
+    _, dpo_run, dpo = _parse([PolicyConfig, RunConfig, FlowDpoConfig], configs / "generator" / "tiny_flow_dpo.yaml",
                              common | {"output_dir": root / "flow_dpo"})
     dpo_result = run_flow_dpo(policy, dpo_run, dpo)
     smoothness = build_reward({"name": "temporal_smoothness"})
     scores = {}
     for name, lora in (("base", None), ("grpo", grpo_result["final"]), ("flow_dpo", dpo_result["final"])):
-        videos = run_sample(policy, SampleArguments(prompts=str(prompts), out=str(root / "samples" / name), lora=lora,
+        videos = run_sample(policy, SampleConfig(prompts=str(prompts), output_dir=str(root / "samples" / name), lora=lora,
                                                     seed=10_000, videos_per_prompt=2, device="cpu"))
         scores[name] = float(smoothness.score(videos, [""] * len(videos)).rewards.mean())
     history, dpo_history = grpo_result["reward_history"], dpo_result["history"]

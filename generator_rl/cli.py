@@ -20,20 +20,20 @@ def _report_run(result: dict[str, Any]) -> str:
 
 
 def commands() -> dict[str, Command]:
-    from .config import PolicyArguments, RunArguments
-    from .doctor import DoctorArguments, run_doctor
-    from .flow_dpo import FlowDpoArguments, run_flow_dpo
-    from .grpo import GrpoArguments, run_grpo
-    from .sample import SampleArguments, run_sample
+    from .config import PolicyConfig, RunConfig
+    from .doctor import DoctorConfig, run_doctor
+    from .flow_dpo import FlowDpoConfig, run_flow_dpo
+    from .grpo import GrpoConfig, run_grpo
+    from .sample import SampleConfig, run_sample
 
     return {
         "grpo": Command("GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
-                        (PolicyArguments, RunArguments, GrpoArguments), run_grpo, _report_run),
+                        (PolicyConfig, RunConfig, GrpoConfig), run_grpo, _report_run),
         "flow-dpo": Command("Flow-DPO on reward-ranked pairs (offline or online)",
-                            (PolicyArguments, RunArguments, FlowDpoArguments), run_flow_dpo, _report_run),
+                            (PolicyConfig, RunConfig, FlowDpoConfig), run_flow_dpo, _report_run),
         "sample": Command("Sample videos from the base model or a LoRA with fixed per-prompt seeds",
-                          (PolicyArguments, SampleArguments), run_sample, lambda paths: f"wrote {len(paths)} video(s)",
-                          ignores=(RunArguments, GrpoArguments, FlowDpoArguments)),
+                          (PolicyConfig, SampleConfig), run_sample, lambda paths: f"wrote {len(paths)} video(s)",
+                          ignores=(RunConfig, GrpoConfig, FlowDpoConfig)),
         "doctor": Command("A few tiny GRPO steps: log-prob parity, ratio == 1, reward rises",
-                          (PolicyArguments, RunArguments, GrpoArguments, DoctorArguments), run_doctor, str),
+                          (PolicyConfig, RunConfig, GrpoConfig, DoctorConfig), run_doctor, str),
     }

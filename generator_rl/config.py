@@ -1,6 +1,6 @@
 """Arguments shared by the generator jobs: the policy (Wan + LoRA + sampling) and the run (output, logging).
 
-Each job parses ``(PolicyArguments, RunArguments, <AlgorithmArguments>)`` with the CLI's YAML + flag rules.
+Each job parses ``(PolicyConfig, RunConfig, <AlgorithmConfig>)`` with the CLI's YAML + flag rules.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 @dataclass
-class PolicyArguments:
+class PolicyConfig:
     """The Wan policy: weights, LoRA, resolution and how rollouts are sampled."""
 
     model: str = field(default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", metadata={"help": "Diffusers Wan checkpoint: local dir or hub id."})
@@ -122,7 +122,7 @@ class PolicyArguments:
 
 
 @dataclass
-class RunArguments:
+class RunConfig:
     """Where a run writes, how it logs and checkpoints."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Run directory (checkpoints, samples, logs, final LoRA)."})
@@ -133,9 +133,9 @@ class RunArguments:
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (flow_grpo: 1e-4)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip."})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="bf16", metadata={"help": "accelerate mixed precision."})
-    save_every: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable state + LoRA)."})
-    sample_every: int = field(default=50, metadata={"help": "Write sample mp4s every N steps (0: never)."})
-    log_every: int = field(default=1, metadata={"help": "Log metrics every N steps."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable state + LoRA)."})
+    sample_steps: int = field(default=50, metadata={"help": "Write sample mp4s every N steps (0: never)."})
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics every N steps."})
     report_to: Literal["wandb", "tensorboard", "none"] = field(
         default="wandb", metadata={"help": "Tracker (wandb runs offline unless logged in)."}
     )
@@ -153,7 +153,7 @@ class RunArguments:
             raise ConfigError("output_dir and prompts are required")
         if not Path(self.prompts).is_file():
             raise ConfigError(f"prompts: {self.prompts} is not a file (give a .txt or .csv prompt file)")
-        at_least = {"max_steps": 1, "save_every": 1, "log_every": 1, "sample_every": 0}
+        at_least = {"max_steps": 1, "save_steps": 1, "logging_steps": 1, "sample_steps": 0}
         for option, smallest in at_least.items():
             if getattr(self, option) < smallest:
                 raise ConfigError(f"{option} must be >= {smallest}, got {getattr(self, option)}")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpointing import load_lora
-from .config import PolicyArguments, RunArguments, read_prompts
-from .grpo import GrpoArguments, Rollout, collect, run_grpo, score_step
+from .checkpoint import load_lora
+from .config import PolicyConfig, RunConfig, read_prompts
+from .grpo import GrpoConfig, Rollout, collect, run_grpo, score_step
 from .rewards import RewardMix
 from .run import close_run, make_accelerator
 
@@ -32,15 +32,15 @@ class DoctorError(RuntimeError):
 
 
 @dataclass
-class DoctorArguments:
+class DoctorConfig:
     steps: int = field(default=20, metadata={"help": "GRPO steps before the reward-rises check."})
     tolerance: float = field(default=1e-4, metadata={"help": "Largest allowed |log-prob difference| and |ratio - 1|."})
 
 
-def run_doctor(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArguments, doctor: DoctorArguments) -> str:
+def run_doctor(policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig, doctor: DoctorConfig) -> str:
     with tempfile.TemporaryDirectory(prefix="descore-doctor-") as scratch:
-        trial = replace(run_args, output_dir=str(Path(scratch) / "run"), max_steps=doctor.steps, save_every=doctor.steps,
-                        sample_every=0, report_to="none")
+        trial = replace(run_args, output_dir=str(Path(scratch) / "run"), max_steps=doctor.steps, save_steps=doctor.steps,
+                        sample_steps=0, report_to="none")
         result = run_grpo(policy_args, trial, grpo)
         accelerator = make_accelerator(replace(trial, output_dir=str(Path(scratch) / "eval")), project="doctor", config={})
         policy = policy_args.load_policy(accelerator.device)
@@ -71,7 +71,7 @@ def run_doctor(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoA
     return report
 
 
-def _parity(policy, policy_args: PolicyArguments, rollout: Rollout, accelerator) -> float:
+def _parity(policy, policy_args: PolicyConfig, rollout: Rollout, accelerator) -> float:
     """Largest |log p(training path) − log p(sampling)| over every recorded transition."""
     trajectory, worst = rollout.trajectory, 0.0
     conditional, unconditional = policy.prompt_embeddings(rollout.prompts)

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from reward.errors import ConfigError
 
-from .checkpointing import save_checkpoint
-from .config import PolicyArguments, RunArguments
+from .checkpoint import save_checkpoint
+from .config import PolicyConfig, RunConfig
 from .faults import SkipReason, check_skip_limit, guarded_optimizer_step
 from .losses import flow_dpo_loss
 from .pair_store import TRAINING, PairRecord, PairStore
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class FlowDpoArguments:
+class FlowDpoConfig:
     rewards: list[RewardTerm] | None = field(default=None, metadata={"help": "Reward terms that rank the samples."})
     samples_per_prompt: int = field(default=4, metadata={"help": "Videos sampled per prompt to build pairs (N)."})
     pair_mode: Literal["best_worst", "all_above_margin"] = field(
@@ -94,8 +94,8 @@ def build_pairs(
     store: PairStore,
     *,
     round_: int,
-    policy_args: PolicyArguments,
-    dpo: FlowDpoArguments,
+    policy_args: PolicyConfig,
+    dpo: FlowDpoConfig,
     seed: int,
     accelerator: Accelerator,
 ) -> None:
@@ -136,7 +136,7 @@ def build_pairs(
 
 
 def pair_settings(
-    policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments, *, processes: int
+    policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig, *, processes: int
 ) -> dict[str, dict[str, Any]]:
     """What the pairs of a store depend on, recorded in the store and checked when it is reused: the model and
     how it samples (sizes, steps, guidance, dtypes, seed), how samples are paired, and the reward terms. With
@@ -181,7 +181,7 @@ def select_pairs(scores: torch.Tensor, *, mode: str, margin: float) -> list[tupl
 
 
 def dpo_micro_step(
-    policy: WanPolicy, batch: dict[str, torch.Tensor], *, dpo: FlowDpoArguments, generator: torch.Generator
+    policy: WanPolicy, batch: dict[str, torch.Tensor], *, dpo: FlowDpoConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of a micro-batch of pairs (winner and loser share noise and timestep)."""
     winner, loser, embeds = batch["winner"], batch["loser"], batch["prompt_embeds"]
@@ -215,14 +215,14 @@ def _errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1)
 
 
-def run_flow_dpo(policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments) -> dict[str, Any]:
+def run_flow_dpo(policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig) -> dict[str, Any]:
     """Train; returns the per-step metrics, where the final LoRA went and the skipped-step counts (``faults``)."""
     with training_run(policy_args, run_args, dpo.rewards, job="tune-flow-dpo", project="descore-flow-dpo",
                       config={"policy": policy_args, "run": run_args, "dpo": dpo}) as run:
         return _train_flow_dpo(run, policy_args, run_args, dpo)
 
 
-def _train_flow_dpo(run: TrainingRun, policy_args: PolicyArguments, run_args: RunArguments, dpo: FlowDpoArguments) -> dict[str, Any]:
+def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig) -> dict[str, Any]:
     accelerator, policy = run.accelerator, run.policy
     store = PairStore.for_run(dpo.pair_dir or run.run_dir / "pairs", prompts=run.prompts,
                               settings=pair_settings(policy_args, run_args, dpo, processes=accelerator.num_processes))
@@ -251,11 +251,11 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyArguments, run_args: Ru
         run.state.faults.record(skip)
         metrics |= run.state.faults.metrics()
         history.append(metrics)
-        if accelerator.is_main_process and step % run_args.log_every == 0:
+        if accelerator.is_main_process and step % run_args.logging_steps == 0:
             accelerator.log(metrics, step=step)
             progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/implicit_accuracy']:.2f}")
         run.state.faults.stop_if_stuck(dpo.max_consecutive_skipped_steps, step=step, reason=skip)
-        if run.state.step % run_args.save_every == 0 or run.state.step == run_args.max_steps:
+        if run.state.step % run_args.save_steps == 0 or run.state.step == run_args.max_steps:
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"loss": metrics["train/loss"]})
     final = finish_run(run, fused=run_args.save_fused)
     return {"history": history, "final": str(final), "faults": run.state.faults.state_dict()}
@@ -270,8 +270,8 @@ def _optimizer_step(
     records: list[PairRecord],
     *,
     step: int,
-    dpo: FlowDpoArguments,
-    run_args: RunArguments,
+    dpo: FlowDpoConfig,
+    run_args: RunConfig,
 ) -> tuple[dict[str, float], bool]:
     """One optimizer step over ``gradient_accumulation_steps`` micro-batches of pairs (seeded order); returns
     the metrics and whether the update was applied (False: a loss or the gradient norm was not finite)."""

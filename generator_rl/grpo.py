@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from reward.errors import ConfigError
 
 from .advantages import group_advantages
-from .checkpointing import save_checkpoint
-from .config import PolicyArguments, RunArguments
+from .checkpoint import save_checkpoint
+from .config import PolicyConfig, RunConfig
 from .faults import SkipReason, check_skip_limit, guarded_optimizer_step
 from .losses import PolicyLoss, ppo_clip_loss
 from .policy import WanPolicy
@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class GrpoArguments:
+class GrpoConfig:
     """GRPO-specific settings (defaults: Flow-GRPO's Wan recipe, reference/generator_rl.md §1.8)."""
 
     rewards: list[RewardTerm] | None = field(
@@ -116,8 +116,8 @@ def collect(
     rewards: RewardMix,
     prompts: list[str],
     *,
-    policy_args: PolicyArguments,
-    grpo: GrpoArguments,
+    policy_args: PolicyConfig,
+    grpo: GrpoConfig,
     step: int,
     seed: int,
     group_offset: int,
@@ -192,7 +192,7 @@ def gathered_advantages(accelerator: Accelerator, rollout: Rollout, std_mode: st
 
 def score_step(
     policy: WanPolicy,
-    policy_args: PolicyArguments,
+    policy_args: PolicyConfig,
     state: torch.Tensor,
     next_state: torch.Tensor,
     step: int,
@@ -218,8 +218,8 @@ def update(
     rollout: Rollout,
     advantages: torch.Tensor,
     *,
-    policy_args: PolicyArguments,
-    grpo: GrpoArguments,
+    policy_args: PolicyConfig,
+    grpo: GrpoConfig,
     max_grad_norm: float,
     generator: torch.Generator,
 ) -> tuple[dict[str, float], bool]:
@@ -269,8 +269,8 @@ def update(
 
 def step_loss(
     policy: WanPolicy,
-    policy_args: PolicyArguments,
-    grpo: GrpoArguments,
+    policy_args: PolicyConfig,
+    grpo: GrpoConfig,
     trajectory: Trajectory,
     indices: torch.Tensor,
     position: int,
@@ -298,7 +298,7 @@ def step_loss(
     return clipped.loss.mean() + grpo.beta * kl, clipped, kl
 
 
-def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArguments) -> dict[str, Any]:
+def run_grpo(policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig) -> dict[str, Any]:
     """Train; returns the per-step mean reward history (NaN for a step without a valid reward), the PPO ratio
     of the first micro-batch of this run's first applied update (1 when the code is on-policy-consistent),
     where the final LoRA went and the skipped-step counts (``faults``)."""
@@ -307,7 +307,7 @@ def run_grpo(policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArg
         return _train_grpo(run, policy_args, run_args, grpo)
 
 
-def _train_grpo(run: TrainingRun, policy_args: PolicyArguments, run_args: RunArguments, grpo: GrpoArguments) -> dict[str, Any]:
+def _train_grpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig) -> dict[str, Any]:
     accelerator, policy = run.accelerator, run.policy
     if grpo.prompts_per_step % accelerator.num_processes:
         raise ConfigError(
@@ -348,13 +348,13 @@ def _train_grpo(run: TrainingRun, policy_args: PolicyArguments, run_args: RunArg
         metrics |= {"time/rollout_s": sampled - started, "time/update_s": time.perf_counter() - sampled}
         history.append(metrics["reward/total/mean"])
         _record(accelerator, run.run_dir, step, rollout, advantages.values)
-        if accelerator.is_main_process and step % run_args.log_every == 0:
+        if accelerator.is_main_process and step % run_args.logging_steps == 0:
             accelerator.log(metrics, step=step)
             progress.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}")
         run.state.faults.stop_if_stuck(grpo.max_consecutive_skipped_steps, step=step, reason=skip)
-        if run_args.sample_every and step % run_args.sample_every == 0 and accelerator.is_main_process:
+        if run_args.sample_steps and step % run_args.sample_steps == 0 and accelerator.is_main_process:
             write_samples(accelerator, run.run_dir / "samples", step, rollout.frames, rollout.prompts)
-        if run.state.step % run_args.save_every == 0 or run.state.step == run_args.max_steps:
+        if run.state.step % run_args.save_steps == 0 or run.state.step == run_args.max_steps:
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]})
     final = finish_run(run, fused=run_args.save_fused)
     return {"reward_history": history, "first_ratio": first_ratio, "final": str(final),

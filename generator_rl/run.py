@@ -36,7 +36,7 @@ from reward.run_record import (
 )
 from reward.video import write_video
 
-from .checkpointing import (
+from .checkpoint import (
     CHECKPOINTS, FINAL, RunState, export_final, latest_checkpoint, refuse_pickled_state, register_checkpoint_hooks,
 )
 from .config import read_prompts
@@ -52,7 +52,7 @@ RUN_OUTPUTS = (CHECKPOINTS, FINAL, "samples", "logs", "wandb", "pairs", ROLLOUTS
 APPEND_ONLY_LOGS = (ROLLOUTS,)
 # Fields a resumed run may change: how long it trains and how it logs, not what it trains. The output folder
 # itself may move (the run is the folder).
-RESUMABLE_CHANGES = ("max_steps", "save_every", "sample_every", "log_every", "report_to", "overwrite_output_dir",
+RESUMABLE_CHANGES = ("max_steps", "save_steps", "sample_steps", "logging_steps", "report_to", "overwrite_output_dir",
                      "output_dir")
 
 

@@ -3,8 +3,8 @@
 Sampling is diffusers' own ``WanPipeline.__call__`` (the checkpoint's scheduler) with the LoRA loaded by
 ``WanPipeline.load_lora_weights`` — so a LoRA that samples here loads in any diffusers workflow — and video
 k of prompt i always uses seed ``seed + 1000·i + k``: base and tuned videos of a prompt share their noise.
-Writes ``<out>/<i>_<k>.mp4`` at 16 fps, ``<out>/index.csv`` (prompt, seed, file) and, before the first video,
-``<out>/samples.json`` (model, LoRA, sampler settings and the planned videos). ``--out`` must be new, empty or
+Writes ``<output_dir>/<i>_<k>.mp4`` at 16 fps, ``<output_dir>/index.csv`` (prompt, seed, file) and, before the first video,
+``<output_dir>/samples.json`` (model, LoRA, sampler settings and the planned videos). ``--output_dir`` must be new, empty or
 an earlier ``tune sample`` output (it holds ``samples.json``); any other folder is refused unless
 ``--overwrite true``, so sampling never replaces files it did not write.
 """
@@ -25,27 +25,27 @@ from reward.errors import ConfigError
 from reward.run_record import check_model_source, check_output_directory
 from reward.video import write_video
 
-from .config import DTYPES, PolicyArguments, read_prompts
+from .config import DTYPES, PolicyConfig, read_prompts
 from .policy import LEARNER, WAN_FPS, component_dtypes
 
 SAMPLES_RECORD = "samples.json"  # written first: it marks a folder as `tune sample` output
 
 
 @dataclass
-class SampleArguments:
+class SampleConfig:
     prompts: str | None = field(default=None, metadata={"help": "Prompt file (.txt or .csv with a 'prompt' column)."})
-    out: str | None = field(default=None, metadata={"help": "Output folder for the mp4 files and index.csv."})
+    output_dir: str | None = field(default=None, metadata={"help": "Output folder for the mp4 files and index.csv."})
     lora: str | None = field(default=None, metadata={"help": "LoRA folder (diffusers format); none: the base model."})
     seed: int = field(default=0, metadata={"help": "Base seed; video k of prompt i uses seed + 1000·i + k."})
     videos_per_prompt: int = field(default=1, metadata={"help": "Videos per prompt."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu; default cuda if available."})
     overwrite: bool = field(
-        default=False, metadata={"help": "Write into a non-empty --out that is not an earlier `tune sample` output."}
+        default=False, metadata={"help": "Write into a non-empty --output_dir that is not an earlier `tune sample` output."}
     )
 
     def __post_init__(self) -> None:
-        if self.prompts is None or self.out is None:
-            raise ConfigError("--prompts and --out are required")
+        if self.prompts is None or self.output_dir is None:
+            raise ConfigError("--prompts and --output_dir are required")
         count = self.videos_per_prompt
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"videos_per_prompt must be an integer >= 1, got {self.videos_per_prompt!r}")
@@ -69,7 +69,7 @@ def sample_device(requested: str | None) -> torch.device:
 
 
 def write_samples_record(
-    out: Path, policy_args: PolicyArguments, sample: SampleArguments, videos: list[dict[str, Any]]
+    out: Path, policy_args: PolicyConfig, sample: SampleConfig, videos: list[dict[str, Any]]
 ) -> Path:
     """``out/samples.json``: what was sampled and how; it also marks the folder as this command's output."""
     record = {
@@ -85,7 +85,7 @@ def write_samples_record(
     return out / SAMPLES_RECORD
 
 
-def load_sampling_pipeline(policy_args: PolicyArguments, lora: str | None, device: torch.device) -> WanPipeline:
+def load_sampling_pipeline(policy_args: PolicyConfig, lora: str | None, device: torch.device) -> WanPipeline:
     dtypes = component_dtypes(DTYPES[policy_args.transformer_dtype], DTYPES[policy_args.text_encoder_dtype])
     pipeline = WanPipeline.from_pretrained(policy_args.model, dtype=dtypes)
     if lora is not None:
@@ -96,10 +96,10 @@ def load_sampling_pipeline(policy_args: PolicyArguments, lora: str | None, devic
     return pipeline.to(device)
 
 
-def run_sample(policy_args: PolicyArguments, sample: SampleArguments) -> list[Path]:
+def run_sample(policy_args: PolicyConfig, sample: SampleConfig) -> list[Path]:
     """Sample every prompt; the inputs, the output folder and the device are checked before the model loads."""
     prompts = read_prompts(sample.prompts)
-    out = check_output_directory(sample.out, marker=SAMPLES_RECORD, overwrite=sample.overwrite, option="--out")
+    out = check_output_directory(sample.output_dir, marker=SAMPLES_RECORD, overwrite=sample.overwrite)
     device = sample_device(sample.device)
     check_model_source(policy_args.model, what="--model", ask_hub=True)
     rows = [

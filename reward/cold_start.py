@@ -41,7 +41,7 @@ from .modeling import DEFAULT_LORA_TARGETS, REWARD_TOKEN, DeScoreModel, LoraSett
 from .pairs import PairCollator, PairDataset
 from .run_record import RUN_CONFIG, check_model_source, check_same_run, file_sha256, resolved_config, write_run_config
 from .trainer import DeScoreTrainer, closed_trackers, pairwise_metrics
-from .video import DecodeLimitArguments, VideoSpec
+from .video import DecodeLimitConfig, VideoSpec
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ RESUME_ALLOWED = (
 
 
 @dataclass
-class ColdStartConfig(TrainingArguments, DecodeLimitArguments):
+class ColdStartConfig(TrainingArguments, DecodeLimitConfig):
     """Stage-1 job: data, model and adaptation fields, plus every ``TrainingArguments`` field.
 
     Defaults reproduce DeScore stage 1 on Qwen3-VL-8B-Instruct; ``configs/reward/tiny_cold_start.yaml`` runs
@@ -95,7 +95,7 @@ class ColdStartConfig(TrainingArguments, DecodeLimitArguments):
                   "(official stage 1). Stored in the checkpoint and used at scoring time."},
     )
     # ----- adaptation ----------------------------------------------------------------------------------
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank on the LLM projections."})
+    lora_rank: int = field(default=64, metadata={"help": "LoRA rank on the LLM projections."})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha (scale alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(
@@ -197,7 +197,7 @@ class ColdStartConfig(TrainingArguments, DecodeLimitArguments):
 
     def lora(self) -> LoraSettings:
         return LoraSettings(
-            r=self.lora_r,
+            r=self.lora_rank,
             alpha=self.lora_alpha,
             dropout=self.lora_dropout,
             target_modules=self.lora_target_modules,
@@ -211,7 +211,7 @@ def value_problems(config: ColdStartConfig) -> list[str]:
         (0 < config.learning_rate < math.inf, f"learning_rate must be a finite number > 0, got {config.learning_rate}"),
         (config.max_grad_norm is None or config.max_grad_norm >= 0,
          f"max_grad_norm must be >= 0 (0 turns clipping off), got {config.max_grad_norm}"),
-        (config.lora_r >= 1, f"lora_r must be >= 1, got {config.lora_r}"),
+        (config.lora_rank >= 1, f"lora_rank must be >= 1, got {config.lora_rank}"),
         (config.lora_alpha > 0, f"lora_alpha must be > 0, got {config.lora_alpha}"),
         (0.0 <= config.lora_dropout < 1.0, f"lora_dropout must lie in [0, 1), got {config.lora_dropout}"),
         (0.0 <= config.cot_drop_prob <= 1.0, f"cot_drop_prob must lie in [0, 1], got {config.cot_drop_prob}"),

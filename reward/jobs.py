@@ -31,13 +31,13 @@ from .run_record import (
 )
 from .score_output import checkpoint_fingerprint
 from .scoring import DeScoreReward, GenerationSettings, default_device, default_dtype
-from .video import DecodeLimitArguments, DecodeLimits, probe_video
+from .video import DecodeLimitConfig, DecodeLimits, probe_video
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ScoreConfig(DecodeLimitArguments):
+class ScoreConfig(DecodeLimitConfig):
     """Score videos with a DeScore checkpoint; one JSON line per (video, prompt)."""
 
     model: str | None = field(default=None, metadata={"help": "DeScore checkpoint directory."})
@@ -302,7 +302,7 @@ class ExportConfig:
     """Write a plain backbone checkpoint (LoRA merged, processor with <Reward>) for HF or vLLM loaders."""
 
     model: str | None = field(default=None, metadata={"help": "DeScore checkpoint directory."})
-    output: str | None = field(
+    output_dir: str | None = field(
         default=None,
         metadata={"help": f"Directory to write: new, empty, or an earlier export (it holds {EXPORT_MARKER})."},
     )
@@ -310,29 +310,29 @@ class ExportConfig:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={"help": "Weight dtype."})
     overwrite: bool = field(
         default=False,
-        metadata={"help": "Replace a non-empty --output that is not an earlier export. A training run or "
+        metadata={"help": "Replace a non-empty --output_dir that is not an earlier export. A training run or "
                           "checkpoint folder, and the checkpoint being exported, are never replaced."},
     )
 
     def __post_init__(self) -> None:
-        if self.model is None or self.output is None:
-            raise ConfigError("--model and --output are required")
+        if self.model is None or self.output_dir is None:
+            raise ConfigError("--model and --output_dir are required")
         if not self.merged:
             raise ConfigError("export writes merged weights; an adapter checkpoint is already what training saves")
         check_checkpoint(self.model)
-        check_export_target(Path(self.output), source=Path(self.model), overwrite=self.overwrite)
+        check_export_target(Path(self.output_dir), source=Path(self.model), overwrite=self.overwrite)
 
 
 def check_export_target(output: Path, *, source: Path, overwrite: bool) -> None:
-    """Refuse an --output whose replacement would lose work: the source checkpoint or a folder holding it,
+    """Refuse an --output_dir whose replacement would lose work: the source checkpoint or a folder holding it,
     a training run or checkpoint folder (always), anything else non-empty that no export wrote (unless
     ``overwrite``)."""
     if output.resolve() == source.resolve() or output.resolve() in source.resolve().parents:
-        raise ConfigError(f"--output {output} holds the checkpoint being exported (--model {source}); choose another folder")
+        raise ConfigError(f"--output_dir {output} holds the checkpoint being exported (--model {source}); choose another folder")
     run_files = [RUN_CONFIG, MANIFEST_NAME, "final", "checkpoint-*"]
     if output.is_dir() and any(any(output.glob(pattern)) for pattern in run_files):
         raise ConfigError(
-            f"--output {output} is a training run or checkpoint folder (it holds one of {', '.join(run_files)}); "
+            f"--output_dir {output} is a training run or checkpoint folder (it holds one of {', '.join(run_files)}); "
             "export never replaces one, not even with --overwrite. Choose a new folder."
         )
     check_output_directory(output, marker=EXPORT_MARKER, overwrite=overwrite)
@@ -340,7 +340,7 @@ def check_export_target(output: Path, *, source: Path, overwrite: bool) -> None:
 
 def run_export(config: ExportConfig) -> Path:
     """Merge and write the backbone, then mark the folder as an export so a later export may replace it."""
-    output = DeScoreModel.from_pretrained(config.model, dtype=config.dtype).export_merged(config.output)
+    output = DeScoreModel.from_pretrained(config.model, dtype=config.dtype).export_merged(config.output_dir)
     marker = {
         "source_model": str(Path(config.model).resolve()),
         "source_fingerprint": checkpoint_fingerprint(config.model),

@@ -232,7 +232,7 @@ def check_output_file(path: str | Path, *, option: str = "--output") -> Path:
     return path
 
 
-def check_output_directory(path: str | Path, *, marker: str, overwrite: bool, option: str = "--output") -> Path:
+def check_output_directory(path: str | Path, *, marker: str, overwrite: bool, option: str = "--output_dir") -> Path:
     """An output folder a command fills: it must be missing, empty, or this command's own earlier output
     (it holds ``marker``). Anything else is refused unless ``overwrite`` says so explicitly, so a command
     never replaces what it did not write (a training run, a dataset)."""

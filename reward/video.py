@@ -106,7 +106,7 @@ class DecodeLimits:
 
 
 @dataclass
-class DecodeLimitArguments:
+class DecodeLimitConfig:
     """The :class:`DecodeLimits` of a job, as config fields (and so CLI flags) of the jobs that read videos."""
 
     max_video_duration_s: float = field(

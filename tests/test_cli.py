@@ -31,8 +31,20 @@ def test_unknown_group_or_command_exits_2(capsys):
 
 
 def test_unknown_flag_is_an_error():
-    with pytest.raises(ConfigError, match=r"lora_rank \(did you mean .*\blora_r\b"):
-        main(["reward", "train", "--train_data", "t.csv", "--output_dir", "o", "--lora_rank", "8"])
+    with pytest.raises(ConfigError, match=r"lora_rnak \(did you mean .*\blora_rank\b"):
+        main(["reward", "train", "--train_data", "t.csv", "--output_dir", "o", "--lora_rnak", "8"])
+
+
+@pytest.mark.parametrize(("argv", "old", "new"), [
+    (["reward", "train", "--train_data", "t.csv", "--output_dir", "o", "--lora_r", "8"], "lora_r", "lora_rank"),
+    (["tune", "grpo", "--save_every", "5"], "save_every", "save_steps"),
+    (["tune", "flow-dpo", "--log_every", "5"], "log_every", "logging_steps"),
+    (["tune", "sample", "--out", "videos"], "out", "output_dir"),
+    (["reward", "export", "--output", "plain"], "output", "output_dir"),
+])
+def test_old_option_names_point_at_the_new_ones(argv, old, new):
+    with pytest.raises(ConfigError, match=rf"unknown option\(s\): {old} \(renamed: did you mean {new}\?\)"):
+        main(argv)
 
 
 def test_score_and_export_from_flags(tiny_qwen3_vl_dir, tmp_path, capsys):
@@ -45,7 +57,7 @@ def test_score_and_export_from_flags(tiny_qwen3_vl_dir, tmp_path, capsys):
     assert "scored 2 video(s), 0 failed" in capsys.readouterr().out
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [record["video"] for record in records] == clips and all(isinstance(r["reward"], float) for r in records)
-    assert main(["reward", "export", "--model", str(checkpoint), "--output", str(tmp_path / "plain"), "--merged"]) == 0
+    assert main(["reward", "export", "--model", str(checkpoint), "--output_dir", str(tmp_path / "plain"), "--merged"]) == 0
     assert (tmp_path / "plain" / "model.safetensors").is_file() and (tmp_path / "plain" / "tokenizer.json").is_file()
 
 
@@ -74,7 +86,7 @@ def test_tune_sample_from_flags(tmp_path, capsys):
     prompts = tmp_path / "p.csv"
     prompts.write_text("prompt,extra\na red square,1\na dog,2\n")
     assert main(["tune", "sample", "--config", str(REPO_ROOT / "configs" / "generator" / "tiny_grpo.yaml"),
-                 "--model", str(model), "--prompts", str(prompts), "--out", str(tmp_path / "videos"),
+                 "--model", str(model), "--prompts", str(prompts), "--output_dir", str(tmp_path / "videos"),
                  "--device", "cpu"]) == 0
     assert "wrote 2 video(s)" in capsys.readouterr().out
     index = (tmp_path / "videos" / "index.csv").read_text().splitlines()

@@ -23,7 +23,7 @@ def test_reward_recipes_load(recipe, tmp_path):
     (config,) = TrlParser([ColdStartConfig]).parse_args_and_config(
         ["--config", str(recipe), "--train_data", "t.csv", "--output_dir", str(tmp_path), *needs_cpu]
     )
-    assert config.lora_r == values["lora_r"] and config.learning_rate == values["learning_rate"]
+    assert config.lora_rank == values["lora_rank"] and config.learning_rate == values["learning_rate"]
     assert config.gradient_accumulation_steps * config.per_device_train_batch_size == config.effective_batch_size
 
 
@@ -32,7 +32,7 @@ def test_paper_recipe_matches_descore_stage1(tmp_path):
         "--config", str(CONFIGS / "reward" / "cold_start_qwen3vl_8b.yaml"),
         "--train_data", "t.csv", "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false",
     ])
-    assert (config.lora_r, config.lora_alpha, config.lora_dropout) == (64, 128, 0.05)
+    assert (config.lora_rank, config.lora_alpha, config.lora_dropout) == (64, 128, 0.05)
     assert config.learning_rate == 2e-6 and config.lr_scheduler_type == "constant_with_warmup"
     assert config.warmup_steps == 0.05 and config.num_train_epochs == 2 and config.cot_drop_prob == 0.5
     assert config.effective_batch_size == 32 and config.loss == "bt" and config.full_train_modules == ["visual"]
@@ -42,8 +42,8 @@ def test_paper_recipe_matches_descore_stage1(tmp_path):
 
 def test_unknown_yaml_key_fails_before_anything_runs(tmp_path):
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text("lora_rank: 8\nlearning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match=r"unknown option\(s\): lora_rank \(did you mean .*\blora_r\b"):
+    recipe.write_text("lora_r: 8\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\): lora_r \(renamed: did you mean lora_rank\?\)"):
         main(["reward", "train", "--config", str(recipe)])
 
 
@@ -74,12 +74,12 @@ def _generator_inputs(recipe: Path, folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("recipe", GENERATOR_RECIPES, ids=[path.stem for path in GENERATOR_RECIPES])
 def test_generator_recipes_load(recipe, tmp_path):
-    from generator_rl.config import PolicyArguments, RunArguments
-    from generator_rl.flow_dpo import FlowDpoArguments
-    from generator_rl.grpo import GrpoArguments
+    from generator_rl.config import PolicyConfig, RunConfig
+    from generator_rl.flow_dpo import FlowDpoConfig
+    from generator_rl.grpo import GrpoConfig
 
-    algorithm = GrpoArguments if "grpo" in recipe.stem else FlowDpoArguments
-    policy, run, arguments = TrlParser([PolicyArguments, RunArguments, algorithm]).parse_args_and_config(
+    algorithm = GrpoConfig if "grpo" in recipe.stem else FlowDpoConfig
+    policy, run, arguments = TrlParser([PolicyConfig, RunConfig, algorithm]).parse_args_and_config(
         ["--config", str(recipe), *_generator_inputs(recipe, tmp_path)]
     )
     values = yaml.safe_load(recipe.read_text())
@@ -88,11 +88,11 @@ def test_generator_recipes_load(recipe, tmp_path):
 
 
 def test_wan_recipes_follow_the_reference_defaults(tmp_path):
-    from generator_rl.config import PolicyArguments, RunArguments
-    from generator_rl.grpo import GrpoArguments
+    from generator_rl.config import PolicyConfig, RunConfig
+    from generator_rl.grpo import GrpoConfig
 
     recipe = CONFIGS / "generator" / "grpo_wan1.3b.yaml"
-    policy, run, grpo = TrlParser([PolicyArguments, RunArguments, GrpoArguments]).parse_args_and_config(
+    policy, run, grpo = TrlParser([PolicyConfig, RunConfig, GrpoConfig]).parse_args_and_config(
         ["--config", str(recipe), *_generator_inputs(recipe, tmp_path)]
     )
     assert (policy.num_steps, policy.guidance_scale, policy.noise_level, policy.sde) == (20, 4.5, 0.7, "flow_sde")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from generator_rl.config import PolicyArguments, RunArguments
-from generator_rl.doctor import DoctorArguments, DoctorError, run_doctor
-from generator_rl.grpo import GrpoArguments
+from generator_rl.config import PolicyConfig, RunConfig
+from generator_rl.doctor import DoctorConfig, DoctorError, run_doctor
+from generator_rl.grpo import GrpoConfig
 from generator_rl.tiny_wan import save_tiny_wan
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "generator" / "tiny_grpo.yaml"
@@ -29,13 +29,13 @@ def main() -> int:
     prompts.write_text("a red square moving left\na blue ball bouncing\na dog on the beach\nbright sunny day\n")
     values = yaml.safe_load(RECIPE.read_text()) | {
         "model": str(model), "prompts": str(prompts), "output_dir": str(root / "run"), "transformer_dtype": "bfloat16",
-        "text_encoder_dtype": "bfloat16", "mixed_precision": "bf16", "report_to": "none", "sample_every": 0,
+        "text_encoder_dtype": "bfloat16", "mixed_precision": "bf16", "report_to": "none", "sample_steps": 0,
     }
     # Built from the YAML without trl's parser: the lent GPU machine has no `datasets`, which trl imports.
     arguments = [kind(**{k: v for k, v in values.items() if k in kind.__dataclass_fields__})
-                 for kind in (PolicyArguments, RunArguments, GrpoArguments)]
+                 for kind in (PolicyConfig, RunConfig, GrpoConfig)]
     try:
-        print(run_doctor(*arguments, DoctorArguments(tolerance=1e-2)))
+        print(run_doctor(*arguments, DoctorConfig(tolerance=1e-2)))
     except DoctorError as failure:
         print(failure)
         return 1

@@ -39,7 +39,7 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.training_utils import cast_training_params
 
-from generator_rl.flow_dpo import FlowDpoArguments, dpo_micro_step
+from generator_rl.flow_dpo import FlowDpoConfig, dpo_micro_step
 from generator_rl.losses import ppo_clip_loss
 from generator_rl.policy import LEARNER, LoraSpec, VideoShape, WanPolicy
 from generator_rl.sde import gaussian_kl, sde_step, step_mean_std
@@ -122,7 +122,7 @@ def measure(policy: WanPolicy, params: int, shape: VideoShape, device: torch.dev
         optimizer.zero_grad(set_to_none=True)
 
     pair = {"winner": torch.randn(latent, device=device), "loser": torch.randn(latent, device=device), "prompt_embeds": conditional}
-    dpo = FlowDpoArguments(rewards=["name=brightness"])
+    dpo = FlowDpoConfig(rewards=["name=brightness"])
 
     def dpo_step():
         with autocast:

@@ -6,19 +6,19 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from generator_rl.config import PolicyArguments, RunArguments
+from generator_rl.config import PolicyConfig, RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES = REPO_ROOT / "configs" / "generator"
 
 
 def tiny_arguments(recipe: str, algorithm: type, model: Path, prompts: Path, output_dir: Path, **overrides) -> tuple:
-    """(PolicyArguments, RunArguments, <algorithm>) from ``configs/generator/<recipe>.yaml`` plus overrides."""
+    """(PolicyConfig, RunConfig, <algorithm>) from ``configs/generator/<recipe>.yaml`` plus overrides."""
     argv = ["--config", str(RECIPES / f"{recipe}.yaml"), "--model", str(model), "--prompts", str(prompts),
-            "--output_dir", str(output_dir), "--report_to", "none", "--sample_every", "0"]
+            "--output_dir", str(output_dir), "--report_to", "none", "--sample_steps", "0"]
     for key, value in overrides.items():
         argv += [f"--{key}", *(value if isinstance(value, list) else [str(value)])]
-    return TrlParser([PolicyArguments, RunArguments, algorithm]).parse_args_and_config(argv)
+    return TrlParser([PolicyConfig, RunConfig, algorithm]).parse_args_and_config(argv)
 
 
 class Preempted(RuntimeError):
@@ -43,7 +43,7 @@ def same_lora(first, second) -> bool:
     import torch
     from safetensors.torch import load_file
 
-    from generator_rl.checkpointing import LORA_WEIGHTS
+    from generator_rl.checkpoint import LORA_WEIGHTS
 
     a, b = load_file(first / "final" / LORA_WEIGHTS), load_file(second / "final" / LORA_WEIGHTS)
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.cli import main
-from generator_rl.config import PolicyArguments, RunArguments
-from generator_rl.flow_dpo import FlowDpoArguments
-from generator_rl.grpo import GrpoArguments
+from generator_rl.config import PolicyConfig, RunConfig
+from generator_rl.flow_dpo import FlowDpoConfig
+from generator_rl.grpo import GrpoConfig
 from reward.errors import ConfigError
 
 POLICY_CASES = [
@@ -37,9 +37,9 @@ RUN_CASES = [
     ({"ema_decay": 1.0}, r"ema_decay must lie in \(0, 1\) .* got 1\.0"),
     ({"ema_decay": 0.0}, r"ema_decay must lie in \(0, 1\) .* got 0\.0"),
     ({"max_steps": 0}, r"max_steps must be >= 1, got 0"),
-    ({"save_every": 0}, r"save_every must be >= 1, got 0"),
-    ({"log_every": 0}, r"log_every must be >= 1, got 0"),
-    ({"sample_every": -1}, r"sample_every must be >= 0, got -1"),
+    ({"save_steps": 0}, r"save_steps must be >= 1, got 0"),
+    ({"logging_steps": 0}, r"logging_steps must be >= 1, got 0"),
+    ({"sample_steps": -1}, r"sample_steps must be >= 0, got -1"),
     ({"prompts": "missing-prompts.txt"}, r"prompts: missing-prompts.txt is not a file"),
 ]
 
@@ -47,18 +47,18 @@ RUN_CASES = [
 @pytest.mark.parametrize(("values", "message"), POLICY_CASES, ids=[str(case[0]) for case in POLICY_CASES])
 def test_bad_policy_values_are_refused(values, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        PolicyArguments(**{"model": str(tmp_path), **values})
+        PolicyConfig(**{"model": str(tmp_path), **values})
 
 
 @pytest.mark.parametrize(("values", "message"), RUN_CASES, ids=[str(case[0]) for case in RUN_CASES])
 def test_bad_run_values_are_refused(values, message, prompt_file, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        RunArguments(**{"output_dir": str(tmp_path / "run"), "prompts": str(prompt_file), **values})
+        RunConfig(**{"output_dir": str(tmp_path / "run"), "prompts": str(prompt_file), **values})
 
 
 def test_good_values_pass(prompt_file, tmp_path):
-    policy = PolicyArguments(model=str(tmp_path), sde_window=2, sde_window_range=[1, 5], guidance_scale=1.0)
-    run = RunArguments(output_dir=str(tmp_path / "run"), prompts=str(prompt_file), ema_decay=0.9, sample_every=0)
+    policy = PolicyConfig(model=str(tmp_path), sde_window=2, sde_window_range=[1, 5], guidance_scale=1.0)
+    run = RunConfig(output_dir=str(tmp_path / "run"), prompts=str(prompt_file), ema_decay=0.9, sample_steps=0)
     assert policy.sde_settings.window_range == (1, 5) and run.ema_decay == 0.9 and not run.overwrite_output_dir
 
 
@@ -97,13 +97,13 @@ FLOW_DPO_CASES = [
 @pytest.mark.parametrize(("values", "message"), GRPO_CASES, ids=str)
 def test_bad_grpo_values_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
-        GrpoArguments(**{"rewards": ["name=brightness"], **values})
+        GrpoConfig(**{"rewards": ["name=brightness"], **values})
 
 
 @pytest.mark.parametrize(("values", "message"), FLOW_DPO_CASES, ids=str)
 def test_bad_flow_dpo_values_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
-        FlowDpoArguments(**{"rewards": ["name=brightness"], **values})
+        FlowDpoConfig(**{"rewards": ["name=brightness"], **values})
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_reward_entries_are_checked_before_the_generator_loads(term, message, ti
     def no_load(*args, **kwargs):
         raise AssertionError("the generator was loaded before the bad reward entry was refused")
 
-    monkeypatch.setattr(PolicyArguments, "load_policy", no_load)
+    monkeypatch.setattr(PolicyConfig, "load_policy", no_load)
     with pytest.raises(ConfigError, match=message):
         main(["tune", "grpo", "--model", str(tiny_wan_dir), "--prompts", str(prompt_file), "--output_dir",
               str(tmp_path / "run"), "--rewards", term, "--report_to", "none"])

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 import generator_rl.flow_dpo as dpo_module
 import generator_rl.grpo as grpo_module
-from generator_rl.checkpointing import LORA_WEIGHTS
+from generator_rl.checkpoint import LORA_WEIGHTS
 from generator_rl.faults import FaultCounters, SkipReason
-from generator_rl.flow_dpo import FlowDpoArguments, run_flow_dpo
-from generator_rl.grpo import GrpoArguments, run_grpo
+from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo
+from generator_rl.grpo import GrpoConfig, run_grpo
 from reward.errors import ConfigError, NumericalFaultError
 
 from .fault_rewards import NAN_REWARD
@@ -62,7 +62,7 @@ def test_counters_count_and_round_trip():
     counters.stop_if_stuck(3, step=7, reason=SkipReason.NONFINITE)  # below the limit: nothing happens
 
 
-@pytest.mark.parametrize("arguments", [GrpoArguments, FlowDpoArguments])
+@pytest.mark.parametrize("arguments", [GrpoConfig, FlowDpoConfig])
 @pytest.mark.parametrize("limit", [0, -2])
 def test_the_skip_limit_is_validated(arguments, limit):
     with pytest.raises(ConfigError, match=f"max_consecutive_skipped_steps must be an integer >= 1, got {limit}"):
@@ -75,8 +75,8 @@ def test_all_nan_rewards_skip_one_grpo_step_and_the_counts_survive_a_resume(
     """The reward fails on every item of step 1 (its 2nd call): step 1 leaves the LoRA as it was, steps 2 and 3
     train, the skip is counted. A run killed in step 3 and resumed from step_3 ends with the same counts and
     the same LoRA (the resumed reward's call counter restarts, so its step 3 is a healthy first call)."""
-    settings = {"max_steps": 4, "save_every": 1, "rewards": [f"name={NAN_REWARD},nan_calls=2"]}
-    straight = run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a", **settings))
+    settings = {"max_steps": 4, "save_steps": 1, "rewards": [f"name={NAN_REWARD},nan_calls=2"]}
+    straight = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "a", **settings))
     assert straight["faults"] == _faults(1, 1, 0)
     assert _changes(tmp_path / "a", 4) == [False, True, True]
     history = straight["reward_history"]
@@ -87,9 +87,9 @@ def test_all_nan_rewards_skip_one_grpo_step_and_the_counts_survive_a_resume(
     original = grpo_module.collect
     monkeypatch.setattr(grpo_module, "collect", dies_on_call(original, 4))
     with pytest.raises(Preempted):
-        run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
+        run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
     monkeypatch.setattr(grpo_module, "collect", original)
-    resumed = run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
+    resumed = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
     assert resumed["faults"] == _faults(1, 1, 0) and len(resumed["reward_history"]) == 1
     assert same_lora(tmp_path / "a", tmp_path / "b")
 
@@ -115,16 +115,16 @@ def test_a_nonfinite_grpo_loss_skips_the_update(tiny_wan_dir, prompt_file, tmp_p
 
     monkeypatch.setattr(grpo_module, "collect", collect)
     monkeypatch.setattr(grpo_module, "step_loss", step_loss)
-    result = run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run",
-                                      max_steps=3, save_every=1))
+    result = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run",
+                                      max_steps=3, save_steps=1))
     assert poisoned == [True] and result["faults"] == _faults(1, 0, 1)
     assert _changes(tmp_path / "run", 3) == [False, True]
 
 
 def test_consecutive_skipped_steps_stop_the_run(tiny_wan_dir, prompt_file, tmp_path):
     rewards = [f"name={NAN_REWARD},nan_calls=2:3:4"]
-    arguments = tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run", max_steps=6,
-                               save_every=1, rewards=rewards, max_consecutive_skipped_steps=3)
+    arguments = tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", max_steps=6,
+                               save_steps=1, rewards=rewards, max_consecutive_skipped_steps=3)
     with pytest.raises(NumericalFaultError) as raised:
         run_grpo(*arguments)
     message = str(raised.value)
@@ -140,7 +140,7 @@ def test_two_processes_skip_the_same_steps_without_hanging(tiny_wan_dir, prompt_
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
         str(Path(__file__).with_name("grpo_worker.py")), str(tiny_wan_dir), str(prompt_file), str(tmp_path / "run"),
-        "max_steps=4", "save_every=1",
+        "max_steps=4", "save_steps=1",
         f"rewards=name={NAN_REWARD},nan_calls=2,ranks=1,label=rank1_fails", f"rewards=name={NAN_REWARD},nan_calls=3",
     ]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=400,
@@ -165,8 +165,8 @@ def test_flow_dpo_skips_a_nonfinite_step_and_stops_after_repeats(tiny_wan_dir, p
         return (loss * float("nan") if len(calls) in poisoned_calls else loss), stats
 
     monkeypatch.setattr(dpo_module, "dpo_micro_step", micro_step)
-    settings = {"max_steps": 3, "save_every": 1, "pair_dir": tmp_path / "pairs"}
-    result = run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a",
+    settings = {"max_steps": 3, "save_steps": 1, "pair_dir": tmp_path / "pairs"}
+    result = run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "a",
                                           **settings))
     assert result["faults"] == _faults(1, 0, 1)
     assert _changes(tmp_path / "a", 3) == [False, True]
@@ -175,5 +175,5 @@ def test_flow_dpo_skips_a_nonfinite_step_and_stops_after_repeats(tiny_wan_dir, p
     calls.clear()
     poisoned_calls.update(range(1, 10))
     with pytest.raises(NumericalFaultError, match=r"2 consecutive steps were skipped \(steps 0-1.*not finite"):
-        run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b",
+        run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b",
                                      **settings, max_consecutive_skipped_steps=2))

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import generator_rl.flow_dpo as dpo_module
-from generator_rl.flow_dpo import FlowDpoArguments, run_flow_dpo, select_pairs
+from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo, select_pairs
 from generator_rl.pair_store import PairStore
-from generator_rl.sample import SampleArguments, run_sample
+from generator_rl.sample import SampleConfig, run_sample
 from reward import build_reward
 from reward.run_record import RunMismatchError
 
@@ -28,16 +28,16 @@ def test_online_flow_dpo_raises_the_sanity_reward(tiny_wan_dir, prompt_file, tmp
     """The shipped tiny recipe (online, 3 rounds of pairs ranked by temporal smoothness): fresh samples with
     held-out seeds score higher than the base model's; the first step's loss is exactly log 2 (the learner
     starts equal to the reference, LoRA B = 0)."""
-    policy, run, dpo = tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run")
+    policy, run, dpo = tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run")
     result = run_flow_dpo(policy, run, dpo)
     history = result["history"]
     assert history[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert history[-1]["train/implicit_accuracy"] == 1.0
     store = PairStore(tmp_path / "run" / "pairs")
     assert [len(store.pairs(round_)) for round_ in range(3)] == [len(PROMPTS)] * 3
-    base = run_sample(policy, SampleArguments(prompts=str(prompt_file), out=str(tmp_path / "base"), seed=777,
+    base = run_sample(policy, SampleConfig(prompts=str(prompt_file), output_dir=str(tmp_path / "base"), seed=777,
                                               videos_per_prompt=2, device="cpu"))
-    tuned = run_sample(policy, SampleArguments(prompts=str(prompt_file), out=str(tmp_path / "tuned"), seed=777,
+    tuned = run_sample(policy, SampleConfig(prompts=str(prompt_file), output_dir=str(tmp_path / "tuned"), seed=777,
                                                videos_per_prompt=2, lora=result["final"], device="cpu"))
     assert _smoothness(tuned) > _smoothness(base) + 0.003
 
@@ -54,7 +54,7 @@ def test_pair_building_resumes_and_is_reused(tiny_wan_dir, prompt_file, tmp_path
 
     monkeypatch.setattr(PairStore, "add", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
-        run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a",
+        run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "a",
                                      max_steps=1, pair_dir=tmp_path / "pairs"))
     monkeypatch.setattr(PairStore, "add", original)
     store = PairStore(tmp_path / "pairs")
@@ -66,7 +66,7 @@ def test_pair_building_resumes_and_is_reused(tiny_wan_dir, prompt_file, tmp_path
         return original(self, rank, record, **tensors)
 
     monkeypatch.setattr(PairStore, "add", records_index)
-    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a",
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "a",
                                  max_steps=1, pair_dir=tmp_path / "pairs"))
     assert resumed_indices == [2, 3]
     records = store.pairs(0)
@@ -74,7 +74,7 @@ def test_pair_building_resumes_and_is_reused(tiny_wan_dir, prompt_file, tmp_path
     lines = (tmp_path / "pairs" / "index_rank0.jsonl").read_text().splitlines()
     assert len(lines) == 4 and json.loads(lines[0])["model"] == str(tiny_wan_dir)
     resumed_indices.clear()
-    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b",
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b",
                                  max_steps=1, pair_dir=tmp_path / "pairs"))
     assert resumed_indices == []  # the second run trained on the stored pairs
     tensors = store.load(records[0])
@@ -85,7 +85,7 @@ def test_a_pair_store_of_another_run_is_refused(tiny_wan_dir, prompt_file, tmp_p
     """A --pair_dir reused with another reward, other sampler settings or another prompt at the same index is
     refused (naming the store and every difference) and left as it was; the same settings reuse it."""
     pair_dir, settings = tmp_path / "pairs", {"max_steps": 1, "samples_per_prompt": 2}
-    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a",
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "a",
                                  pair_dir=pair_dir, **settings))
     other_prompts = tmp_path / "prompts.txt"
     other_prompts.write_text("\n".join([*PROMPTS[:2], "a cat sleeping", *PROMPTS[3:]]) + "\n")
@@ -97,11 +97,11 @@ def test_a_pair_store_of_another_run_is_refused(tiny_wan_dir, prompt_file, tmp_p
     ]
     for index, (prompts, overrides, expected) in enumerate(cases):
         with pytest.raises(RunMismatchError) as raised:
-            run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompts,
+            run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompts,
                                          tmp_path / f"other{index}", pair_dir=pair_dir, **settings | overrides))
         assert f"pair store {pair_dir}" in str(raised.value) and expected in str(raised.value)
     assert len(PairStore(pair_dir).pairs(0)) == len(PROMPTS)  # nothing was added to the refused store
-    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b",
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b",
                                  pair_dir=pair_dir, learning_rate=0.02, **settings))
 
 
@@ -128,7 +128,7 @@ def test_flow_dpo_shares_noise_and_timestep_between_winner_and_loser(tiny_wan_di
         return original(latents, timesteps, *args)
 
     monkeypatch.setattr(policy, "velocity", spy)
-    arguments = FlowDpoArguments(rewards=["name=brightness"], beta=50.0)
+    arguments = FlowDpoConfig(rewards=["name=brightness"], beta=50.0)
     loss, stats = dpo_module.dpo_micro_step(policy, batch, dpo=arguments, generator=torch.Generator().manual_seed(0))
     (noised, timesteps), (noised_ref, timesteps_ref) = seen
     assert torch.equal(noised, noised_ref) and torch.equal(timesteps, timesteps_ref)
@@ -140,16 +140,16 @@ def test_flow_dpo_shares_noise_and_timestep_between_winner_and_loser(tiny_wan_di
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and stats["implicit_accuracy"] == 0.0
 
 
-@pytest.mark.parametrize("save_every", [2, 1], ids=["resume-at-round-boundary", "resume-mid-round"])
-def test_killed_flow_dpo_run_resumes_to_the_same_lora(tiny_wan_dir, prompt_file, tmp_path, monkeypatch, save_every):
+@pytest.mark.parametrize("save_steps", [2, 1], ids=["resume-at-round-boundary", "resume-mid-round"])
+def test_killed_flow_dpo_run_resumes_to_the_same_lora(tiny_wan_dir, prompt_file, tmp_path, monkeypatch, save_steps):
     """Online rounds of 2 steps; killed in step 4 after a checkpoint at step 2 (round boundary: the reference
     is refreshed again) or at step 3 (mid-round: the refreshed reference comes back from the checkpoint)."""
-    settings = {"max_steps": 5, "save_every": save_every, "online_every": 2}
-    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "a", **settings))
+    settings = {"max_steps": 5, "save_steps": save_steps, "online_every": 2}
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "a", **settings))
     original = dpo_module._optimizer_step
     monkeypatch.setattr(dpo_module, "_optimizer_step", dies_on_call(original, 4))
     with pytest.raises(Preempted):
-        run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
+        run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
     monkeypatch.setattr(dpo_module, "_optimizer_step", original)
-    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
     assert same_lora(tmp_path / "a", tmp_path / "b")

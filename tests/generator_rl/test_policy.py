@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
-from generator_rl.checkpointing import LORA_WEIGHTS, load_lora, save_lora
-from generator_rl.config import PolicyArguments
+from generator_rl.checkpoint import LORA_WEIGHTS, load_lora, save_lora
+from generator_rl.config import PolicyConfig
 from generator_rl.policy import VideoShape
 from generator_rl.rollout import SdeSettings, sample_trajectory
 from reward.errors import CheckpointError
@@ -19,8 +19,8 @@ from .conftest import PROMPTS
 TINY_SHAPE = VideoShape(height=32, width=32, num_frames=9)
 
 
-def tiny_policy_arguments(model) -> PolicyArguments:
-    return PolicyArguments(
+def tiny_policy_arguments(model) -> PolicyConfig:
+    return PolicyConfig(
         model=str(model), transformer_dtype="float32", text_encoder_dtype="float32", lora_rank=4, lora_alpha=8,
         gradient_checkpointing=False, height=32, width=32, num_frames=9, num_steps=6, guidance_scale=3.0,
         max_sequence_length=16,
@@ -139,7 +139,7 @@ def test_lora_round_trip_through_the_diffusers_format(policy, tiny_wan_dir, tmp_
 
 def test_loading_a_mismatched_lora_fails(policy, tiny_wan_dir, tmp_path):
     save_lora(policy, tmp_path / "lora")
-    other = PolicyArguments(**{**tiny_policy_arguments(tiny_wan_dir).__dict__, "lora_target_modules": ["to_q"]})
+    other = PolicyConfig(**{**tiny_policy_arguments(tiny_wan_dir).__dict__, "lora_target_modules": ["to_q"]})
     with pytest.raises(CheckpointError, match="unexpected keys"):
         load_lora(other.load_policy(torch.device("cpu")), tmp_path / "lora")
     with pytest.raises(CheckpointError, match="missing"):
@@ -170,7 +170,7 @@ def test_trajectory_log_probs_match_re_scoring(policy, tiny_wan_dir):
 def test_fused_export_is_a_plain_transformer_with_the_lora_inside(policy, tmp_path):
     from diffusers import WanTransformer3DModel
 
-    from generator_rl.checkpointing import export_final
+    from generator_rl.checkpoint import export_final
 
     _perturb_lora(policy)
     conditional, unconditional = policy.prompt_embeddings(PROMPTS[:1])

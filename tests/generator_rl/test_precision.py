@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from generator_rl.checkpointing import LORA_WEIGHTS
-from generator_rl.config import PolicyArguments
+from generator_rl.checkpoint import LORA_WEIGHTS
+from generator_rl.config import PolicyConfig
 from generator_rl.policy import LEARNER, REFERENCE
 
 from .test_policy import tiny_policy_arguments
@@ -22,7 +22,7 @@ from .test_policy import tiny_policy_arguments
 # One step of AdamW moves a weight by about the learning rate: 1e-5 is ~1/100 of bf16's spacing at the LoRA
 # A weights' size (~0.2), and ~100 000 times float32's.
 BF16_RUN = {"transformer_dtype": "bfloat16", "mixed_precision": "bf16", "learning_rate": 1e-5, "weight_decay": 0.0,
-            "max_steps": 2, "save_every": 1, "group_size": 2}
+            "max_steps": 2, "save_steps": 1, "group_size": 2}
 
 
 def _lora(run_dir: Path, folder: str) -> dict[str, torch.Tensor]:
@@ -67,7 +67,7 @@ def test_the_refreshed_reference_is_an_exact_float32_copy(tiny_wan_dir):
     bit after a refresh (a bf16 reference would round the learner's small updates away)."""
     from peft import get_peft_model_state_dict
 
-    arguments = PolicyArguments(**{**tiny_policy_arguments(tiny_wan_dir).__dict__, "transformer_dtype": "bfloat16"})
+    arguments = PolicyConfig(**{**tiny_policy_arguments(tiny_wan_dir).__dict__, "transformer_dtype": "bfloat16"})
     policy = arguments.load_policy(torch.device("cpu"))
     with torch.no_grad():
         for parameter in policy.trainable_parameters():

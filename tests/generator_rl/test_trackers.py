@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-from generator_rl.flow_dpo import FlowDpoArguments, run_flow_dpo
-from generator_rl.grpo import GrpoArguments, run_grpo
+from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo
+from generator_rl.grpo import GrpoConfig, run_grpo
 from reward.cold_start import run as run_cold_start
 
 from ..reward.helpers import tiny_config
@@ -23,9 +23,9 @@ def test_reward_training_grpo_and_flow_dpo_log_to_three_wandb_runs(
     train, _ = visual_pairs
     run_cold_start(tiny_config(tiny_qwen3_vl_dir, train, tmp_path / "stage1", report_to="wandb",
                                num_train_epochs=1, logging_steps=1, save_strategy="no"))
-    steps = {"report_to": "wandb", "max_steps": 3, "save_every": 3, "log_every": 1}
-    run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "grpo", **steps))
-    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoArguments, tiny_wan_dir, prompt_file, tmp_path / "dpo", **steps))
+    steps = {"report_to": "wandb", "max_steps": 3, "save_steps": 3, "logging_steps": 1}
+    run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "grpo", **steps))
+    run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "dpo", **steps))
 
     files = sorted(tmp_path.rglob("offline-run-*/run-*.wandb"))
     runs = {path.relative_to(tmp_path).parts[0]: path for path in files}  # WANDB_DIR's wandb/, grpo/, dpo/

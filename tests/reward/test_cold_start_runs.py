@@ -45,7 +45,7 @@ BAD_VALUES = [
     ({"learning_rate": -0.5}, "learning_rate must be a finite number > 0, got -0.5"),
     ({"learning_rate": "nan"}, "learning_rate must be a finite number > 0, got nan"),
     ({"max_grad_norm": -1}, "max_grad_norm must be >= 0 (0 turns clipping off), got -1.0"),
-    ({"lora_r": 0}, "lora_r must be >= 1, got 0"),
+    ({"lora_rank": 0}, "lora_rank must be >= 1, got 0"),
     ({"lora_alpha": 0}, "lora_alpha must be > 0, got 0"),
     ({"lora_dropout": 1.0}, "lora_dropout must lie in [0, 1), got 1.0"),
     ({"cot_drop_prob": 1.5}, "cot_drop_prob must lie in [0, 1], got 1.5"),
@@ -94,7 +94,7 @@ def test_rerun_with_another_configuration_is_refused_and_an_allowed_change_resum
     monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", refuse)
     with pytest.raises(RunMismatchError, match=r"config\.learning_rate: 0\.001 -> 0\.002\n.*--overwrite_output_dir") as error:
         run(tiny_config(tiny_qwen3_vl_dir, data, tmp_path / "run", **{**ONE_STEP, "learning_rate": 0.002}))
-    assert "config.lora_r" not in str(error.value)
+    assert "config.lora_rank" not in str(error.value)
     with pytest.raises(RunMismatchError, match=r"config\.loss: bt -> bt_ties"):
         run(tiny_config(tiny_qwen3_vl_dir, data, tmp_path / "run", **{**ONE_STEP, "loss": "bt_ties"}))
     # same path, other content

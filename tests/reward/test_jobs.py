@@ -108,12 +108,12 @@ def test_bad_export_values_are_refused_before_any_model_loads(case, checkpoint, 
     model, output, error, message = {
         "missing model": (tmp_path / "nope", tmp_path / "out", ConfigError, rf"--model {tmp_path / 'nope'} does not exist"),
         "not a DeScore checkpoint": (tiny_qwen3_vl_dir, tmp_path / "out", CheckpointError, "descore_config.json is missing"),
-        "output is a file": (checkpoint, a_file, ConfigError, rf"--output {a_file} is a file; give a folder path"),
+        "output is a file": (checkpoint, a_file, ConfigError, rf"--output_dir {a_file} is a file; give a folder path"),
         "output is the model": (checkpoint, checkpoint.parent, ConfigError, "holds the checkpoint being exported"),
     }[case]
     loads = Calls(monkeypatch, DeScoreModel, "from_pretrained")
     with pytest.raises(error, match=message):
-        main(["reward", "export", "--model", str(model), "--output", str(output), "--overwrite", "true"])
+        main(["reward", "export", "--model", str(model), "--output_dir", str(output), "--overwrite", "true"])
     assert loads.count == 0 and not (tmp_path / "out").exists() and a_file.read_text() == "x"
 
 # ----- scoring is saved as it goes and resumed ---------------------------------------------------------------
@@ -225,10 +225,10 @@ def test_export_onto_a_run_folder_refuses_and_deletes_nothing(checkpoint, run_fo
     before = listing(run_folder)
     loads = Calls(monkeypatch, DeScoreModel, "from_pretrained")
     for flags in ([], ["--overwrite", "true"]):
-        with pytest.raises(ConfigError, match=rf"--output {run_folder} is a training run or checkpoint folder"):
-            main(["reward", "export", "--model", str(checkpoint), "--output", str(run_folder), *flags])
+        with pytest.raises(ConfigError, match=rf"--output_dir {run_folder} is a training run or checkpoint folder"):
+            main(["reward", "export", "--model", str(checkpoint), "--output_dir", str(run_folder), *flags])
     with pytest.raises(ConfigError, match=r"holds the checkpoint being exported"):
-        main(["reward", "export", "--model", str(run_folder / "final"), "--output", str(run_folder / "final")])
+        main(["reward", "export", "--model", str(run_folder / "final"), "--output_dir", str(run_folder / "final")])
     assert loads.count == 0 and listing(run_folder) == before
 
 
@@ -236,16 +236,16 @@ def test_export_replaces_only_its_own_output_or_with_overwrite(checkpoint, tmp_p
     target = tmp_path / "plain"
     target.mkdir()
     (target / "notes.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match=rf"--output {target} already holds files this command did not write "
+    with pytest.raises(ConfigError, match=rf"--output_dir {target} already holds files this command did not write "
                                           rf"\(no {EXPORT_MARKER}\)"):
-        ExportConfig(model=str(checkpoint), output=str(target))
+        ExportConfig(model=str(checkpoint), output_dir=str(target))
     assert listing(target) == {"notes.txt": b"keep me"}
-    run_export(ExportConfig(model=str(checkpoint), output=str(target), overwrite=True))
+    run_export(ExportConfig(model=str(checkpoint), output_dir=str(target), overwrite=True))
     marker = json.loads((target / EXPORT_MARKER).read_text())
     assert marker["source_model"] == str(checkpoint.resolve()) and "torch" in marker["versions"]
     assert not (target / "notes.txt").exists() and (target / "model.safetensors").is_file()
     weights = (target / "model.safetensors").read_bytes()
-    run_export(ExportConfig(model=str(checkpoint), output=str(target)))  # an earlier export may be replaced
+    run_export(ExportConfig(model=str(checkpoint), output_dir=str(target)))  # an earlier export may be replaced
     assert (target / "model.safetensors").read_bytes() == weights and (target / EXPORT_MARKER).is_file()
 
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from diffusers.training_utils import EMAModel
 
-import generator_rl.checkpointing as checkpointing
-from generator_rl.checkpointing import (
+import generator_rl.checkpoint as checkpoint_module
+from generator_rl.checkpoint import (
     EMA_STATE, EMA_WEIGHTS, LORA_WEIGHTS, RUN_STATE, RunState, export_final, load_ema, load_run_state, save_ema,
     save_run_state,
 )
-from generator_rl.config import PolicyArguments
-from generator_rl.grpo import GrpoArguments, run_grpo
+from generator_rl.config import PolicyConfig
+from generator_rl.grpo import GrpoConfig, run_grpo
 from reward.errors import CheckpointError
 
 from ..planted import Planted
@@ -29,7 +29,7 @@ from .test_policy import tiny_policy_arguments
 @pytest.fixture
 def bf16_policy(tiny_wan_dir):
     arguments = tiny_policy_arguments(tiny_wan_dir)
-    return PolicyArguments(**{**arguments.__dict__, "transformer_dtype": "bfloat16"}).load_policy(torch.device("cpu"))
+    return PolicyConfig(**{**arguments.__dict__, "transformer_dtype": "bfloat16"}).load_policy(torch.device("cpu"))
 
 
 def test_a_planted_pickle_is_not_executed_on_resume(tiny_wan_dir, prompt_file, tmp_path):
@@ -37,11 +37,11 @@ def test_a_planted_pickle_is_not_executed_on_resume(tiny_wan_dir, prompt_file, t
     the resume unread; a pickle planted as accelerate's RNG state is refused by weights_only=True, and the
     run (whose randomness comes from seeded generators) resumes to the uninterrupted result. The files a run
     writes have the permissions the umask gives (safetensors alone would leave 0600)."""
-    settings = {"max_steps": 2, "save_every": 1, "ema_decay": 0.5}
-    run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "straight", **settings))
+    settings = {"max_steps": 2, "save_steps": 1, "ema_decay": 0.5}
+    run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "straight", **settings))
     previous = os.umask(0o022)
     try:
-        run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run",
+        run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run",
                                  **{**settings, "max_steps": 1}))
     finally:
         os.umask(previous)
@@ -60,11 +60,11 @@ def test_a_planted_pickle_is_not_executed_on_resume(tiny_wan_dir, prompt_file, t
     assert marker.exists()
     marker.unlink()
     with pytest.raises(CheckpointError, match=r"step_1 holds custom_checkpoint_0\.pkl: pickled state"):
-        run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run", **settings))
+        run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", **settings))
     assert not marker.exists()
     (checkpoint / "custom_checkpoint_0.pkl").unlink()
     torch.save(Planted(marker), checkpoint / "random_states_0.pkl")  # accelerate reads it with weights_only=True
-    run_grpo(*tiny_arguments("tiny_grpo", GrpoArguments, tiny_wan_dir, prompt_file, tmp_path / "run", **settings))
+    run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", **settings))
     assert not marker.exists()
     assert same_lora(tmp_path / "straight", tmp_path / "run")
 
@@ -106,7 +106,7 @@ def test_a_killed_export_leaves_the_previous_final_or_none(bf16_policy, tmp_path
         raise KeyboardInterrupt("killed during export")
 
     config = {"run": {"seed": 0}}
-    monkeypatch.setattr(checkpointing, "write_run_config", killed)
+    monkeypatch.setattr(checkpoint_module, "write_run_config", killed)
     with pytest.raises(KeyboardInterrupt):
         export_final(bf16_policy, tmp_path, fused=False, job="tune-test", config=config)
     assert sorted(path.name for path in tmp_path.iterdir()) == []  # no final/, no staging left behind
@@ -117,7 +117,7 @@ def test_a_killed_export_leaves_the_previous_final_or_none(bf16_policy, tmp_path
     with torch.no_grad():
         for parameter in bf16_policy.trainable_parameters():
             parameter.add_(1.0)
-    monkeypatch.setattr(checkpointing, "write_run_config", killed)
+    monkeypatch.setattr(checkpoint_module, "write_run_config", killed)
     with pytest.raises(KeyboardInterrupt):
         export_final(bf16_policy, tmp_path, fused=False, job="tune-test", config=config)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["final"]
