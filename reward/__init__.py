@@ -3,6 +3,7 @@
 >>> import reward
 >>> scorer = reward.load("runs/descore/final", cot=False)          # fast one-forward mode
 >>> scorer.score(["clip.mp4"], ["a red square moving left"]).rewards
+>>> scorer = reward.load("owner/descore-8b", revision="main")     # a hub id (HF_HUB_OFFLINE=1: cache only)
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from .video import DecodeLimits, VideoFrames, VideoSpec, load_video, probe_video
 
 
 def load(path: str | Path, *, cot: bool = True, **options: Any) -> DeScoreReward:
-    """Load a DeScore checkpoint as a reward model; ``options`` go to :class:`DeScoreReward`."""
+    """Load a DeScore checkpoint as a reward model: a local folder (a training checkpoint or an export) or a hub
+    id ``owner/name``; ``options`` (e.g. ``revision``, ``device``) go to :class:`DeScoreReward`."""
     return DeScoreReward(path, use_cot=cot, **options)
 
 

@@ -109,7 +109,9 @@ def check_reward_entry(entry: Mapping[str, Any]) -> None:
     if options.get("path") is not None:
         from .run_record import check_model_source
 
-        check_model_source(options["path"], what=f"reward model {name!r} path", ask_hub=True)
+        check_model_source(
+            options["path"], what=f"reward model {name!r} path", ask_hub=True, revision=options.get("revision")
+        )
 
 
 def build_reward(entry: Mapping[str, Any]) -> RewardModel:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -16,17 +15,19 @@ from tqdm.auto import tqdm
 
 from . import score_output
 from .base import ScoredItem
-from .checkpoint import atomic_file
+from .checkpoint import ModelSource, resolve_model_source
 from .data import PreferencePair, read_preferences
 from .errors import ConfigError, DataError, VideoDecodeError
 from .losses import pairwise_accuracy
-from .modeling import MANIFEST_NAME, REWARD_TOKEN, DeScoreManifest, DeScoreModel
+from .modeling import EXPORT_MARKER, MANIFEST_NAME, REWARD_TOKEN, DeScoreManifest, DeScoreModel
 from .run_record import (
     RUN_CONFIG,
+    check_model_source,
     check_output_directory,
     check_output_file,
     code_commit,
     library_versions,
+    looks_like_hub_id,
     resolved_config,
 )
 from .score_output import checkpoint_fingerprint
@@ -40,7 +41,14 @@ logger = logging.getLogger(__name__)
 class ScoreConfig(DecodeLimitConfig):
     """Score videos with a DeScore checkpoint; one JSON line per (video, prompt)."""
 
-    model: str | None = field(default=None, metadata={"help": "DeScore checkpoint directory."})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "DeScore checkpoint: a folder (training checkpoint or export) or a hub id owner/name (a "
+                          "folder of that name wins; HF_HUB_OFFLINE=1 uses the hub cache only)."},
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a hub --model (default: main)."}
+    )
     output: str | None = field(
         default=None,
         metadata={"help": "Output JSONL file. Lines are saved as each batch ends; a re-run with the same settings "
@@ -89,7 +97,7 @@ class ScoreConfig(DecodeLimitConfig):
             raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
         self.generation_settings()  # raises on a bad max_new_tokens, temperature or repetition_penalty
         check_output_file(self.output)
-        check_checkpoint(self.model)
+        check_checkpoint(self.model, revision=self.revision)
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(
@@ -106,7 +114,7 @@ class ScoreConfig(DecodeLimitConfig):
         device and attention kernel are left out: they do not change a reward beyond float noise."""
         device = torch.device(self.device) if self.device is not None else default_device()
         return resolved_config({
-            "model": {"path": str(Path(self.model).resolve()), "fingerprint": checkpoint_fingerprint(self.model)},
+            "model": checkpoint_identity(resolve_model_source(self.model, revision=self.revision)),
             "scoring": {
                 "cot": self.cot,
                 "cot_source": self.cot_source if self.cot else None,
@@ -116,11 +124,32 @@ class ScoreConfig(DecodeLimitConfig):
         })
 
 
-def check_checkpoint(path: str, *, option: str = "--model") -> None:
-    """Fail before anything loads when ``path`` is not a DeScore checkpoint folder."""
-    if not Path(path).exists():
-        raise ConfigError(f"{option} {path} does not exist; give a DeScore checkpoint folder (e.g. runs/descore/final)")
-    DeScoreManifest.read(Path(path))  # CheckpointError naming the folder when the manifest is missing or malformed
+def check_checkpoint(path: str, *, revision: str | None = None, option: str = "--model") -> None:
+    """Fail before anything loads when ``path`` is neither a DeScore checkpoint folder nor a hub id (in offline
+    mode: one in the hub cache). A folder of that name wins over a hub id, as when loading."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if revision is not None:
+            raise ConfigError(f"--revision {revision} applies to a hub id, but {option} {path} is a local folder")
+        DeScoreManifest.read(local)  # CheckpointError naming the folder when the manifest is missing or malformed
+        return
+    if not looks_like_hub_id(path):
+        raise ConfigError(
+            f"{option} {path} does not exist; give a DeScore checkpoint folder (e.g. runs/descore/final) or a hub "
+            "id (owner/name)"
+        )
+    check_model_source(path, what=option, revision=revision)
+
+
+def checkpoint_identity(source: ModelSource) -> dict[str, str]:
+    """How the records of scores and exports name the checkpoint, so that a re-run can tell it is the same one:
+    a local folder by absolute path, a hub id by id and snapshot commit (not the cache path, which differs
+    between machines); both with the content fingerprint, so that a checkpoint changed in place, or a hub
+    branch that moved, is another model."""
+    fingerprint = checkpoint_fingerprint(source.folder)
+    if source.repo_id is None:
+        return {"path": str(source.folder.resolve()), "fingerprint": fingerprint}
+    return {"path": source.repo_id, "revision": source.commit, "fingerprint": fingerprint}
 
 
 @dataclass(frozen=True)
@@ -237,6 +266,7 @@ def _score_pending(
     """Score ``pending`` one batch per call, appending each batch's lines as soon as it is done."""
     scorer = DeScoreReward(
         config.model,
+        revision=config.revision,
         use_cot=config.cot,
         batch_size=config.batch_size,
         generation=config.generation_settings(),
@@ -294,14 +324,17 @@ def _pair_accuracy(
     return pairwise_accuracy(torch.tensor(margins, dtype=torch.float64), torch.tensor(labels))
 
 
-EXPORT_MARKER = "descore_export.json"
-
-
 @dataclass
 class ExportConfig:
-    """Write a plain backbone checkpoint (LoRA merged, processor with <Reward>) for HF or vLLM loaders."""
+    """Write a merged DeScore checkpoint: a plain backbone that HF and vLLM loaders open (LoRA merged, processor
+    with <Reward>), plus the head and manifest, so that the export alone also scores."""
 
-    model: str | None = field(default=None, metadata={"help": "DeScore checkpoint directory."})
+    model: str | None = field(
+        default=None, metadata={"help": "DeScore checkpoint: a folder or a hub id owner/name (a folder of that name wins)."}
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a hub --model (default: main)."}
+    )
     output_dir: str | None = field(
         default=None,
         metadata={"help": f"Directory to write: new, empty, or an earlier export (it holds {EXPORT_MARKER})."},
@@ -319,17 +352,20 @@ class ExportConfig:
             raise ConfigError("--model and --output_dir are required")
         if not self.merged:
             raise ConfigError("export writes merged weights; an adapter checkpoint is already what training saves")
-        check_checkpoint(self.model)
-        check_export_target(Path(self.output_dir), source=Path(self.model), overwrite=self.overwrite)
+        check_checkpoint(self.model, revision=self.revision)
+        local = Path(self.model).expanduser()
+        check_export_target(Path(self.output_dir), source=local if local.exists() else None, overwrite=self.overwrite)
 
 
-def check_export_target(output: Path, *, source: Path, overwrite: bool) -> None:
-    """Refuse an --output_dir whose replacement would lose work: the source checkpoint or a folder holding it,
-    a training run or checkpoint folder (always), anything else non-empty that no export wrote (unless
-    ``overwrite``)."""
-    if output.resolve() == source.resolve() or output.resolve() in source.resolve().parents:
+def check_export_target(output: Path, *, source: Path | None, overwrite: bool) -> None:
+    """Refuse an --output_dir whose replacement would lose work: the local source checkpoint (``None`` for a hub
+    id) or a folder holding it, a training run or checkpoint folder (always), anything else non-empty that no
+    export wrote (unless ``overwrite``). An earlier export holds a manifest too; its marker tells it apart."""
+    if source is not None and (output.resolve() == source.resolve() or output.resolve() in source.resolve().parents):
         raise ConfigError(f"--output_dir {output} holds the checkpoint being exported (--model {source}); choose another folder")
     run_files = [RUN_CONFIG, MANIFEST_NAME, "final", "checkpoint-*"]
+    if (output / EXPORT_MARKER).is_file():
+        run_files.remove(MANIFEST_NAME)
     if output.is_dir() and any(any(output.glob(pattern)) for pattern in run_files):
         raise ConfigError(
             f"--output_dir {output} is a training run or checkpoint folder (it holds one of {', '.join(run_files)}); "
@@ -339,15 +375,16 @@ def check_export_target(output: Path, *, source: Path, overwrite: bool) -> None:
 
 
 def run_export(config: ExportConfig) -> Path:
-    """Merge and write the backbone, then mark the folder as an export so a later export may replace it."""
-    output = DeScoreModel.from_pretrained(config.model, dtype=config.dtype).export_merged(config.output_dir)
-    marker = {
-        "source_model": str(Path(config.model).resolve()),
-        "source_fingerprint": checkpoint_fingerprint(config.model),
+    """Merge and write the checkpoint with its head and manifest, marked as an export (what it came from, with
+    which code) in the same atomic write, so that a later export may replace it."""
+    source = resolve_model_source(config.model, revision=config.revision)
+    identity = checkpoint_identity(source)
+    record = {
+        "source_model": identity["path"],
+        "source_revision": identity.get("revision"),
+        "source_fingerprint": identity["fingerprint"],
         "dtype": config.dtype,
         "versions": library_versions(),
         "commit": code_commit(),
     }
-    with atomic_file(output / EXPORT_MARKER) as handle:
-        handle.write(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-    return output
+    return DeScoreModel.from_pretrained(source.folder, dtype=config.dtype).export_merged(config.output_dir, record=record)

@@ -1,17 +1,23 @@
 """The DeScore reward model: an image-text-to-text backbone, a ``<Reward>`` query token and a linear head.
 
 reward = w · h, where h is the backbone's last hidden state *after the final norm* at the ``<Reward>``
-position and w is a bias-free linear map hidden_size → 1 (reference/descore.md §1). The hidden size is read
-from the backbone config. The head runs in float32 so that rewards are not rounded to bf16.
+position and w is a bias-free linear map hidden_size → 1 (DeScore, arXiv 2605.05922, Fig. 2; the official
+``inference.py`` applies ``rm_head`` to ``model.model(...).last_hidden_state``; docs/descore.md "The model").
+The hidden size is read from the backbone config. The head runs in float32 so that rewards are not rounded
+to bf16.
 
 Checkpoint directory (``save_pretrained`` / ``from_pretrained``)::
 
     descore_config.json          manifest: base model, its fingerprint, backbone format, <Reward> id, CoT
-                                 placement, VideoSpec
+                                 placement, VideoSpec, library versions
     reward_head.safetensors      the head weight, shape (1, hidden_size)
     tokenizer / processor files  with <Reward> registered as a special token
     config.json + model*.safetensors           when the backbone is merged (a plain HF checkpoint), or
     adapter_config.json + adapter_model.safetensors   a peft adapter over ``base_model``
+    descore_export.json          only in an export (:meth:`DeScoreModel.export_merged`): what it came from
+
+A checkpoint is named by a local folder or a hub id (``owner/name``, fetched once into the hub cache; a local
+folder of that name wins), resolved in one place: :func:`reward.checkpoint.resolve_model_source`.
 
 Loading checks every key both ways and fails on any mismatch. Weights are read from safetensors only. An
 adapter checkpoint names its base by absolute path (or hub id) and records the base's fingerprint
@@ -40,7 +46,13 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from .checkpoint import atomic_directory, normalize_permissions, weights_fingerprint
+from .checkpoint import (
+    atomic_directory,
+    index_single_weights_file,
+    normalize_permissions,
+    resolve_model_source,
+    weights_fingerprint,
+)
 from .errors import CheckpointError, ConfigError
 from .inputs import COT_PLACEMENTS, CotPlacement
 from .run_record import looks_like_hub_id
@@ -51,10 +63,9 @@ logger = logging.getLogger(__name__)
 REWARD_TOKEN = "<Reward>"
 MANIFEST_NAME = "descore_config.json"
 HEAD_NAME = "reward_head.safetensors"
+EXPORT_MARKER = "descore_export.json"  # marks a folder written by export_merged (it may be replaced by a re-export)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FORMAT_VERSION = 2  # 2 adds base_fingerprint; version-1 checkpoints still load (their base is not verified)
-# What a base model needs locally: config, weights (safetensors only), tokenizer and processor files.
-BASE_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 # The LLM's attention and MLP projections; the vision tower (``visual``) is excluded and trained in full.
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -184,7 +195,7 @@ class DeScoreModel(nn.Module):
 
         With ``lora`` the trainable parameters are float32 whatever ``dtype`` the frozen weights load in.
         """
-        directory = base_directory(model_name_or_path)
+        directory = resolve_model_source(model_name_or_path).folder
         fingerprint = weights_fingerprint(directory)
         processor = AutoProcessor.from_pretrained(directory)
         backbone = AutoModelForImageTextToText.from_pretrained(
@@ -206,14 +217,17 @@ class DeScoreModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        directory: str | Path,
+        model_name_or_path: str | Path,
         *,
+        revision: str | None = None,
         dtype: torch.dtype | str = "auto",
         attn_implementation: str | None = None,
         trainable: bool = False,
     ) -> DeScoreModel:
-        """Load a checkpoint written by :meth:`save_pretrained`; every weight key is checked both ways."""
-        directory = Path(directory)
+        """Load a checkpoint written by :meth:`save_pretrained` or :meth:`export_merged`: a local folder or a hub
+        id (``revision``: its branch, tag or commit), see :func:`reward.checkpoint.resolve_model_source`. Every
+        weight key is checked both ways."""
+        directory = resolve_model_source(model_name_or_path, revision=revision).folder
         manifest = DeScoreManifest.read(directory)
         processor = AutoProcessor.from_pretrained(directory)
         if processor.tokenizer.convert_tokens_to_ids(manifest.reward_token) != manifest.reward_token_id:
@@ -321,6 +335,7 @@ class DeScoreModel(nn.Module):
         if state_dict is not None:
             backbone_state = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
         self.backbone.save_pretrained(directory, state_dict=backbone_state, safe_serialization=True)
+        index_single_weights_file(directory)  # so that vLLM does not load the head file as a backbone weight
         safetensors.torch.save_file({"weight": head_weight.detach().float().cpu().contiguous()}, directory / HEAD_NAME)
         self.processor.save_pretrained(directory)
         (directory / MANIFEST_NAME).write_text(self.manifest(training).to_json())
@@ -343,12 +358,20 @@ class DeScoreModel(nn.Module):
             self.backbone = self.backbone.merge_and_unload()
         return self
 
-    def export_merged(self, directory: str | Path) -> Path:
-        """Write a plain backbone checkpoint (merged weights + processor) that any HF or vLLM loader opens."""
+    def export_merged(self, directory: str | Path, *, record: dict[str, Any] | None = None) -> Path:
+        """Atomically write the merged model as a folder that both kinds of loader open.
+
+        HF and vLLM loaders (``AutoModelForImageTextToText``, ``vllm.LLM``) read the plain backbone in it:
+        ``config.json``, ``model*.safetensors`` and the processor with ``<Reward>``. The head and the manifest
+        sit beside them (:data:`HEAD_NAME`, :data:`MANIFEST_NAME`), so :meth:`from_pretrained` and
+        ``reward.load`` score with the export alone. ``record`` (what was exported, by whom) is written to
+        :data:`EXPORT_MARKER` inside the same atomic write, so a folder is marked as an export exactly when the
+        export is complete.
+        """
         self.merge_lora_()
         with atomic_directory(directory) as staging:
-            self.backbone.save_pretrained(staging, safe_serialization=True)
-            self.processor.save_pretrained(staging)
+            self.save_pretrained(staging)
+            (staging / EXPORT_MARKER).write_text(json.dumps(record or {}, indent=2, sort_keys=True) + "\n")
         return Path(directory)
 
     # ----- forward -------------------------------------------------------------------------------------
@@ -385,17 +408,6 @@ def upcast_trainable_(module: nn.Module) -> nn.Module:
         if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
     return module
-
-
-def base_directory(model_name_or_path: str | Path) -> Path:
-    """The local folder of a base model: the path itself, or the hub snapshot of an ``owner/name`` id
-    (downloaded once into the hub cache when missing, as ``from_pretrained`` would)."""
-    local = Path(model_name_or_path).expanduser()
-    if local.is_dir():
-        return local
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(str(model_name_or_path), allow_patterns=BASE_FILES))
 
 
 def pixel_factor(processor: ProcessorMixin) -> int:
@@ -467,7 +479,7 @@ def _checked_base(directory: Path, manifest: DeScoreManifest) -> Path:
             f"{directory}: its base model {manifest.base_model} does not exist; put the base weights back there "
             f"or load a merged checkpoint (descore reward export)"
         )
-    base = base_directory(manifest.base_model)
+    base = resolve_model_source(manifest.base_model).folder
     if manifest.base_fingerprint is None:
         logger.warning("%s: written without a base fingerprint (format 1); %s is not verified", directory, base)
         return base

@@ -184,13 +184,14 @@ def looks_like_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and ".." not in name and not name.endswith((".", "-"))
 
 
-def check_model_source(name: str | Path, *, what: str, ask_hub: bool = False) -> None:
+def check_model_source(name: str | Path, *, what: str, ask_hub: bool = False, revision: str | None = None) -> None:
     """Fail fast on a model reference that cannot load, instead of minutes of hub retries.
 
     A local path must exist, unless it reads as a hub id (``owner/name``). A hub id already in the local cache
     is fine. With ``ask_hub`` (jobs do this just before loading; configs don't, so reading a recipe never
     touches the network) one short request asks the hub whether the id exists; with ``HF_HUB_OFFLINE=1`` an
-    id outside the cache is refused without asking.
+    id outside the cache is refused without asking. ``revision`` (branch, tag or commit) is the one looked up
+    in the cache.
     """
     text = str(name)
     if Path(text).expanduser().exists():
@@ -201,7 +202,10 @@ def check_model_source(name: str | Path, *, what: str, ask_hub: bool = False) ->
         return
     from huggingface_hub import try_to_load_from_cache
 
-    if any(isinstance(try_to_load_from_cache(text, file), str) for file in ("config.json", "model_index.json")):
+    # config.json: a transformers model; model_index.json: a diffusers pipeline; descore_config.json: a DeScore
+    # checkpoint (an adapter checkpoint has no config.json).
+    cached = ("config.json", "model_index.json", "descore_config.json")
+    if any(isinstance(try_to_load_from_cache(text, file, revision=revision), str) for file in cached):
         return
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise ConfigError(f"{what}: {text} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set")

@@ -67,7 +67,10 @@ class DeScoreReward:
     """DeScore as a :class:`reward.base.RewardModel`.
 
     Args:
-        path: a DeScore checkpoint directory (alternatively pass a loaded ``model``).
+        path: a DeScore checkpoint: a local folder (a training checkpoint or an export) or a hub id
+            ``owner/name``; a local folder wins over a hub id spelled the same (alternatively pass a loaded
+            ``model``).
+        revision: branch, tag or commit of a hub id (default: ``main``); refused with a local folder.
         use_cot: generate a CoT before scoring (``False``: the one-forward fast mode).
         batch_size: videos per generate / forward call.
         generation: CoT decoding settings.
@@ -83,6 +86,7 @@ class DeScoreReward:
         path: str | Path | None = None,
         *,
         model: DeScoreModel | None = None,
+        revision: str | None = None,
         use_cot: bool = True,
         batch_size: int = 4,
         generation: GenerationSettings | Mapping[str, Any] | None = None,
@@ -100,7 +104,7 @@ class DeScoreReward:
         self.device = torch.device(device) if device is not None else default_device()
         if model is None:
             model = DeScoreModel.from_pretrained(
-                path, dtype=default_dtype(dtype, self.device), attn_implementation=attn_implementation
+                path, revision=revision, dtype=default_dtype(dtype, self.device), attn_implementation=attn_implementation
             )
         self.model = model.to(self.device).eval()
         self.use_cot = use_cot

@@ -1,8 +1,10 @@
 """Atomic writes leave the previous folder or none (never a half-written or empty one) with normal permissions;
-base fingerprints tell weights apart."""
+base fingerprints tell weights apart; a single weights file gets an index. (Model references by hub id:
+test_checkpoint_hub.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -11,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reward.checkpoint import atomic_directory, atomic_file, weights_fingerprint
+from reward.checkpoint import atomic_directory, atomic_file, index_single_weights_file, weights_fingerprint
 from reward.errors import CheckpointError
 
 
@@ -85,3 +87,20 @@ def test_fingerprint_samples_large_files_and_needs_safetensors(tmp_path):
     (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="no \\*.safetensors weights"):
         weights_fingerprint(directory)
+
+
+def test_a_single_weights_file_gets_the_index_that_shards_have(tmp_path):
+    """Tensors a (2x3 float32 = 24 bytes) and b (5 bfloat16 = 10 bytes): the index maps both to
+    model.safetensors with total_size 34. A folder that already has an index, or has no model.safetensors,
+    is left alone."""
+    save_file({"b": torch.zeros(5, dtype=torch.bfloat16), "a": torch.zeros(2, 3)}, tmp_path / "model.safetensors")
+    index_single_weights_file(tmp_path)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index == {"metadata": {"total_size": 34}, "weight_map": {"a": "model.safetensors", "b": "model.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    index_single_weights_file(tmp_path)
+    assert (tmp_path / "model.safetensors.index.json").read_text() == '{"weight_map": {}}'
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    index_single_weights_file(adapter)
+    assert list(adapter.iterdir()) == []

@@ -158,12 +158,12 @@ def test_manifest_problems_are_reported(trained_like, tmp_path):
 
 def test_merged_export_is_a_plain_backbone(trained_like, clips, tmp_path):
     """`export --merged` opens with AutoModelForImageTextToText/AutoProcessor; its hidden state at <Reward>
-    times the head weight is the DeScore reward."""
+    times the head weight is the DeScore reward. (The head and manifest ride along: tests/reward/test_export.py.)"""
     reference = DeScoreModel.from_pretrained(save_descore(trained_like, tmp_path / "ckpt"))
     batch = _batch(reference, clips)
     expected = reference(**batch)
     out = reference.export_merged(tmp_path / "export")
-    assert not (out / MANIFEST_NAME).exists() and not (out / ADAPTER_WEIGHTS).exists()
+    assert not (out / ADAPTER_WEIGHTS).exists() and not (out / "adapter_config.json").exists()
     plain = AutoModelForImageTextToText.from_pretrained(out)
     processor = AutoProcessor.from_pretrained(out)
     token_id = processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
