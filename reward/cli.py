@@ -42,5 +42,5 @@ def commands() -> dict[str, Command]:
     return {
         "train": Command("DeScore stage 1 (cold start): BT training of the <Reward> head", (ColdStartConfig,), run, _report_train),
         "score": Command("Score videos with a DeScore checkpoint (CoT or --no-cot)", (ScoreConfig,), run_score, _report_score),
-        "export": Command("Export a plain merged backbone for HF/vLLM loaders", (ExportConfig,), run_export, lambda path: f"wrote {path}"),
+        "export": Command("Export a merged checkpoint: HF/vLLM backbone + DeScore head and manifest", (ExportConfig,), run_export, lambda path: f"wrote {path}"),
     }

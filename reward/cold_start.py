@@ -1,11 +1,11 @@
-"""DeScore stage 1 — discriminative cold start (reference/descore.md §3).
+"""DeScore stage 1 — discriminative cold start (arXiv 2605.05922; docs/descore.md, "Stage 1").
 
 Bradley–Terry training of the ``<Reward>`` head on pre-collected CoTs: LoRA (r 64, α 128, dropout 0.05) on
 the LLM projections; vision tower, merger, head and only the ``<Reward>`` embedding row trained; lr 2e-6
 constant after 5 % warmup; 32 pairs per optimizer step; 2 epochs (the official ``train.sh`` says 4, its
-README and project page 2 — we follow the paper, §9 #5); bf16; activation checkpointing; per pair, the CoT of
-both videos is dropped with probability 0.5. Ties are dropped for ``loss: bt`` and used by ``loss: bt_ties``
-(Rao–Kupper, k = 5).
+README and project page 2 — we follow the paper; docs/descore.md, "Where the kit departs"); bf16; activation
+checkpointing; per pair, the CoT of both videos is dropped with probability 0.5. Ties are dropped for
+``loss: bt`` and used by ``loss: bt_ties`` (Rao–Kupper, k = 5).
 
 Launch: ``descore reward train --config configs/reward/cold_start_qwen3vl_8b.yaml [--key value ...]``,
 under ``accelerate launch --config_file configs/accelerate/<engine>.yaml`` for several GPUs.

@@ -1,7 +1,8 @@
 """DeScore model inputs: the judge conversation, where the CoT and ``<Reward>`` go, and the processor call.
 
 The reward is read at the ``<Reward>`` query token placed right after the CoT. Two placements exist
-(reference/descore.md §9 #3) and the choice is stored in the checkpoint so training and scoring agree:
+(docs/descore.md, "Where the CoT and <Reward> go") and the choice is stored in the checkpoint so training and
+scoring agree:
 
 * ``assistant`` — the CoT is the assistant's answer: ``<user: judge text + video> <assistant: CoT<Reward>``.
   This is how stage 2 of the official code trains and how a generated CoT naturally continues.

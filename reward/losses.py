@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 
 def bradley_terry_loss(margin: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Bradley–Terry loss −log σ(label · margin) per pair (DeScore stage 1, reference/descore.md §3.1).
+    """Bradley–Terry loss −log σ(label · margin) per pair (DeScore stage 1, arXiv 2605.05922 Eq. 3).
 
     Ties carry no Bradley–Terry likelihood; passing one is an error (drop ties, or use
     :func:`bradley_terry_ties_loss`).
@@ -32,7 +32,8 @@ def bradley_terry_ties_loss(margin: torch.Tensor, label: torch.Tensor, k: float 
     * tie: −log P(tie) = −log σ(Δ − ln k) − log σ(−Δ − ln k) − ln(k² − 1)
 
     since P(A ≻ B) = σ(Δ − ln θ) and P(tie) = (θ² − 1) σ(Δ − ln θ) σ(−Δ − ln θ) sum to one with P(B ≻ A)
-    (reference/reward_models_and_metrics.md §2.5).
+    (Rao and Kupper 1967, JASA 62; as ``trainer.py::VideoVLMRewardTrainer.compute_loss`` of
+    KwaiVGI/VideoAlign, arXiv 2501.13918).
     """
     if k <= 1:
         raise ValueError(f"the Rao–Kupper tie parameter k must be > 1, got {k}")

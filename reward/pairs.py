@@ -2,9 +2,10 @@
 
 A batch of N pairs becomes 2N sequences (all A videos, then all B videos) so both sides share one forward
 pass, with ``labels`` holding the N pair labels. Stage 1 drops the CoT of *both* videos of a pair with
-probability ``cot_drop_prob`` (one draw per pair, reference/descore.md §3.2), which teaches the head to
-score from video + prompt alone as well as from the CoT. The draw is a pure function of (seed, epoch, pair
-index): the same in every dataloader worker and exactly reproduced after a resume.
+probability ``cot_drop_prob`` (one draw per pair, as ``cold_start/data.py`` of KlingAIResearch/DeScore does;
+docs/descore.md, "CoT dropout"), which teaches the head to score from video + prompt alone as well as from the
+CoT. The draw is a pure function of (seed, epoch, pair index): the same in every dataloader worker and exactly
+reproduced after a resume.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The DeScore judge prompt and the parser for its answer block.
 
-The prompt follows the structure of the official DeScore judge (reference/descore.md §2.4), written in our
+The prompt follows the structure of the official DeScore judge (``TEMP`` in ``inference.py`` of
+KlingAIResearch/DeScore; docs/descore.md, "The judge prompt and the answer"), written in our
 own words: the model first decodes the T2V prompt into expected visuals, then describes what the clip
 really shows, then scores five sub-dimensions (2 / 1 / 0 / "N/A") and gives an overall score in 1–5,
 and finally emits only a JSON object inside ``<answer>`` tags. Like the official parser (and unlike the
-project page), no ``<think>`` block is required (descore.md §9 #2).
+project page), no ``<think>`` block is required (docs/descore.md, "Where the kit departs").
 """
 
 from __future__ import annotations

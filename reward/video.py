@@ -39,7 +39,8 @@ _RGB_BYTES = 3
 class VideoSpec:
     """How a reward model samples and sizes video; saved in every reward checkpoint.
 
-    Defaults are DeScore stage 1 on Qwen3-VL (reference/descore.md §2.6): 2 fps, 4–768 frames, at most
+    Defaults are DeScore stage 1 on Qwen3-VL (``cold_start/train.sh`` of KlingAIResearch/DeScore;
+    docs/descore.md, "Video preprocessing"): 2 fps, 4–768 frames, at most
     200,704 pixels per frame (448²), at least 128 merged tokens per frame, and a pixel factor of 32
     (16-px patches merged 2×2). Qwen2.5-VL uses a pixel factor of 28.
     """
