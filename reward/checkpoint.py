@@ -191,8 +191,8 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
     except LocalEntryNotFoundError as error:
         if constants.is_offline_mode():
             raise CheckpointError(
-                f"{wanted} is not a local folder nor complete in the hub cache ({constants.HF_HUB_CACHE}), and offline "
-                "mode is on (HF_HUB_OFFLINE=1), so it cannot be downloaded. Download it once online "
+                f"{wanted} is neither a local folder nor complete in the hub cache ({constants.HF_HUB_CACHE}), and "
+                "offline mode is on (HF_HUB_OFFLINE=1), so it cannot be downloaded. Download it once online "
                 f"(`hf download {repo_id}`) or give a local folder."
             ) from error
         raise CheckpointError(f"{wanted}: not in the hub cache and the hub could not be reached ({error})") from error

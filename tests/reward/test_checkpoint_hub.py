@@ -111,13 +111,15 @@ def test_a_hub_id_scores_exactly_like_the_folder_it_came_from(checkpoint, clips,
 def test_an_id_missing_in_offline_mode_names_the_id_and_offline_mode(checkpoint, offline_cache):
     add_to_hub_cache(checkpoint, offline_cache, REPO_ID, FIRST_COMMIT)
     absent = "descore-tests/not-downloaded"
-    message = rf"{absent} is not a local folder nor complete in the hub cache \({offline_cache}\), and offline mode is on \(HF_HUB_OFFLINE=1\)"
+    message = (rf"{absent} is neither a local folder nor complete in the hub cache \({offline_cache}\), and offline "
+               r"mode is on \(HF_HUB_OFFLINE=1\)")
     with pytest.raises(CheckpointError, match=message):
         reward.load(absent, cot=False, device="cpu")
-    with pytest.raises(CheckpointError, match=rf"{REPO_ID} \(revision v2\) is not a local folder nor complete"):
+    with pytest.raises(CheckpointError, match=rf"{REPO_ID} \(revision v2\) is neither a local folder nor complete"):
         DeScoreModel.from_pretrained(REPO_ID, revision="v2")
     # The score job refuses before anything loads, in the words of the model-source check.
-    with pytest.raises(ConfigError, match=rf"--model: {absent} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set"):
+    refused = rf"--model: {absent} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set"
+    with pytest.raises(ConfigError, match=refused):
         ScoreConfig(model=absent, video=["clip.mp4"], prompt=["a cat"], output="s.jsonl")
     with pytest.raises(ConfigError, match=r"runs/nowhere/final does not exist \(and is not a hub id"):
         resolve_model_source("runs/nowhere/final")
@@ -158,7 +160,8 @@ def test_scores_by_hub_id_record_id_and_commit_and_resume(checkpoint, clips, off
     monkeypatch.setattr(DeScoreModel, "from_pretrained", lambda *args, **kwargs: loads.append(args) or load(*args, **kwargs))
     main(argv)  # everything was scored with this very checkpoint: the model is not even loaded
     add_to_hub_cache(negated_head_copy(checkpoint, tmp_path / "retrained"), offline_cache, REPO_ID, SECOND_COMMIT)
-    with pytest.raises(RunMismatchError, match=rf"model.fingerprint: .*\n  model.revision: {FIRST_COMMIT} -> {SECOND_COMMIT}"):
+    moved = rf"model.fingerprint: .*\n  model.revision: {FIRST_COMMIT} -> {SECOND_COMMIT}"
+    with pytest.raises(RunMismatchError, match=moved):
         main(argv)
     assert loads == []
 
@@ -190,7 +193,7 @@ def test_offline_mode_from_the_environment_of_a_fresh_process(checkpoint, clips,
     result = subprocess.run([sys.executable, "-c", script, *argv], env=environment, capture_output=True, text=True,
                             cwd=tmp_path, timeout=300)
     assert result.returncode != 0
-    assert "descore-tests/not-downloaded is not a local folder nor complete in the hub cache" in result.stderr
+    assert "descore-tests/not-downloaded is neither a local folder nor complete in the hub cache" in result.stderr
     assert "offline mode is on (HF_HUB_OFFLINE=1)" in result.stderr
     expected = no_cot_rewards(checkpoint, clips)
     assert [json.loads(line)["reward"] for line in output.read_text().splitlines()] == expected.tolist()
