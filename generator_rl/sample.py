@@ -259,19 +259,20 @@ def check_earlier_run(out: Path, settings: Mapping[str, Mapping[str, Any]]) -> N
 
 def remove_earlier_run(out: Path) -> None:
     """What an earlier ``tune sample`` wrote in ``out`` (its planned videos, their temporary files, the
-    index and the record); nothing else in the folder is touched."""
+    index and the record); nothing else in the folder is touched, and a folder without a record is left as is."""
+    if not (out / SAMPLES_RECORD).is_file():
+        return
     try:
-        record = read_record(out / SAMPLES_RECORD) or {}
+        plan = read_record(out / SAMPLES_RECORD)["config"].get("plan", {})
     except ConfigError:
-        record = {}  # not a record this command can read: it lists no files to remove
-    plan = record.get("config", {}).get("plan", {})
+        plan = {}  # a record this command cannot read lists no videos to remove
     for video in plan.get("videos", []) if isinstance(plan, dict) else []:
         path = (out / str(video["file"])).resolve() if isinstance(video, dict) and "file" in video else None
         if path is not None and out.resolve() in path.parents:  # only files inside the folder
             path.unlink(missing_ok=True)
             _staging_path(path).unlink(missing_ok=True)
     (out / INDEX).unlink(missing_ok=True)
-    (out / SAMPLES_RECORD).unlink(missing_ok=True)
+    (out / SAMPLES_RECORD).unlink()
 
 
 # ----- the two samplers ----------------------------------------------------------------------------------

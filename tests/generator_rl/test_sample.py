@@ -31,8 +31,11 @@ from generator_rl.sample import (
     run_sample,
 )
 from generator_rl.sde import ode_step
+from reward import build_reward
 from reward.errors import ConfigError
+from reward.jobs import ScoreConfig, run_score
 from reward.run_record import RunMismatchError
+from reward.score_report import format_score_report
 from reward.video import write_video
 
 from .helpers import Preempted
@@ -257,3 +260,26 @@ def test_two_processes_write_the_same_files_as_one(tiny_wan_dir, tmp_path):
             assert json.loads(two[name])["config"] == json.loads(content)["config"]
         else:
             assert two[name] == content, name
+
+
+def test_the_index_is_scored_by_reward_score_with_a_registry_reward(tiny_wan_dir, tmp_path):
+    """`tune sample` → `reward score --data index.csv --reward smoothness.yaml`: each video is scored with its
+    prompt (paths relative to the index), the rewards are the reward model's own, and the summary table
+    lists them."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square\na dog\n")
+    videos = run_sample(tiny_policy_arguments(tiny_wan_dir), SampleConfig(
+        prompts=str(prompts), output_dir=str(tmp_path / "samples"), file_naming="vbench", device="cpu"))
+    entry = tmp_path / "smoothness.yaml"
+    entry.write_text("name: temporal_smoothness\n")
+    output = tmp_path / "scores.jsonl"
+    summary = run_score(ScoreConfig(data=str(tmp_path / "samples" / INDEX), reward=str(entry), output=str(output)))
+    expected = [item.reward for item in build_reward({"name": "temporal_smoothness"}).score(videos, ["", ""]).items]
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(r["video"], r["prompt"], r["reward"]) for r in records] == [
+        (str(videos[0]), "a red square", expected[0]), (str(videos[1]), "a dog", expected[1])]
+    report = format_score_report(summary).splitlines()
+    assert report[0] == "scored 2 video(s), 0 failed, 0 data row(s) skipped"
+    assert report[2].split() == ["reward", "count", "mean", "std", "min", "max", "failures"]
+    assert report[3].split() == ["temporal_smoothness", "2", *(f"{value:.4g}" for value in (
+        (expected[0] + expected[1]) / 2, abs(expected[0] - expected[1]) / 2 ** 0.5, min(expected), max(expected))), "0"]
