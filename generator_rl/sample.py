@@ -15,6 +15,7 @@ guidance ``guidance_scale`` and the same initial noise:
 The LoRA is loaded by ``WanPipeline.load_lora_weights`` for both, so a LoRA that samples here loads in any
 diffusers workflow. Video k of prompt i always starts from the noise of seed ``seed + 1000·i + k`` (a CPU
 generator, as the pipeline draws it): base and tuned videos of a prompt, and the two samplers, share noise.
+(Trainers draw rollout noise per training step and sample id, so a video here is not a replay of a rollout.)
 
 Output (``<output_dir>``): ``samples.json`` first (a run record: model, LoRA and its fingerprint, sampler and
 scheduler settings, and the planned videos), then the mp4s at 16 fps, then ``index.csv`` (prompt, seed,
@@ -37,7 +38,7 @@ holds ``samples.json``); any other folder is refused unless ``--overwrite true``
 files it did not write.
 
 Several processes (``accelerate launch -m descore tune sample …`` or ``torchrun``) split the videos still to
-sample; seeds do not depend on the split, so 1 and N processes write the same files. The main process shows
+sample; seeds do not depend on the split, so 1 and N processes sample the same frames. The main process shows
 the progress bar and writes ``index.csv`` once every process is done.
 """
 
