@@ -186,7 +186,9 @@ def vbench_file_name(prompt: str, k: int) -> str:
     a file name is refused rather than altered (an altered name would never be found)."""
     name = f"{prompt}-{k}.mp4"
     if "/" in prompt or "\0" in prompt:
-        raise ConfigError(f"prompt {prompt!r} contains '/' or a NUL byte, so it cannot be a VBench file name; use file_naming: index")
+        raise ConfigError(
+            f"prompt {prompt!r} contains '/' or a NUL byte, so it cannot be a VBench file name; use file_naming: index"
+        )
     if len(name.encode("utf-8")) > MAX_FILE_NAME_BYTES:
         raise ConfigError(
             f"prompt {prompt[:60]!r}... gives a {len(name.encode('utf-8'))}-byte file name (the limit is "
@@ -211,7 +213,8 @@ def _check_distinct(prompts: list[str]) -> None:
 
 def scheduler_settings(model: str) -> dict[str, Any]:
     """The checkpoint's scheduler config (class, shift, ...): it sets the sigmas of both samplers. Reads only
-    ``model_index.json`` and ``scheduler/scheduler_config.json``; keys diffusers adds about itself (``_diffusers_version``) are left out."""
+    ``model_index.json`` and ``scheduler/scheduler_config.json``; keys diffusers adds about itself
+    (``_diffusers_version``) are left out."""
     library, name = WanPipeline.load_config(model)["scheduler"]
     config = getattr(importlib.import_module(library), name).load_config(model, subfolder="scheduler")
     return {"class": config["_class_name"], **{key: value for key, value in config.items() if not key.startswith("_")}}
@@ -248,7 +251,9 @@ def check_earlier_run(out: Path, settings: Mapping[str, Mapping[str, Any]]) -> N
     if record is None:
         return
     if record.get("job") != JOB:
-        raise RunMismatchError(f"{out / SAMPLES_RECORD} is not a {JOB!r} record; choose another --output_dir or pass --overwrite true")
+        raise RunMismatchError(
+            f"{out / SAMPLES_RECORD} is not a {JOB!r} record; choose another --output_dir or pass --overwrite true"
+        )
     differences = config_differences(record["config"], settings)
     if differences:
         listing = "\n  ".join(differences)

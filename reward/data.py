@@ -262,7 +262,9 @@ def read_video_index(path: str | Path, *, skip_invalid: bool = False, max_field_
     records = read_records(path, max_field_chars=max_field_chars)
     missing = [column for column in INDEX_REQUIRED if column not in records.columns]
     if missing:
-        raise DataError(f"{path}: no {missing} column(s) (columns: {records.columns}); a video index needs {list(INDEX_REQUIRED)}")
+        raise DataError(
+            f"{path}: no {missing} column(s) (columns: {records.columns}); a video index needs {list(INDEX_REQUIRED)}"
+        )
     videos, problems = [], list(records.problems)
     for line, row in records.rows:
         try:

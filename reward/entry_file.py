@@ -49,7 +49,9 @@ def read_reward_entry(path: str) -> RewardEntry:
     """
     source = Path(path)
     if not source.is_file():
-        raise ConfigError(f"--reward {path} is not a file; give a YAML file holding one reward entry, e.g. `name: temporal_smoothness`")
+        raise ConfigError(
+            f"--reward {path} is not a file; give a YAML file holding one reward entry, e.g. `name: temporal_smoothness`"
+        )
     try:
         entry = yaml.safe_load(source.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cli import main
 from reward import build_reward
 from reward.errors import ConfigError, DataError
 from reward.jobs import ScoreConfig, run_score
 from reward.run_record import RunMismatchError
 from reward.sanity import FrameStatisticReward
 from reward.score_output import settings_path
-from reward.score_report import PromptMean, RewardStats
+from reward.score_report import PromptMean, RewardStats, prompt_table, reward_table
 
 from .helpers import small_clip, truncated_clip
 from .test_jobs import Calls
@@ -114,3 +115,15 @@ def test_bad_reward_entries_and_descore_options_are_refused(sampled, tmp_path, t
         ScoreConfig(**{"reward": str(entry), "data": str(sampled), "output": str(tmp_path / "s.jsonl")} | overrides)
     with pytest.raises(ConfigError, match=f"--reward {tmp_path / 'nope.yaml'} is not a file"):
         ScoreConfig(reward=str(tmp_path / "nope.yaml"), data=str(sampled), output=str(tmp_path / "s.jsonl"))
+
+
+def test_the_command_line_prints_the_table(sampled, tmp_path, capsys):
+    entry = reward_file(tmp_path, "{name: brightness}\n")
+    output = tmp_path / "scores.jsonl"
+    assert main(["reward", "score", "--data", str(sampled), "--reward", str(entry), "--output", str(output)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    rewards = [json.loads(line)["reward"] for line in output.read_text().splitlines()]
+    assert printed[0] == "scored 3 video(s), 0 failed, 0 data row(s) skipped"
+    assert printed[2:4] == reward_table([RewardStats.of("brightness", rewards)])
+    assert printed[5:] == prompt_table([PromptMean("a red square", 2, (rewards[0] + rewards[1]) / 2),
+                                        PromptMean("a cat", 1, rewards[2])])
