@@ -1,34 +1,95 @@
 """``descore tune sample``: videos from the base model or a tuned LoRA, with fixed per-prompt seeds.
 
-Sampling is diffusers' own ``WanPipeline.__call__`` (the checkpoint's scheduler) with the LoRA loaded by
-``WanPipeline.load_lora_weights`` — so a LoRA that samples here loads in any diffusers workflow — and video
-k of prompt i always uses seed ``seed + 1000·i + k``: base and tuned videos of a prompt share their noise.
-Writes ``<output_dir>/<i>_<k>.mp4`` at 16 fps, ``<output_dir>/index.csv`` (prompt, seed, file) and, before the first video,
-``<output_dir>/samples.json`` (model, LoRA, sampler settings and the planned videos). ``--output_dir`` must be new, empty or
-an earlier ``tune sample`` output (it holds ``samples.json``); any other folder is refused unless
-``--overwrite true``, so sampling never replaces files it did not write.
+Two samplers (``sampler``), both on the checkpoint's sigma schedule with ``num_steps`` steps, classifier-free
+guidance ``guidance_scale`` and the same initial noise:
+
+* ``pipeline`` (default) — diffusers' own ``WanPipeline.__call__`` with the checkpoint's scheduler (UniPC for
+  Wan2.1-Diffusers). This is what a user of the LoRA gets in any diffusers workflow, and what published
+  Wan/VBench numbers are sampled with, so base-vs-tuned comparisons made here carry over.
+* ``euler_ode`` — exactly the deterministic path of the trainers' rollouts (``generator_rl/rollout.py``
+  ``sample_trajectory`` with no stochastic step: Euler steps of the probability-flow ODE on the same sigmas
+  and timesteps, the policy's guided velocity). It shows what the RL reward saw while training. Precision
+  follows ``transformer_dtype`` without autocast; GRPO rollouts run under accelerate's ``mixed_precision``,
+  so with bf16 the two differ by bf16 rounding only.
+
+The LoRA is loaded by ``WanPipeline.load_lora_weights`` for both, so a LoRA that samples here loads in any
+diffusers workflow. Video k of prompt i always starts from the noise of seed ``seed + 1000·i + k`` (a CPU
+generator, as the pipeline draws it): base and tuned videos of a prompt, and the two samplers, share noise.
+(Trainers draw rollout noise per training step and sample id, so a video here is not a replay of a rollout.)
+
+Output (``<output_dir>``): ``samples.json`` first (a run record: model, LoRA and its fingerprint, sampler and
+scheduler settings, and the planned videos), then the mp4s at 16 fps, then ``index.csv`` (prompt, seed,
+file, sampler; ``file`` relative to the CSV's folder; ``descore reward score --data`` reads it). Names:
+``file_naming: index`` gives ``<i>_<k>.mp4``; ``vbench`` gives VBench's ``{prompt}-{k}.mp4`` (the prompt
+verbatim, as VBench's ``prompts/README.md`` asks and its evaluator looks files up) inside
+``<output_dir>/videos/``, a folder holding only videos, as ``vbench evaluate --videos_path`` needs (its
+standard mode takes the file suffix from the first file it lists).
+
+Reproducibility: the sampled frames are a function of the settings and the seed (on a given device and
+library stack), but libx264's lossy bitstream is not: the same frames can encode to slightly different files
+from run to run. ``lossless: true`` (x264 at qp 0, larger files) makes the decoded frames exactly
+reproducible, e.g. to check that N processes give what one gives.
+
+Resume: each mp4 is written under a temporary name and renamed when complete, so a killed run never leaves a
+half file that looks finished; running the same command again samples only the missing videos. A re-run
+with other settings is refused with the differences; ``--overwrite true`` removes what the earlier run wrote
+and samples everything again. ``--output_dir`` must be new, empty or an earlier ``tune sample`` output (it
+holds ``samples.json``); any other folder is refused unless ``--overwrite true``, so sampling never replaces
+files it did not write.
+
+Several processes (``accelerate launch -m descore tune sample …`` or ``torchrun``) split the videos still to
+sample; seeds do not depend on the split, so 1 and N processes sample the same frames. The main process shows
+the progress bar and writes ``index.csv`` once every process is done.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import importlib
+import logging
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
+from accelerate import PartialState
 from diffusers import WanPipeline
+from tqdm.auto import tqdm
 
 from reward.checkpoint import atomic_file
 from reward.errors import ConfigError
-from reward.run_record import check_model_source, check_output_directory
+from reward.run_record import (
+    RunMismatchError,
+    check_model_source,
+    check_output_directory,
+    config_differences,
+    file_sha256,
+    read_record,
+    resolved_config,
+    write_record,
+)
 from reward.video import write_video
 
+from .checkpoint import LORA_WEIGHTS
 from .config import DTYPES, PolicyConfig, read_prompts
-from .policy import LEARNER, WAN_FPS, component_dtypes
+from .policy import LEARNER, WAN_FPS, WanPolicy, component_dtypes
+from .rollout import SdeSettings, sample_trajectory
+
+logger = logging.getLogger(__name__)
 
 SAMPLES_RECORD = "samples.json"  # written first: it marks a folder as `tune sample` output
+INDEX = "index.csv"
+JOB = "tune sample"
+VBENCH_FOLDER = "videos"
+SEED_STRIDE = 1000  # video k of prompt i uses seed + SEED_STRIDE·i + k
+MAX_FILE_NAME_BYTES = 255  # ext4, xfs, btrfs, APFS
+Sampler = Literal["pipeline", "euler_ode"]
+FileNaming = Literal["index", "vbench"]
+SAMPLERS: tuple[str, ...] = ("pipeline", "euler_ode")
+FILE_NAMINGS: tuple[str, ...] = ("index", "vbench")
 
 
 @dataclass
@@ -37,18 +98,44 @@ class SampleConfig:
     output_dir: str | None = field(default=None, metadata={"help": "Output folder for the mp4 files and index.csv."})
     lora: str | None = field(default=None, metadata={"help": "LoRA folder (diffusers format); none: the base model."})
     seed: int = field(default=0, metadata={"help": "Base seed; video k of prompt i uses seed + 1000·i + k."})
-    videos_per_prompt: int = field(default=1, metadata={"help": "Videos per prompt."})
-    device: str | None = field(default=None, metadata={"help": "cuda or cpu; default cuda if available."})
+    videos_per_prompt: int = field(default=1, metadata={"help": "Videos per prompt (at most 1000; VBench asks for 5)."})
+    sampler: Sampler = field(
+        default="pipeline",
+        metadata={"help": "pipeline: diffusers' WanPipeline with the checkpoint's scheduler (UniPC), what users of "
+                          "the LoRA get and what published numbers use; euler_ode: the Euler ODE of the training "
+                          "rollouts (same sigmas, timesteps, CFG), what the reward saw during RL."},
+    )
+    file_naming: FileNaming = field(
+        default="index",
+        metadata={"help": "index: <i>_<k>.mp4; vbench: videos/{prompt}-{k}.mp4, VBench's names (the prompt verbatim)."},
+    )
+    lossless: bool = field(
+        default=False,
+        metadata={"help": "Encode losslessly (x264 qp 0; files several times larger): the decoded frames are then "
+                          "exactly reproducible. libx264's lossy output can differ between runs for the same frames."},
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "cuda or cpu; default: this process's accelerate device (cuda:<rank> or cpu)."}
+    )
     overwrite: bool = field(
-        default=False, metadata={"help": "Write into a non-empty --output_dir that is not an earlier `tune sample` output."}
+        default=False,
+        metadata={"help": "Start afresh: sample every video again (removing what an earlier `tune sample` wrote "
+                          "there), also into a non-empty --output_dir that is not a `tune sample` output."},
     )
 
     def __post_init__(self) -> None:
         if self.prompts is None or self.output_dir is None:
             raise ConfigError("--prompts and --output_dir are required")
         count = self.videos_per_prompt
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ConfigError(f"videos_per_prompt must be an integer >= 1, got {self.videos_per_prompt!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= SEED_STRIDE:
+            raise ConfigError(
+                f"videos_per_prompt must be an integer in [1, {SEED_STRIDE}] (seeds are seed + {SEED_STRIDE}·i + k), "
+                f"got {self.videos_per_prompt!r}"
+            )
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.file_naming not in FILE_NAMINGS:
+            raise ConfigError(f"file_naming must be one of {', '.join(FILE_NAMINGS)}, got {self.file_naming!r}")
         if self.device is not None and _device_type(self.device) not in ("cpu", "cuda"):
             raise ConfigError(f"device must be cpu or cuda (optionally cuda:N), got {self.device!r}")
         if self.lora is not None and not Path(self.lora).is_dir():
@@ -62,27 +149,141 @@ def _device_type(name: str) -> str | None:
         return None
 
 
-def sample_device(requested: str | None) -> torch.device:
+def sample_device(requested: str | None, default: torch.device) -> torch.device:
     if requested is not None and torch.device(requested).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {requested} was asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(requested) if requested is not None else default
 
 
-def write_samples_record(
-    out: Path, policy_args: PolicyConfig, sample: SampleConfig, videos: list[dict[str, Any]]
-) -> Path:
-    """``out/samples.json``: what was sampled and how; it also marks the folder as this command's output."""
-    record = {
-        "model": policy_args.model,
-        "lora": sample.lora,
-        "settings": {name: getattr(policy_args, name) for name in (
-            "transformer_dtype", "text_encoder_dtype", "height", "width", "num_frames", "num_steps", "guidance_scale",
-            "negative_prompt", "max_sequence_length")},
-        "videos": videos,
-    }
-    with atomic_file(out / SAMPLES_RECORD) as handle:
-        handle.write(json.dumps(record, indent=2) + "\n")
-    return out / SAMPLES_RECORD
+# ----- the plan: which videos, with which seeds and file names ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedVideo:
+    prompt: str
+    k: int  # index of the video among its prompt's videos
+    seed: int
+    file: str  # relative to output_dir
+
+
+def plan_videos(prompts: list[str], *, seed: int, videos_per_prompt: int, file_naming: FileNaming) -> list[PlannedVideo]:
+    """Every video to sample, in prompt order; a pure function of its arguments (resume and sharding rely on it)."""
+    if file_naming == "vbench":
+        _check_distinct(prompts)
+    return [
+        PlannedVideo(prompt, k, seed + SEED_STRIDE * i + k, _file_name(prompt, i, k, file_naming))
+        for i, prompt in enumerate(prompts)
+        for k in range(videos_per_prompt)
+    ]
+
+
+def _file_name(prompt: str, index: int, k: int, file_naming: FileNaming) -> str:
+    return f"{VBENCH_FOLDER}/{vbench_file_name(prompt, k)}" if file_naming == "vbench" else f"{index:04d}_{k}.mp4"
+
+
+def vbench_file_name(prompt: str, k: int) -> str:
+    """VBench's ``{prompt}-{k}.mp4``. VBench looks files up by the exact prompt, so a prompt that cannot be
+    a file name is refused rather than altered (an altered name would never be found)."""
+    name = f"{prompt}-{k}.mp4"
+    if "/" in prompt or "\0" in prompt:
+        raise ConfigError(
+            f"prompt {prompt!r} contains '/' or a NUL byte, so it cannot be a VBench file name; use file_naming: index"
+        )
+    if len(name.encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        raise ConfigError(
+            f"prompt {prompt[:60]!r}... gives a {len(name.encode('utf-8'))}-byte file name (the limit is "
+            f"{MAX_FILE_NAME_BYTES}); VBench names videos by the prompt, use file_naming: index for long prompts"
+        )
+    return name
+
+
+def _check_distinct(prompts: list[str]) -> None:
+    first: dict[str, int] = {}
+    for number, prompt in enumerate(prompts, start=1):
+        if prompt in first:
+            raise ConfigError(
+                f"prompt {prompt!r} is given twice (prompts {first[prompt]} and {number}); VBench names files by the "
+                "prompt, so both would write the same files. Remove the repeat or use file_naming: index"
+            )
+        first[prompt] = number
+
+
+# ----- the record of what was sampled --------------------------------------------------------------------
+
+
+def scheduler_settings(model: str) -> dict[str, Any]:
+    """The checkpoint's scheduler config (class, shift, ...): it sets the sigmas of both samplers. Reads only
+    ``model_index.json`` and ``scheduler/scheduler_config.json``; keys diffusers adds about itself
+    (``_diffusers_version``) are left out."""
+    library, name = WanPipeline.load_config(model)["scheduler"]
+    config = getattr(importlib.import_module(library), name).load_config(model, subfolder="scheduler")
+    return {"class": config["_class_name"], **{key: value for key, value in config.items() if not key.startswith("_")}}
+
+
+def sample_settings(
+    policy_args: PolicyConfig, sample: SampleConfig, plan: list[PlannedVideo], scheduler: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """What decides the videos (recorded in ``samples.json``; a re-run must match). Device and process
+    count are left out: a video does not depend on them beyond float noise."""
+    lora_weights = Path(sample.lora) / LORA_WEIGHTS if sample.lora is not None else None
+    return resolved_config({
+        "model": {
+            "model": policy_args.model,
+            "lora": sample.lora,
+            "lora_sha256": file_sha256(lora_weights) if lora_weights is not None and lora_weights.is_file() else None,
+        },
+        "sampling": {
+            "sampler": sample.sampler,
+            "scheduler": scheduler,
+            "lossless": sample.lossless,
+            **{name: getattr(policy_args, name) for name in (
+                "transformer_dtype", "text_encoder_dtype", "height", "width", "num_frames", "num_steps",
+                "guidance_scale", "negative_prompt", "max_sequence_length")},
+        },
+        "plan": {"seed": sample.seed, "videos_per_prompt": sample.videos_per_prompt, "file_naming": sample.file_naming,
+                 "videos": plan},
+    })
+
+
+def check_earlier_run(out: Path, settings: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse to resume ``out`` when the videos in it were sampled with other settings (listing them)."""
+    record = read_record(out / SAMPLES_RECORD)
+    if record is None:
+        return
+    if record.get("job") != JOB:
+        raise RunMismatchError(
+            f"{out / SAMPLES_RECORD} is not a {JOB!r} record; choose another --output_dir or pass --overwrite true"
+        )
+    differences = config_differences(record["config"], settings)
+    if differences:
+        listing = "\n  ".join(differences)
+        raise RunMismatchError(
+            f"{out} holds videos sampled with other settings; adding to them would mix two samplings:\n  {listing}\n"
+            "Choose another --output_dir, or pass --overwrite true to sample everything again (its earlier videos are removed)."
+        )
+
+
+def remove_earlier_run(out: Path) -> None:
+    """What an earlier ``tune sample`` wrote in ``out`` (its planned videos, their temporary files, the
+    index and the record); nothing else in the folder is touched, and a folder without a record is left as is."""
+    if not (out / SAMPLES_RECORD).is_file():
+        return
+    try:
+        plan = read_record(out / SAMPLES_RECORD)["config"].get("plan", {})
+    except ConfigError:
+        plan = {}  # a record this command cannot read lists no videos to remove
+    for video in plan.get("videos", []) if isinstance(plan, dict) else []:
+        path = (out / str(video["file"])).resolve() if isinstance(video, dict) and "file" in video else None
+        if path is not None and out.resolve() in path.parents:  # only files inside the folder
+            path.unlink(missing_ok=True)
+            _staging_path(path).unlink(missing_ok=True)
+    (out / INDEX).unlink(missing_ok=True)
+    (out / SAMPLES_RECORD).unlink()
+
+
+# ----- the two samplers ----------------------------------------------------------------------------------
+
+FrameSampler = Callable[[PlannedVideo], np.ndarray]  # -> uint8 (T, H, W, 3)
 
 
 def load_sampling_pipeline(policy_args: PolicyConfig, lora: str | None, device: torch.device) -> WanPipeline:
@@ -96,37 +297,128 @@ def load_sampling_pipeline(policy_args: PolicyConfig, lora: str | None, device: 
     return pipeline.to(device)
 
 
-def run_sample(policy_args: PolicyConfig, sample: SampleConfig) -> list[Path]:
-    """Sample every prompt; the inputs, the output folder and the device are checked before the model loads."""
-    prompts = read_prompts(sample.prompts)
-    out = check_output_directory(sample.output_dir, marker=SAMPLES_RECORD, overwrite=sample.overwrite)
-    device = sample_device(sample.device)
-    check_model_source(policy_args.model, what="--model", ask_hub=True)
-    rows = [
-        {"prompt": prompt, "seed": sample.seed + 1000 * i + k, "file": f"{i:04d}_{k}.mp4"}
-        for i, prompt in enumerate(prompts)
-        for k in range(sample.videos_per_prompt)
-    ]
-    pipeline = load_sampling_pipeline(policy_args, sample.lora, device)
-    out.mkdir(parents=True, exist_ok=True)
-    write_samples_record(out, policy_args, sample, rows)
-    written = []
-    for row in rows:
-        frames = pipeline(
-            prompt=row["prompt"],
-            negative_prompt=policy_args.negative_prompt,
-            height=policy_args.height,
-            width=policy_args.width,
-            num_frames=policy_args.num_frames,
-            num_inference_steps=policy_args.num_steps,
-            guidance_scale=policy_args.guidance_scale,
-            max_sequence_length=policy_args.max_sequence_length,
-            generator=torch.Generator(device="cpu").manual_seed(row["seed"]),
-            output_type="np",
-        ).frames[0]
-        written.append(write_video(out / row["file"], (frames * 255).round().astype("uint8"), WAN_FPS))
-    with (out / "index.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["prompt", "seed", "file"])
+def initial_noise(policy: WanPolicy, policy_args: PolicyConfig, seed: int) -> torch.Tensor:
+    """(1, C, F, H, W) standard normal from a CPU generator seeded with ``seed``: the pipeline's own draw."""
+    shape = policy.latent_shape(1, policy_args.shape)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(policy.device)
+
+
+def ode_latents(policy: WanPolicy, policy_args: PolicyConfig, prompt: str, seed: int) -> torch.Tensor:
+    """Denoised latents (1, C, F, H, W) of the rollouts' deterministic path: ``sample_trajectory`` with no
+    stochastic step (so its SDE settings and generators are never used)."""
+    sigmas, timesteps = policy.schedule(policy_args.num_steps)
+    conditional, unconditional = policy.prompt_embeddings([prompt])
+    trajectory = sample_trajectory(
+        lambda latents, index: policy.velocity(latents, timesteps[index], conditional, unconditional, policy_args.guidance_scale),
+        initial_noise(policy, policy_args, seed),
+        sigmas,
+        settings=SdeSettings(),
+        stochastic=[],
+        generators=[torch.Generator()],
+    )
+    return trajectory.final
+
+
+def as_uint8(frames: np.ndarray) -> np.ndarray:
+    """Frames in [0, 1] → uint8, rounded (the pipeline's own ``np`` output is in [0, 1])."""
+    return (frames * 255).round().astype("uint8")
+
+
+def make_sampler(name: Sampler, pipeline: WanPipeline, policy_args: PolicyConfig) -> FrameSampler:
+    """The frame function of ``sampler``, resolved once."""
+    if name == "pipeline":
+        def pipeline_frames(video: PlannedVideo) -> np.ndarray:
+            frames = pipeline(
+                prompt=video.prompt,
+                negative_prompt=policy_args.negative_prompt,
+                height=policy_args.height,
+                width=policy_args.width,
+                num_frames=policy_args.num_frames,
+                num_inference_steps=policy_args.num_steps,
+                guidance_scale=policy_args.guidance_scale,
+                max_sequence_length=policy_args.max_sequence_length,
+                generator=torch.Generator(device="cpu").manual_seed(video.seed),
+                output_type="np",
+            ).frames[0]
+            return as_uint8(frames)
+
+        return pipeline_frames
+    if name == "euler_ode":
+        policy = WanPolicy(pipeline, pipeline.device, policy_args.max_sequence_length, policy_args.negative_prompt)
+
+        def euler_ode_frames(video: PlannedVideo) -> np.ndarray:
+            latents = ode_latents(policy, policy_args, video.prompt, video.seed)
+            return as_uint8(policy.decode(latents)[0].permute(0, 2, 3, 1).cpu().numpy())
+
+        return euler_ode_frames
+    raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+
+
+# ----- files -----------------------------------------------------------------------------------------------
+
+
+def _staging_path(path: Path) -> Path:
+    # Hidden, and still .mp4: the encoder picks the container from the suffix.
+    return path.with_name(f".{path.name}.partial.mp4")
+
+
+def write_video_atomically(path: Path, frames: np.ndarray, *, lossless: bool) -> Path:
+    """Encode to a temporary name, then rename: ``path`` exists only once it is complete."""
+    staging = _staging_path(path)
+    try:
+        write_video(staging, frames, WAN_FPS, lossless=lossless)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_index(out: Path, plan: list[PlannedVideo], sampler: Sampler) -> Path:
+    """``index.csv``: prompt, seed, file (relative to ``out``), sampler — one row per video, in plan order."""
+    with atomic_file(out / INDEX) as handle:
+        writer = csv.DictWriter(handle, fieldnames=["prompt", "seed", "file", "sampler"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
-    return written
+        writer.writerows({"prompt": v.prompt, "seed": v.seed, "file": v.file, "sampler": sampler} for v in plan)
+    return out / INDEX
+
+
+# ----- the job ---------------------------------------------------------------------------------------------
+
+
+def run_sample(policy_args: PolicyConfig, sample: SampleConfig) -> list[Path]:
+    """Sample every planned video not already in ``output_dir``; return the paths of all planned videos.
+
+    Steps: check the inputs, the folder and an earlier run's settings (before any model loads); find the
+    videos still missing; record the settings; each process samples its share of the missing videos; the
+    main process writes ``index.csv``.
+    """
+    prompts = read_prompts(sample.prompts)
+    plan = plan_videos(prompts, seed=sample.seed, videos_per_prompt=sample.videos_per_prompt, file_naming=sample.file_naming)
+    out = check_output_directory(sample.output_dir, marker=SAMPLES_RECORD, overwrite=sample.overwrite)
+    # Without a GPU, cpu=True is what makes accelerate join a torchrun group (gloo) instead of running alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    device = sample_device(sample.device, state.device)
+    check_model_source(policy_args.model, what="--model", ask_hub=True)
+    settings = sample_settings(policy_args, sample, plan, scheduler_settings(policy_args.model))
+    if not sample.overwrite:
+        check_earlier_run(out, settings)
+    pending = plan if sample.overwrite else [video for video in plan if not (out / video.file).is_file()]
+    state.wait_for_everyone()  # every process has its list before any file changes
+    if state.is_main_process:
+        if sample.overwrite:
+            remove_earlier_run(out)
+        write_record(out / SAMPLES_RECORD, JOB, settings)
+        logger.info("%s: %d of %d video(s) already there; sampling %d on %d process(es)",
+                    out, len(plan) - len(pending), len(plan), len(pending), state.num_processes)
+    state.wait_for_everyone()  # the earlier run's files are gone before new ones are written
+    mine = pending[state.process_index :: state.num_processes]
+    if mine:
+        frames_of = make_sampler(sample.sampler, load_sampling_pipeline(policy_args, sample.lora, device), policy_args)
+        for video in tqdm(mine, desc="sampling", unit="video", disable=not state.is_main_process):
+            (out / video.file).parent.mkdir(parents=True, exist_ok=True)
+            write_video_atomically(out / video.file, frames_of(video), lossless=sample.lossless)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_index(out, plan, sample.sampler)
+    return [out / video.file for video in plan]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .score_report import format_score_report
+
 
 @dataclass(frozen=True)
 class Command:
@@ -19,17 +21,6 @@ class Command:
     ignores: tuple[type, ...] = ()
 
 
-def _report_score(summary: Any) -> str:
-    lines = [f"scored {summary.scored} video(s), {summary.failed} failed, {summary.skipped_rows} data row(s) skipped"]
-    if summary.resumed:
-        lines.append(f"{summary.resumed} of them were already in the output from an earlier run and not scored again")
-    if summary.parse_failure_rate == summary.parse_failure_rate:  # not NaN: CoTs were parsed
-        lines.append(f"CoT answer parse failures: {summary.parse_failure_rate:.1%}")
-    if summary.accuracy is not None:
-        lines.append(f"pairwise accuracy: {summary.accuracy:.4f} over {summary.decided_pairs} decided pair(s)")
-    return "\n".join(lines)
-
-
 def _report_train(metrics: dict[str, float]) -> str:
     return "\n".join(f"{key}: {value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("accuracy"))
 
@@ -41,6 +32,6 @@ def commands() -> dict[str, Command]:
 
     return {
         "train": Command("DeScore stage 1 (cold start): BT training of the <Reward> head", (ColdStartConfig,), run, _report_train),
-        "score": Command("Score videos with a DeScore checkpoint (CoT or --no-cot)", (ScoreConfig,), run_score, _report_score),
+        "score": Command("Score videos with a DeScore checkpoint (CoT or --no-cot) or any registry reward (--reward)", (ScoreConfig,), run_score, format_score_report),
         "export": Command("Export a merged checkpoint: HF/vLLM backbone + DeScore head and manifest", (ExportConfig,), run_export, lambda path: f"wrote {path}"),
     }

@@ -1,4 +1,5 @@
-"""Preference data: CSV / JSONL files of (prompt, video A, video B, label) rows.
+"""Preference data: CSV / JSONL files of (prompt, video A, video B, label) rows; and video indexes (prompt,
+file), such as the ``index.csv`` that ``descore tune sample`` writes, for scoring.
 
 Two layouts are read:
 
@@ -42,6 +43,7 @@ LABELS: dict[str, int] = {"a": 1, "1": 1, "+1": 1, "b": -1, "-1": -1, "tie": 0, 
 OURS_REQUIRED = ("prompt", "video_a", "video_b", "label")
 OFFICIAL_REQUIRED = ("videos", "problem", "CoT_A", "CoT_B", "GSB")
 OURS_OPTIONAL = ("cot_a", "cot_b", "scores_a", "scores_b")
+INDEX_REQUIRED = ("prompt", "file")  # `descore tune sample`'s index.csv
 LISTED_PROBLEMS = 50
 
 
@@ -223,6 +225,58 @@ def _log_warnings(path: Path, warnings: PairWarnings) -> None:
             examples = ", ".join(f"line {line} {verb} line {earlier}" for line, earlier in found[:10])
             more = f", ... and {len(found) - 10} more" if len(found) > 10 else ""
             logger.warning("%s: %d %s: %s%s", path, len(found), kind, examples, more)
+
+
+@dataclass(frozen=True)
+class IndexedVideo:
+    """One row of a video index: a video (path resolved against the index's folder) and its prompt."""
+
+    prompt: str
+    video: str
+    line: int
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    source: Path
+    videos: list[IndexedVideo]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+
+def is_video_index(path: str | Path, *, max_field_chars: int = MAX_FIELD_CHARS) -> bool:
+    """A file of videos to score (columns ``prompt`` and ``file``, as ``tune sample``'s ``index.csv``), not
+    a preference file."""
+    columns = set(read_records(Path(path), max_field_chars=max_field_chars).columns)
+    return set(INDEX_REQUIRED) <= columns and not {"video_a", "videos"} & columns
+
+
+def read_video_index(path: str | Path, *, skip_invalid: bool = False, max_field_chars: int = MAX_FIELD_CHARS) -> VideoIndex:
+    """Read a CSV/JSONL with ``prompt`` and ``file`` columns (other columns, e.g. ``seed``, are ignored);
+    ``file`` is relative to the index's folder unless absolute.
+
+    Raises:
+        DataError: the file cannot be read, lacks a column, or (without ``skip_invalid``) has rows with an
+            empty prompt or a missing video; the message lists every bad line.
+    """
+    path = Path(path)
+    records = read_records(path, max_field_chars=max_field_chars)
+    missing = [column for column in INDEX_REQUIRED if column not in records.columns]
+    if missing:
+        raise DataError(
+            f"{path}: no {missing} column(s) (columns: {records.columns}); a video index needs {list(INDEX_REQUIRED)}"
+        )
+    videos, problems = [], list(records.problems)
+    for line, row in records.rows:
+        try:
+            prompt = _text(row, "prompt", required=True)
+            videos.append(IndexedVideo(prompt, _video_path(_text(row, "file", required=True), path.parent), line))
+        except _RowError as error:
+            problems.append((line, str(error)))
+    problems.sort()
+    if problems and not skip_invalid:
+        raise _invalid_rows_error(path, problems)
+    _log_skipped(path, problems)
+    return VideoIndex(source=path, videos=videos, skipped=problems)
 
 
 class _RowError(ValueError):

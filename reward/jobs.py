@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -14,9 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import score_output
-from .base import ScoredItem
+from .base import RewardModel, ScoredItem, build_reward, check_reward_entry
 from .checkpoint import ModelSource, resolve_model_source
-from .data import PreferencePair, read_preferences
+from .data import PreferencePair, is_video_index, read_preferences, read_video_index
+from .entry_file import RewardEntry, read_reward_entry
 from .errors import ConfigError, DataError, VideoDecodeError
 from .losses import pairwise_accuracy
 from .modeling import EXPORT_MARKER, MANIFEST_NAME, REWARD_TOKEN, DeScoreManifest, DeScoreModel
@@ -31,30 +33,45 @@ from .run_record import (
     resolved_config,
 )
 from .score_output import checkpoint_fingerprint
+from .score_report import PromptMean, RewardStats, prompt_means
 from .scoring import DeScoreReward, GenerationSettings, default_device, default_dtype
 from .video import DecodeLimitConfig, DecodeLimits, probe_video
 
 logger = logging.getLogger(__name__)
 
 
+# Options of ScoreConfig read only by DeScoreReward; with --reward the entry holds the reward's options.
+DESCORE_ONLY_OPTIONS = ("revision", "cot", "cot_source", "max_new_tokens", "temperature", "repetition_penalty", "device", "dtype",
+                        "attn_implementation")
+
+
 @dataclass
 class ScoreConfig(DecodeLimitConfig):
-    """Score videos with a DeScore checkpoint; one JSON line per (video, prompt)."""
+    """Score videos with a DeScore checkpoint or any registry reward; one JSON line per (video, prompt)."""
 
     model: str | None = field(
         default=None,
         metadata={"help": "DeScore checkpoint: a folder (training checkpoint or export) or a hub id owner/name (a "
-                          "folder of that name wins; HF_HUB_OFFLINE=1 uses the hub cache only)."},
+                          "folder of that name wins; HF_HUB_OFFLINE=1 uses the hub cache only). Or give --reward."},
     )
     revision: str | None = field(
         default=None, metadata={"help": "Branch, tag or commit of a hub --model (default: main)."}
+    )
+    reward: str | None = field(
+        default=None,
+        metadata={"help": "YAML file holding one reward-registry entry, e.g. `name: temporal_smoothness` or `{name: "
+                          "descore_no_cot, path: runs/descore/final}` (optional `label`), scored instead of --model."},
     )
     output: str | None = field(
         default=None,
         metadata={"help": "Output JSONL file. Lines are saved as each batch ends; a re-run with the same settings "
                           "scores only what is missing."},
     )
-    data: str | None = field(default=None, metadata={"help": "Preference CSV/JSONL; every distinct video is scored."})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "Preference CSV/JSONL (every distinct video is scored), or a video index with prompt and "
+                          "file columns such as `tune sample`'s index.csv (files relative to its folder)."},
+    )
     video: list[str] | None = field(default=None, metadata={"help": "Video file(s) to score (instead of --data)."})
     prompt: list[str] | None = field(
         default=None, metadata={"help": "The T2V prompt: one for all --video files, or one per file."}
@@ -83,8 +100,10 @@ class ScoreConfig(DecodeLimitConfig):
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2."})
 
     def __post_init__(self) -> None:
-        if self.model is None or self.output is None:
-            raise ConfigError("--model and --output are required")
+        if self.output is None:
+            raise ConfigError("--output is required")
+        if (self.model is None) == (self.reward is None):
+            raise ConfigError("give exactly one of --model (a DeScore checkpoint) and --reward (a reward-entry YAML)")
         self.decode_limits()  # raises on a bad limit
         if (self.data is None) == (self.video is None):
             raise ConfigError("give exactly one of --data and --video")
@@ -97,7 +116,33 @@ class ScoreConfig(DecodeLimitConfig):
             raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
         self.generation_settings()  # raises on a bad max_new_tokens, temperature or repetition_penalty
         check_output_file(self.output)
-        check_checkpoint(self.model, revision=self.revision)
+        if self.reward is None:
+            check_checkpoint(self.model, revision=self.revision)
+        else:
+            self._check_reward_options()
+            check_reward_entry(self.reward_entry.entry)
+
+    def _check_reward_options(self) -> None:
+        """Options that only DeScore reads must keep their defaults with --reward (they would do nothing)."""
+        changed = [f"--{f.name}" for f in dataclasses.fields(ScoreConfig)
+                   if f.name in DESCORE_ONLY_OPTIONS and getattr(self, f.name) != f.default]
+        if changed:
+            raise ConfigError(
+                f"{', '.join(changed)} only apply to --model (a DeScore checkpoint); with --reward, set the reward's "
+                f"options in {self.reward}"
+            )
+
+    @functools.cached_property
+    def reward_entry(self) -> RewardEntry:
+        """The --reward file's entry, read once."""
+        return read_reward_entry(self.reward)
+
+    @property
+    def reward_name(self) -> str:
+        """The name the summary table gives the reward."""
+        if self.reward is not None:
+            return self.reward_entry.label
+        return "descore" if self.cot else "descore_no_cot"
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(
@@ -112,6 +157,8 @@ class ScoreConfig(DecodeLimitConfig):
     def settings(self) -> dict[str, dict[str, Any]]:
         """What decides the numbers in the output (recorded beside it; a re-run must match). Batch size,
         device and attention kernel are left out: they do not change a reward beyond float noise."""
+        if self.reward is not None:
+            return resolved_config({"reward": self.reward_entry.settings()})
         device = torch.device(self.device) if self.device is not None else default_device()
         return resolved_config({
             "model": checkpoint_identity(resolve_model_source(self.model, revision=self.revision)),
@@ -171,6 +218,8 @@ class ScoreSummary:
     accuracy: float | None
     decided_pairs: int
     resumed: int = 0
+    rewards: tuple[RewardStats, ...] = ()  # one per reward scored (today: one)
+    prompt_means: tuple[PromptMean, ...] = ()  # mean reward per prompt, in input order
 
 
 def run_score(config: ScoreConfig) -> ScoreSummary:
@@ -181,13 +230,15 @@ def run_score(config: ScoreConfig) -> ScoreSummary:
     """
     output, settings = Path(config.output), config.settings()
     key = functools.partial(_record_key, given_cot=config.cot_from_data)
-    pairs, requests, skipped_rows = _requests(config)
+    data_is_index = config.data is not None and is_video_index(config.data)
+    pairs, requests, skipped_rows = _requests(config, data_is_index=data_is_index)
     earlier = {key(record): record for record in score_output.earlier_records(output, settings, overwrite=config.overwrite)}
     # A line with an error (an unreadable video) is tried again: the file may have been fixed since.
     done = {key(r): earlier[key(r)] for r in requests if key(r) in earlier and "error" not in earlier[key(r)]}
     pending = [request for request in requests if key(request) not in done]
-    if config.video is not None and not config.skip_invalid:
-        _check_videos([request.video for request in pending], config.decode_limits())
+    if (config.video is not None or data_is_index) and not config.skip_invalid:
+        what = "--video file(s)" if config.video is not None else f"video file(s) listed in {config.data}"
+        _check_videos([request.video for request in pending], config.decode_limits(), what=what)
     if done:
         logger.info("%s: %d of %d item(s) already scored by an earlier run; scoring %d", output, len(done), len(requests), len(pending))
     score_output.start(output, settings, overwrite=config.overwrite)
@@ -208,15 +259,24 @@ def run_score(config: ScoreConfig) -> ScoreSummary:
         accuracy=accuracy,
         decided_pairs=decided,
         resumed=len(done),
+        rewards=(RewardStats.of(config.reward_name, [record["reward"] for record in wanted]),),
+        prompt_means=prompt_means(wanted),
     )
 
 
-def _requests(config: ScoreConfig) -> tuple[list[PreferencePair], list[_Request], int]:
-    """(pairs, distinct items to score in order, skipped data rows) from --data or --video/--prompt."""
+def _requests(config: ScoreConfig, *, data_is_index: bool) -> tuple[list[PreferencePair], list[_Request], int]:
+    """(pairs, distinct items to score in order, skipped data rows) from --data (preferences or a video
+    index) or --video/--prompt."""
     if config.data is None:
         prompts = config.prompt * len(config.video) if len(config.prompt) == 1 else config.prompt
         requests = [_Request(str(Path(video)), prompt, None, None) for video, prompt in zip(config.video, prompts)]
         return [], list(dict.fromkeys(requests)), 0
+    if data_is_index:
+        if config.cot_from_data:
+            raise ConfigError(f"{config.data} is a video index; cot_source: data needs a preference file with cot_a/cot_b")
+        index = read_video_index(config.data, skip_invalid=config.skip_invalid)
+        requests = [_Request(video.video, video.prompt, None, None) for video in index.videos]
+        return [], list(dict.fromkeys(requests)), len(index.skipped)
     data = read_preferences(
         config.data,
         skip_invalid=config.skip_invalid,
@@ -244,7 +304,7 @@ def _record_key(item: _Request | dict[str, Any], *, given_cot: bool) -> tuple:
     return values["video"], values["prompt"], values.get("instruction"), values.get("cot") if given_cot else None
 
 
-def _check_videos(videos: list[str], limits: DecodeLimits) -> None:
+def _check_videos(videos: list[str], limits: DecodeLimits, *, what: str) -> None:
     """Open every file before the model loads; one error lists all that cannot be read."""
     problems = []
     for video in dict.fromkeys(videos):
@@ -255,7 +315,7 @@ def _check_videos(videos: list[str], limits: DecodeLimits) -> None:
     if problems:
         listing = "\n  ".join(problems)
         raise DataError(
-            f"{len(problems)} --video file(s) cannot be read:\n  {listing}\n"
+            f"{len(problems)} {what} cannot be read:\n  {listing}\n"
             "Fix or remove them, or pass --skip_invalid true to record them as failed and score the rest."
         )
 
@@ -264,6 +324,22 @@ def _score_pending(
     config: ScoreConfig, pending: list[_Request], output: Path, key: Callable[[_Request], tuple]
 ) -> dict[tuple, dict[str, Any]]:
     """Score ``pending`` one batch per call, appending each batch's lines as soon as it is done."""
+    score_batch = _batch_scorer(config)
+    records = {}
+    with score_output.appending(output) as handle:
+        for start_index in tqdm(range(0, len(pending), config.batch_size), desc=f"scoring ({config.reward_name})"):
+            batch = pending[start_index : start_index + config.batch_size]
+            lines = [_record(request, item) for request, item in zip(batch, score_batch(batch))]
+            score_output.append_records(handle, lines)
+            records |= {key(request): line for request, line in zip(batch, lines)}
+    return records
+
+
+def _batch_scorer(config: ScoreConfig) -> Callable[[list[_Request]], list[ScoredItem]]:
+    """Load the scorer once; return a function scoring one batch of requests."""
+    if config.reward is not None:
+        reward = build_reward(config.reward_entry.entry)
+        return functools.partial(_score_with_reward, reward, limits=config.decode_limits(), skip_invalid=config.skip_invalid)
     scorer = DeScoreReward(
         config.model,
         revision=config.revision,
@@ -276,20 +352,35 @@ def _score_pending(
         attn_implementation=config.attn_implementation,
         decode_limits=config.decode_limits(),
     )
-    records = {}
-    with score_output.appending(output) as handle:
-        for start_index in tqdm(range(0, len(pending), config.batch_size), desc=f"scoring ({scorer.name})"):
-            batch = pending[start_index : start_index + config.batch_size]
-            scored = scorer.score(
-                [request.video for request in batch],
-                [request.prompt for request in batch],
-                cots=[request.cot for request in batch],
-                instructions=[request.instruction for request in batch],
-            )
-            lines = [_record(request, item) for request, item in zip(batch, scored.items)]
-            score_output.append_records(handle, lines)
-            records |= {key(request): line for request, line in zip(batch, lines)}
-    return records
+
+    def score_batch(batch: list[_Request]) -> list[ScoredItem]:
+        return scorer.score(
+            [request.video for request in batch],
+            [request.prompt for request in batch],
+            cots=[request.cot for request in batch],
+            instructions=[request.instruction for request in batch],
+        ).items
+
+    return score_batch
+
+
+def _score_with_reward(
+    reward: RewardModel, batch: list[_Request], *, limits: DecodeLimits, skip_invalid: bool
+) -> list[ScoredItem]:
+    """A registry reward on (video, prompt). With ``skip_invalid`` a video that does not open is recorded as
+    failed and left out (the reward models' own options decide how they treat files that open)."""
+    items: dict[int, ScoredItem] = {}
+    if skip_invalid:
+        for index, request in enumerate(batch):
+            try:
+                probe_video(request.video, limits=limits)
+            except VideoDecodeError as error:
+                items[index] = ScoredItem(reward=math.nan, error=str(error))
+    readable = [index for index in range(len(batch)) if index not in items]
+    if readable:
+        scored = reward.score([batch[i].video for i in readable], [batch[i].prompt for i in readable]).items
+        items |= dict(zip(readable, scored))
+    return [items[index] for index in range(len(batch))]
 
 
 def _record(request: _Request, item: ScoredItem) -> dict[str, Any]:

@@ -90,4 +90,4 @@ def test_tune_sample_from_flags(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     assert "wrote 2 video(s)" in capsys.readouterr().out
     index = (tmp_path / "videos" / "index.csv").read_text().splitlines()
-    assert index[0] == "prompt,seed,file" and index[1] == "a red square,0,0000_0.mp4" and index[2] == "a dog,1000,0001_0.mp4"
+    assert index == ["prompt,seed,file,sampler", "a red square,0,0000_0.mp4,pipeline", "a dog,1000,0001_0.mp4,pipeline"]
