@@ -128,7 +128,7 @@ def _hint(key: str, known: set[str]) -> str:
     return f"{key} (did you mean {' or '.join(close)}?)" if close else key
 
 
-def check_keys(parser: argparse.ArgumentParser, argv: list[str], recipe: Mapping[str, Any],
+def check_keys(parser: argparse.ArgumentParser, argv: list[str], *, recipe: Mapping[str, Any],
                ignored: set[str] = frozenset()) -> None:
     """Reject unknown flags and recipe keys before any config is built, suggesting the closest known key.
 
@@ -188,14 +188,14 @@ def _parser(command: Command, prog: str) -> argparse.ArgumentParser:
     return Parser(command.config_classes(), prog=prog, description=command.help)
 
 
-def parse_command(command: Command, prog: str, argv: list[str]) -> tuple:
+def parse_command(command: Command, argv: list[str], *, prog: str) -> tuple:
     """The command's config dataclasses from ``argv``: recipe values as defaults, flags over them."""
     from reward.errors import ConfigError
 
     parser = _parser(command, prog)
     name, argv = _split_config(argv)
     recipe = _read_recipe(name) if name is not None else {}
-    check_keys(parser, argv, recipe, command.ignored_keys())
+    check_keys(parser, argv, recipe=recipe, ignored=command.ignored_keys())
     os.environ.update({key: str(value) for key, value in recipe.pop("env", {}).items()})
     parser.set_defaults_with_config(**{key: value for key, value in recipe.items() if key not in command.flag_only})
     *configs, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
@@ -240,7 +240,7 @@ def _route_library_logging() -> None:
 
 def run_command(key: tuple[str, ...], argv: list[str]) -> int:
     command = COMMANDS[key]
-    configs = parse_command(command, " ".join(["descore", *key]), argv)
+    configs = parse_command(command, argv, prog=" ".join(["descore", *key]))
     run = command.run_function()
     _route_library_logging()
     _set_run_environment(configs)

@@ -75,8 +75,8 @@ def test_sample_reads_a_training_recipe_but_not_its_output_dir(tmp_path):
     recipe = yaml.safe_load((REPO_ROOT / "configs" / "generator" / "tiny_grpo.yaml").read_text())
     sample = COMMANDS["tune", "sample"]
     flags = ["--config", "tiny_grpo", "--model", str(tmp_path)]  # any existing folder: nothing is loaded
-    policy, settings = parse_command(sample, "descore tune sample", [*flags, "--output_dir", str(tmp_path / "videos")])
+    policy, settings = parse_command(sample, [*flags, "--output_dir", str(tmp_path / "videos")], prog="descore tune sample")
     assert (policy.height, policy.num_frames, policy.lora_rank) == (recipe["height"], recipe["num_frames"], recipe["lora_rank"])
     assert settings.output_dir == str(tmp_path / "videos") and recipe["output_dir"]
     with pytest.raises(ConfigError, match="--output_dir are required"):
-        parse_command(sample, "descore tune sample", flags)
+        parse_command(sample, flags, prog="descore tune sample")
