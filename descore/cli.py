@@ -19,7 +19,6 @@ import os
 import sys
 from typing import Any, Mapping
 
-from . import __version__
 from .commands import COMMANDS, GROUPS, Command
 from .recipes import LAUNCH_FOLDERS, recipe_files, resolve_recipe
 
@@ -61,6 +60,8 @@ def _version() -> str:
     """The kit's version and those of the libraries it runs on, read from package metadata (no imports)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    import descore
+
     def installed(name: str) -> str:
         try:
             return version(name)
@@ -68,7 +69,7 @@ def _version() -> str:
             return "not installed"
 
     libraries = ", ".join(f"{name} {installed(name)}" for name in VERSIONED)
-    return f"descore-kit {__version__}\n{libraries}, python {sys.version.split()[0]}"
+    return f"descore-kit {descore.__version__}\n{libraries}, python {sys.version.split()[0]}"
 
 
 def _recipe_listing() -> str:
