@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -167,6 +166,7 @@ def test_recipes_lists_names_and_paths(capsys):
 def test_the_wheel_lists_every_package():
     """pyproject lists its packages (a mapped package, descore.configs, is invisible to packages.find): every
     code folder and every recipe folder of the checkout must be in that list, and nothing else."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     code = {".".join(path.parent.relative_to(REPO_ROOT).parts) for top in ("descore", "reward", "generator_rl", "benchmarks")
             for path in (REPO_ROOT / top).rglob("__init__.py")}
