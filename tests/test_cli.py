@@ -1,15 +1,15 @@
-"""The `descore` command line: group/command tables, YAML + flag parsing, exit codes, and scoring from flags."""
+"""The `descore` jobs run from the command line: YAML + flag parsing, renamed options, scoring, export and sampling."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
+import yaml
 
-from benchmarks.cli import main
+from descore.cli import main, parse_command, run_cli
+from descore.commands import COMMANDS
 from reward.errors import ConfigError
 from reward.modeling import DeScoreModel, save_descore
 
@@ -17,22 +17,9 @@ from .conftest import TINY_SPEC
 from .reward.helpers import REPO_ROOT, small_clip
 
 
-def test_help_lists_groups_and_commands(capsys):
-    assert main(["--help"]) == 0
-    assert "reward" in capsys.readouterr().out
-    assert main(["reward", "--help"]) == 0
-    listing = capsys.readouterr().out
-    assert all(name in listing for name in ("train", "score", "export"))
-
-
-def test_unknown_group_or_command_exits_2(capsys):
-    assert main(["nope"]) == 2 and "unknown group 'nope'" in capsys.readouterr().err
-    assert main(["reward", "nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
-
-
 def test_unknown_flag_is_an_error():
     with pytest.raises(ConfigError, match=r"lora_rnak \(did you mean .*\blora_rank\b"):
-        main(["reward", "train", "--train_data", "t.csv", "--output_dir", "o", "--lora_rnak", "8"])
+        run_cli(["reward", "train", "--train_data", "t.csv", "--output_dir", "o", "--lora_rnak", "8"])
 
 
 @pytest.mark.parametrize(("argv", "old", "new"), [
@@ -44,7 +31,7 @@ def test_unknown_flag_is_an_error():
 ])
 def test_old_option_names_point_at_the_new_ones(argv, old, new):
     with pytest.raises(ConfigError, match=rf"unknown option\(s\): {old} \(renamed: did you mean {new}\?\)"):
-        main(argv)
+        run_cli(argv)
 
 
 def test_score_and_export_from_flags(tiny_qwen3_vl_dir, tmp_path, capsys):
@@ -63,20 +50,8 @@ def test_score_and_export_from_flags(tiny_qwen3_vl_dir, tmp_path, capsys):
 
 def test_score_rejects_mismatched_prompts(tmp_path):
     with pytest.raises(ValueError, match="--prompt needs 1 or 2 values"):
-        main(["reward", "score", "--model", "m", "--video", "a.mp4", "b.mp4", "--prompt", "x", "y", "z",
-              "--output", str(tmp_path / "o.jsonl")])
-
-
-def test_console_script_runs():
-    finished = subprocess.run([sys.executable, "-m", "benchmarks.cli", "reward", "--help"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=120)
-    assert finished.returncode == 0 and "score" in finished.stdout
-
-
-def test_tune_group_lists_its_commands(capsys):
-    assert main(["tune", "--help"]) == 0
-    listing = capsys.readouterr().out
-    assert all(name in listing for name in ("grpo", "flow-dpo", "sample", "doctor"))
+        run_cli(["reward", "score", "--model", "m", "--video", "a.mp4", "b.mp4", "--prompt", "x", "y", "z",
+                 "--output", str(tmp_path / "o.jsonl")])
 
 
 def test_tune_sample_from_flags(tmp_path, capsys):
@@ -91,3 +66,17 @@ def test_tune_sample_from_flags(tmp_path, capsys):
     assert "wrote 2 video(s)" in capsys.readouterr().out
     index = (tmp_path / "videos" / "index.csv").read_text().splitlines()
     assert index == ["prompt,seed,file,sampler", "a red square,0,0000_0.mp4,pipeline", "a dog,1000,0001_0.mp4,pipeline"]
+
+
+def test_sample_reads_a_training_recipe_but_not_its_output_dir(tmp_path):
+    """`tune sample --config tiny_grpo` (a shipped name) takes the model and sampling settings of the training
+    recipe, ignores its training-only keys, and never writes videos into the recipe's output_dir (where that
+    training writes): the output folder comes from the command line only."""
+    recipe = yaml.safe_load((REPO_ROOT / "configs" / "generator" / "tiny_grpo.yaml").read_text())
+    sample = COMMANDS["tune", "sample"]
+    flags = ["--config", "tiny_grpo", "--model", str(tmp_path)]  # any existing folder: nothing is loaded
+    policy, settings = parse_command(sample, [*flags, "--output_dir", str(tmp_path / "videos")], prog="descore tune sample")
+    assert (policy.height, policy.num_frames, policy.lora_rank) == (recipe["height"], recipe["num_frames"], recipe["lora_rank"])
+    assert settings.output_dir == str(tmp_path / "videos") and recipe["output_dir"]
+    with pytest.raises(ConfigError, match="--output_dir are required"):
+        parse_command(sample, flags, prog="descore tune sample")

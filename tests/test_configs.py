@@ -8,7 +8,7 @@ import pytest
 import yaml
 from trl import TrlParser
 
-from benchmarks.cli import main
+from descore.cli import run_cli
 from reward.cold_start import ColdStartConfig
 from reward.errors import ConfigError
 
@@ -44,7 +44,7 @@ def test_unknown_yaml_key_fails_before_anything_runs(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("lora_r: 8\nlearning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown option\(s\): lora_r \(renamed: did you mean lora_rank\?\)"):
-        main(["reward", "train", "--config", str(recipe)])
+        run_cli(["reward", "train", "--config", str(recipe)])
 
 
 def test_indivisible_effective_batch_is_rejected(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.cli import main
+from descore.cli import run_cli
 from generator_rl.config import PolicyConfig, RunConfig
 from generator_rl.flow_dpo import FlowDpoConfig
 from generator_rl.grpo import GrpoConfig
@@ -65,8 +65,8 @@ def test_good_values_pass(prompt_file, tmp_path):
 def test_the_cli_refuses_a_bad_value_before_any_work(tmp_path, prompt_file):
     """`descore tune grpo --learning_rate 0` fails while parsing, without creating the output folder."""
     with pytest.raises(ConfigError, match=r"learning_rate must be > 0, got 0\.0"):
-        main(["tune", "grpo", "--model", str(tmp_path), "--prompts", str(prompt_file), "--output_dir",
-              str(tmp_path / "run"), "--rewards", "name=brightness", "--learning_rate", "0"])
+        run_cli(["tune", "grpo", "--model", str(tmp_path), "--prompts", str(prompt_file), "--output_dir",
+                 str(tmp_path / "run"), "--rewards", "name=brightness", "--learning_rate", "0"])
     assert not (tmp_path / "run").exists()
 
 
@@ -121,5 +121,5 @@ def test_reward_entries_are_checked_before_the_generator_loads(term, message, ti
 
     monkeypatch.setattr(PolicyConfig, "load_policy", no_load)
     with pytest.raises(ConfigError, match=message):
-        main(["tune", "grpo", "--model", str(tiny_wan_dir), "--prompts", str(prompt_file), "--output_dir",
-              str(tmp_path / "run"), "--rewards", term, "--report_to", "none"])
+        run_cli(["tune", "grpo", "--model", str(tiny_wan_dir), "--prompts", str(prompt_file), "--output_dir",
+                 str(tmp_path / "run"), "--rewards", term, "--report_to", "none"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from benchmarks.cli import main
+from descore.cli import run_cli
 from benchmarks.synthetic import make_preference_set
 from reward.cold_start import run
 from reward.errors import CheckpointError, ConfigError, DataError
@@ -95,7 +95,7 @@ def test_bad_score_values_are_refused_before_any_model_loads(case, checkpoint, c
     argv = ["reward", "score"] + [token for flag, value in flags.items() for token in [flag, *([value] if isinstance(value, str) else value)]]
     loads = Calls(monkeypatch, DeScoreModel, "from_pretrained")
     with pytest.raises(error, match=message):
-        main(argv)
+        run_cli(argv)
     assert loads.count == 0
     assert not any(path.name.startswith("s.jsonl") for path in tmp_path.iterdir()), "nothing may be written"
 
@@ -113,7 +113,7 @@ def test_bad_export_values_are_refused_before_any_model_loads(case, checkpoint, 
     }[case]
     loads = Calls(monkeypatch, DeScoreModel, "from_pretrained")
     with pytest.raises(error, match=message):
-        main(["reward", "export", "--model", str(model), "--output_dir", str(output), "--overwrite", "true"])
+        run_cli(["reward", "export", "--model", str(model), "--output_dir", str(output), "--overwrite", "true"])
     assert loads.count == 0 and not (tmp_path / "out").exists() and a_file.read_text() == "x"
 
 # ----- scoring is saved as it goes and resumed ---------------------------------------------------------------
@@ -226,9 +226,9 @@ def test_export_onto_a_run_folder_refuses_and_deletes_nothing(checkpoint, run_fo
     loads = Calls(monkeypatch, DeScoreModel, "from_pretrained")
     for flags in ([], ["--overwrite", "true"]):
         with pytest.raises(ConfigError, match=rf"--output_dir {run_folder} is a training run or checkpoint folder"):
-            main(["reward", "export", "--model", str(checkpoint), "--output_dir", str(run_folder), *flags])
+            run_cli(["reward", "export", "--model", str(checkpoint), "--output_dir", str(run_folder), *flags])
     with pytest.raises(ConfigError, match=r"holds the checkpoint being exported"):
-        main(["reward", "export", "--model", str(run_folder / "final"), "--output_dir", str(run_folder / "final")])
+        run_cli(["reward", "export", "--model", str(run_folder / "final"), "--output_dir", str(run_folder / "final")])
     assert loads.count == 0 and listing(run_folder) == before
 
 
@@ -256,7 +256,7 @@ def test_decode_limits_from_the_command_line_name_file_and_limit(checkpoint, cli
     flags = ["reward", "score", "--model", str(checkpoint), "--video", *clips, "--prompt", "a cat",
              "--output", str(tmp_path / "s.jsonl"), "--max_video_frame_pixels", "1000"]
     with pytest.raises(DataError) as raised:
-        main(flags)
+        run_cli(flags)
     message = str(raised.value)
     assert message.startswith(f"{len(clips)} --video file(s) cannot be read") and len(clips) == 5
     assert message.count("its frame size 64x64 = 4,096 px exceeds DecodeLimits.max_pixels_per_frame = 1,000 px") == 5
@@ -264,4 +264,4 @@ def test_decode_limits_from_the_command_line_name_file_and_limit(checkpoint, cli
     assert message.count("pass --max_video_frame_pixels 4096 (command line)") == 5  # what would admit the files
     assert loads.count == 0
     with pytest.raises(ConfigError, match="DecodeLimits.max_duration_s must be a positive number, got 0.0"):
-        main([*flags, "--max_video_duration_s", "0"])
+        run_cli([*flags, "--max_video_duration_s", "0"])

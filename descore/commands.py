@@ -1,0 +1,103 @@
+"""The command table of ``descore``: every job is one row (help, config dataclasses, run function, report).
+
+Config classes and run functions are named as ``"module:attribute"`` strings and imported only when the
+command runs, so listing the commands (``descore --help``, ``descore tune --help``) imports neither torch nor
+the kit's packages. The report functions below take the run function's result and need no imports either.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI job: its help line, the dataclasses its flags fill, the function that runs it and its report."""
+
+    help: str
+    configs: tuple[str, ...]
+    run: str
+    report: Callable[[Any], str] | None = None
+    # Dataclasses whose keys a --config recipe may also hold and this command ignores (e.g. `tune sample`
+    # reading a training recipe for its model and sampling settings).
+    ignores: tuple[str, ...] = ()
+    # Keys taken from the command line only: a recipe's value is dropped (a training recipe's output_dir is
+    # where that training writes, never where `tune sample` should put its videos).
+    flag_only: tuple[str, ...] = ()
+
+    def config_classes(self) -> tuple[type, ...]:
+        return tuple(load(reference) for reference in self.configs)
+
+    def ignored_keys(self) -> set[str]:
+        return {name for reference in self.ignores for name in load(reference).__dataclass_fields__}
+
+    def run_function(self) -> Callable[..., Any]:
+        return load(self.run)
+
+
+def load(reference: str) -> Any:
+    """The object a ``"module:attribute"`` reference names: the one place a table string becomes code."""
+    module, attribute = reference.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _report_score(summary: Any) -> str:
+    from reward.score_report import format_score_report  # imported with the job it reports on
+
+    return format_score_report(summary)
+
+
+def _report_train(metrics: dict[str, float]) -> str:
+    return "\n".join(f"{key}: {value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("accuracy"))
+
+
+def _report_tuning(result: dict[str, Any]) -> str:
+    lines = []
+    history = result.get("reward_history")
+    if history:
+        lines.append(f"mean reward: first step {history[0]:.5f}, last step {history[-1]:.5f}")
+    faults = result.get("faults") or {}
+    if faults.get("skipped_steps"):
+        lines.append(f"skipped steps: {faults['skipped_steps']} ({faults['invalid_reward_steps']} with no valid reward, "
+                     f"{faults['nonfinite_grad']} with a non-finite loss or gradient)")
+    return "\n".join([*lines, f"LoRA: {result['final']}"])
+
+
+_POLICY, _RUN = "generator_rl.config:PolicyConfig", "generator_rl.config:RunConfig"
+_GRPO, _FLOW_DPO = "generator_rl.grpo:GrpoConfig", "generator_rl.flow_dpo:FlowDpoConfig"
+
+GROUPS: dict[str, str] = {
+    "reward": "Train, score and export DeScore reward models",
+    "tune": "Post-train Wan-2.1 with reward models: GRPO, Flow-DPO, sampling, doctor",
+}
+
+# (group, command) -> job; a one-word key is a command without a group
+COMMANDS: dict[tuple[str, ...], Command] = {
+    ("reward", "train"): Command(
+        "DeScore stage 1 (cold start): BT training of the <Reward> head",
+        ("reward.cold_start:ColdStartConfig",), "reward.cold_start:run", _report_train),
+    ("reward", "score"): Command(
+        "Score videos with a DeScore checkpoint (CoT or --no-cot) or any registry reward (--reward)",
+        ("reward.jobs:ScoreConfig",), "reward.jobs:run_score", _report_score),
+    ("reward", "export"): Command(
+        "Export a merged checkpoint: HF/vLLM backbone + DeScore head and manifest",
+        ("reward.jobs:ExportConfig",), "reward.jobs:run_export", lambda path: f"wrote {path}"),
+    ("tune", "grpo"): Command(
+        "GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
+        (_POLICY, _RUN, _GRPO), "generator_rl.grpo:run_grpo", _report_tuning),
+    ("tune", "flow-dpo"): Command(
+        "Flow-DPO on reward-ranked pairs (offline or online)",
+        (_POLICY, _RUN, _FLOW_DPO), "generator_rl.flow_dpo:run_flow_dpo", _report_tuning),
+    ("tune", "sample"): Command(
+        "Sample videos from the base model or a LoRA with fixed per-prompt seeds",
+        (_POLICY, "generator_rl.sample:SampleConfig"), "generator_rl.sample:run_sample",
+        lambda paths: f"wrote {len(paths)} video(s)", ignores=(_RUN, _GRPO, _FLOW_DPO), flag_only=("output_dir",)),
+    ("tune", "doctor"): Command(
+        "A few tiny GRPO steps: log-prob parity, ratio == 1, reward rises",
+        (_POLICY, _RUN, _GRPO, "generator_rl.doctor:DoctorConfig"), "generator_rl.doctor:run_doctor", str),
+    ("demo",): Command(
+        "Tiny end-to-end run on CPU (tiny models, synthetic data, training, scoring)",
+        ("benchmarks.demo:DemoConfig",), "benchmarks.demo:run_demo", str),
+}
