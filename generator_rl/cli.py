@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from reward.cli import Command
 
+if TYPE_CHECKING:
+    from .flow_dpo import FlowDpoResult
+    from .grpo import GrpoResult
 
-def _report_run(result: dict[str, Any]) -> str:
-    lines = []
-    history = result.get("reward_history")
+
+def _report_run(result: GrpoResult | FlowDpoResult) -> str:
+    lines = [f"resumed from step {result.resumed_from_step}"] if result.resumed_from_step else []
+    history = getattr(result, "reward_history", None)
     if history:
         lines.append(f"mean reward: first step {history[0]:.5f}, last step {history[-1]:.5f}")
-    faults = result.get("faults") or {}
-    if faults.get("skipped_steps"):
-        lines.append(f"skipped steps: {faults['skipped_steps']} ({faults['invalid_reward_steps']} with no valid reward, "
-                     f"{faults['nonfinite_grad']} with a non-finite loss or gradient)")
-    return "\n".join([*lines, f"LoRA: {result['final']}"])
+    faults = result.faults
+    if faults.skipped_steps:
+        lines.append(f"skipped steps: {faults.skipped_steps} ({faults.invalid_reward_steps} with no valid reward, "
+                     f"{faults.nonfinite_grad} with a non-finite loss or gradient)")
+    return "\n".join([*lines, f"LoRA: {result.final}"])
 
 
 def commands() -> dict[str, Command]:
