@@ -91,9 +91,10 @@ class GrpoConfig:
     clip_range: float = field(
         default=1e-3,
         metadata={"help": "PPO ratio clip (Flow-GRPO's Wan: 1e-3). Log-probs are per-element means, so ratios sit "
-                          "within ~1e-3 of 1. With sde: cps our log-prob is the exact one, (2 s^2)^-1 times flow_grpo's "
-                          "-mean((x - mu)^2); scale a flow_grpo CPS clip range (1e-5) by 1/(2 s^2) at the trained "
-                          "steps (docs/generator_rl.md, 'CPS')."},
+                          "within ~1e-3 of 1. sde cps: our log-prob is the exact Gaussian one, so its log-ratios are "
+                          "flow_grpo's (which drops 1/(2 s^2)) divided by 2 s^2, s = sigma_next*sin(a*pi/2): use "
+                          "flow_grpo's 1e-5 / (2 s^2) at the trained steps, i.e. ~1e-5 on a high-noise window "
+                          "(sigma_next >= 0.5), far more when low-noise steps are trained (docs/generator_rl.md)."},
     )
     adv_clip_max: float = field(default=5.0, metadata={"help": "Advantage clamp."})
     beta: float = field(default=0.004, metadata={"help": "KL weight to the reference (adapters disabled); 0: off."})

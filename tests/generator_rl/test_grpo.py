@@ -137,12 +137,13 @@ def test_a_descore_checkpoint_plugs_in_unchanged(tiny_wan_dir, prompt_file, tiny
 @pytest.mark.parametrize(
     "variant",
     [
+        {"sde": "flow_sde_wan"},
         {"sde": "cps", "noise_level": 0.8},
         {"sde": "dance", "noise_level": 0.3, "shared_noise": "true", "train_fraction": 0.6},
         {"std_mode": "max_group", "sde_window": 1, "shared_noise": "true", "beta": 0.004},
         {"std_mode": "global", "sde_window": 2, "sde_window_range": ["1", "4"]},
     ],
-    ids=["cps", "dance", "longcat", "fast-window"],
+    ids=["flow-sde-wan", "cps", "dance", "longcat", "fast-window"],
 )
 def test_variants_train_on_policy(tiny_wan_dir, prompt_file, tmp_path, variant):
     """Each SDE / advantage variant runs, starts on-policy (first ratio 1) and logs finite rewards."""
