@@ -233,7 +233,7 @@ def dpo_micro_step(
                           logit_std=dpo.logit_std, generator=generator)
     noise = torch.randn(winner.shape, generator=generator).to(winner.device)
     clean, shared_noise = torch.cat([winner, loser]), torch.cat([noise, noise])
-    noised = noised_latents(clean, shared_noise, sigma.repeat(2))
+    noised = noised_latents(clean, shared_noise, sigmas=sigma.repeat(2))
     target = velocity_target(clean, shared_noise)
     text = torch.cat([embeds, embeds])
     timesteps = (sigma.repeat(2) * 1000).to(clean.device)

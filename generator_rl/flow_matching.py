@@ -51,7 +51,7 @@ def sample_sigmas(
     return u if shift == 1 else shift_sigmas(u, shift)
 
 
-def noised_latents(clean: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+def noised_latents(clean: torch.Tensor, noise: torch.Tensor, *, sigmas: torch.Tensor) -> torch.Tensor:
     """x_t = (1 − σ)·x0 + σ·ε, with one σ per batch item (``sigmas`` (B,), latents (B, ...))."""
     sigmas = sigmas.view(-1, *([1] * (clean.ndim - 1))).to(clean.device)
     return (1 - sigmas) * clean + sigmas * noise

@@ -64,7 +64,7 @@ def test_noising_and_target_exact():
     Second item σ = 1: x_t = ε = [3, 4] (x0 = [1, 1]); v = [2, 3]."""
     clean = torch.tensor([[2.0, -1.0], [1.0, 1.0]])
     noise = torch.tensor([[0.5, 1.0], [3.0, 4.0]])
-    noised = noised_latents(clean, noise, torch.tensor([0.25, 1.0]))
+    noised = noised_latents(clean, noise, sigmas=torch.tensor([0.25, 1.0]))
     assert torch.equal(noised, torch.tensor([[1.625, -0.5], [3.0, 4.0]]))
     assert torch.equal(velocity_target(clean, noise), torch.tensor([[-1.5, 2.0], [2.0, 3.0]]))
 
@@ -74,10 +74,10 @@ def test_noising_broadcasts_one_sigma_per_video():
     generator = torch.Generator().manual_seed(3)
     clean, noise = torch.randn(2, 4, 3, 2, 2, generator=generator), torch.randn(2, 4, 3, 2, 2, generator=generator)
     sigmas = torch.tensor([0.2, 0.7])
-    noised = noised_latents(clean, noise, sigmas)
+    noised = noised_latents(clean, noise, sigmas=sigmas)
     for item, sigma in enumerate(sigmas.tolist()):
         assert_close(noised[item], (1 - sigma) * clean[item] + sigma * noise[item])
-    step = noised_latents(clean, noise, sigmas + 0.1) - noised
+    step = noised_latents(clean, noise, sigmas=sigmas + 0.1) - noised
     assert_close(step / 0.1, velocity_target(clean, noise), rtol=1e-4, atol=1e-4)
 
 
