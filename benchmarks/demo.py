@@ -102,11 +102,11 @@ def _generator_part(root: Path, configs: Path, config: DemoConfig) -> list[str]:
     dpo_result = run_flow_dpo(policy, dpo_run, dpo)
     smoothness = build_reward({"name": "temporal_smoothness"})
     scores = {}
-    for name, lora in (("base", None), ("grpo", grpo_result["final"]), ("flow_dpo", dpo_result["final"])):
+    for name, lora in (("base", None), ("grpo", str(grpo_result.final)), ("flow_dpo", str(dpo_result.final))):
         videos = run_sample(policy, SampleConfig(prompts=str(prompts), output_dir=str(root / "samples" / name), lora=lora,
                                                     seed=10_000, videos_per_prompt=2, device="cpu"))
         scores[name] = float(smoothness.score(videos, [""] * len(videos)).rewards.mean())
-    history, dpo_history = grpo_result["reward_history"], dpo_result["history"]
+    history, dpo_history = grpo_result.reward_history, dpo_result.history
     finished = "{} already holds this finished run (resumed: nothing left to train)"
     return [
         f"[generator] GRPO mean reward (smoothness + 0.01 x tiny DeScore): step 1 {history[0]:.4f} -> step {len(history)} {history[-1]:.4f}"

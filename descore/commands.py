@@ -53,16 +53,17 @@ def _report_train(metrics: dict[str, float]) -> str:
     return "\n".join(f"{key}: {value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("accuracy"))
 
 
-def _report_tuning(result: dict[str, Any]) -> str:
-    lines = []
-    history = result.get("reward_history")
+def _report_tuning(result: Any) -> str:
+    """A GrpoResult or FlowDpoResult in a few lines: resume point, reward trend, skipped steps, the LoRA."""
+    lines = [f"resumed from step {result.resumed_from_step}"] if result.resumed_from_step else []
+    history = getattr(result, "reward_history", None)
     if history:
         lines.append(f"mean reward: first step {history[0]:.5f}, last step {history[-1]:.5f}")
-    faults = result.get("faults") or {}
-    if faults.get("skipped_steps"):
-        lines.append(f"skipped steps: {faults['skipped_steps']} ({faults['invalid_reward_steps']} with no valid reward, "
-                     f"{faults['nonfinite_grad']} with a non-finite loss or gradient)")
-    return "\n".join([*lines, f"LoRA: {result['final']}"])
+    faults = result.faults
+    if faults.skipped_steps:
+        lines.append(f"skipped steps: {faults.skipped_steps} ({faults.invalid_reward_steps} with no valid reward, "
+                     f"{faults.nonfinite_grad} with a non-finite loss or gradient)")
+    return "\n".join([*lines, f"LoRA: {result.final}"])
 
 
 _POLICY, _RUN = "generator_rl.config:PolicyConfig", "generator_rl.config:RunConfig"

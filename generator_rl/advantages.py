@@ -4,7 +4,8 @@ Samples of one prompt form a group; A_i = (r_i − mean_group) / (scale + eps) w
 
 * ``group`` — the group's own standard deviation (Flow-GRPO's Wan config, DanceGRPO);
 * ``max_group`` — the largest group standard deviation in the batch, shared by all groups (LongCat-GRPO's
-  option: near-tied groups are not blown up to unit variance, reference/generator_rl.md §3);
+  option as described in the LongCat-Video report, arXiv 2510.22200: near-tied groups are not blown up to unit
+  variance; docs/generator_rl.md);
 * ``global`` — the standard deviation of all rewards in the batch (Flow-GRPO's SD3 configs).
 
 Standard deviations are the population ones (numpy's default, as flow_grpo's tracker). Items whose reward is

@@ -16,7 +16,6 @@ from reward.errors import ConfigError
 from reward.run_record import check_model_source
 
 from .policy import LoraSpec, VideoShape, WanPolicy
-from .rollout import SdeSettings
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -24,7 +23,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class PolicyConfig:
-    """The Wan policy: weights, LoRA, resolution and how rollouts are sampled."""
+    """The Wan policy: weights, LoRA, resolution and how videos are denoised (steps, guidance). How GRPO makes
+    its rollouts stochastic (the SDE) is GRPO's own setting (``GrpoConfig``)."""
 
     model: str = field(default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", metadata={"help": "Diffusers Wan checkpoint: local dir or hub id."})
     transformer_dtype: Dtype = field(default="bfloat16", metadata={"help": "Transformer weights (the VAE is always float32)."})
@@ -42,14 +42,6 @@ class PolicyConfig:
     guidance_scale: float = field(default=4.5, metadata={"help": "CFG scale in sampling and training; 1 disables CFG."})
     negative_prompt: str = field(default="", metadata={"help": "Negative prompt of the unconditional branch."})
     max_sequence_length: int = field(default=512, metadata={"help": "UMT5 tokens per prompt (Wan: 512)."})
-    sde: Literal["flow_sde", "cps", "dance"] = field(default="flow_sde", metadata={"help": "Stochastic step (generator_rl/sde.py)."})
-    noise_level: float = field(default=0.7, metadata={"help": "flow_sde/cps noise level a, or DanceGRPO's eta."})
-    sde_window: int | None = field(
-        default=None, metadata={"help": "Flow-GRPO-Fast: only this many consecutive steps are stochastic and trained."}
-    )
-    sde_window_range: list[int] | None = field(
-        default=None, metadata={"help": "[first, last) step range the window is placed in; default all but the last."}
-    )
     vae_tiling: bool = field(default=False, metadata={"help": "Decode in tiles (less memory)."})
     vae_slicing: bool = field(default=False, metadata={"help": "Decode one video at a time (less memory)."})
 
@@ -72,34 +64,10 @@ class PolicyConfig:
             raise ConfigError("lora_target_modules is empty: name at least one module, e.g. to_q")
         if self.max_sequence_length < 1:
             raise ConfigError(f"max_sequence_length must be >= 1, got {self.max_sequence_length}")
-        if self.noise_level < 0:
-            raise ConfigError(f"noise_level must be >= 0, got {self.noise_level}")
-        self._check_sde_window()
-
-    def _check_sde_window(self) -> None:
-        stochastic = self.num_steps - 1  # the last step is never stochastic
-        if self.sde_window is not None and not 1 <= self.sde_window <= stochastic:
-            raise ConfigError(f"sde_window must lie in [1, num_steps - 1 = {stochastic}], got {self.sde_window}")
-        if self.sde_window_range is None:
-            return
-        if len(self.sde_window_range) != 2:
-            raise ConfigError(f"sde_window_range needs two numbers [first, last), got {self.sde_window_range}")
-        first, last = self.sde_window_range
-        if not 0 <= first < last <= stochastic:
-            raise ConfigError(
-                f"sde_window_range [{first}, {last}) must satisfy 0 <= first < last <= num_steps - 1 = {stochastic}"
-            )
-        if self.sde_window is not None and self.sde_window > last - first:
-            raise ConfigError(f"sde_window {self.sde_window} does not fit in sde_window_range [{first}, {last})")
 
     @property
     def shape(self) -> VideoShape:
         return VideoShape(self.height, self.width, self.num_frames)
-
-    @property
-    def sde_settings(self) -> SdeSettings:
-        window_range = tuple(self.sde_window_range) if self.sde_window_range else None
-        return SdeSettings(kind=self.sde, noise_level=self.noise_level, window=self.sde_window, window_range=window_range)
 
     def lora(self) -> LoraSpec:
         return LoraSpec(rank=self.lora_rank, alpha=self.lora_alpha, target_modules=tuple(self.lora_target_modules))

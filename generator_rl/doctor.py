@@ -1,6 +1,6 @@
 """``descore tune doctor``: a few tiny GRPO steps that catch the classic silent bugs before a long run.
 
-Checks (Flow-GRPO README's advice, reference/generator_rl.md §1.6):
+Checks (the Flow-GRPO README's advice, github.com/yifan123/flow_grpo; docs/generator_rl.md):
 
 1. **log-prob parity** — re-scoring every recorded transition of a rollout with the training code path gives
    the log-probabilities recorded while sampling (max |Δ| under ``tolerance``).
@@ -22,6 +22,7 @@ from .checkpoint import load_lora
 from .config import PolicyConfig, RunConfig, read_prompts
 from .grpo import GrpoConfig, Rollout, collect, run_grpo, score_step
 from .rewards import RewardMix
+from .rollout import SdeSettings
 from .run import close_run, make_accelerator
 
 EVALUATION_STEP = 1_000_000  # a step index training never reaches: its noise is the evaluation noise
@@ -46,17 +47,18 @@ def run_doctor(policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig,
         policy = policy_args.load_policy(accelerator.device)
         prompts = read_prompts(run_args.prompts)[: grpo.prompts_per_step]
         rewards = RewardMix(grpo.rewards)
+        sde = grpo.sde_settings(policy_args.num_steps)
 
         def evaluate() -> Rollout:
-            return collect(policy, rewards, prompts, policy_args=policy_args, grpo=grpo, step=EVALUATION_STEP,
+            return collect(policy, rewards, prompts, policy_args=policy_args, grpo=grpo, sde=sde, step=EVALUATION_STEP,
                            seed=run_args.seed, group_offset=0, accelerator=accelerator)
 
         before = evaluate()
-        worst = _parity(policy, policy_args, before, accelerator)
-        load_lora(policy, result["final"])
+        worst = _parity(policy, policy_args, sde, before, accelerator)
+        load_lora(policy, result.final)
         after = evaluate()
         close_run(accelerator)
-    first_ratio = result["first_ratio"]
+    first_ratio = result.first_ratio
     reward_before, reward_after = float(before.rewards.nanmean()), float(after.rewards.nanmean())
     checks = [
         ("log-prob parity (sampling vs training)", worst <= doctor.tolerance,
@@ -71,13 +73,13 @@ def run_doctor(policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig,
     return report
 
 
-def _parity(policy, policy_args: PolicyConfig, rollout: Rollout, accelerator) -> float:
+def _parity(policy, policy_args: PolicyConfig, sde: SdeSettings, rollout: Rollout, accelerator) -> float:
     """Largest |log p(training path) − log p(sampling)| over every recorded transition."""
     trajectory, worst = rollout.trajectory, 0.0
     conditional, unconditional = policy.prompt_embeddings(rollout.prompts)
     with torch.no_grad(), accelerator.autocast():
         for position, step in enumerate(trajectory.steps):
             output = score_step(policy, policy_args, trajectory.states[:, position], trajectory.next_states[:, position],
-                                step, conditional=conditional, unconditional=unconditional)
+                                step, sde=sde, conditional=conditional, unconditional=unconditional)
             worst = max(worst, float((output.log_prob.cpu() - trajectory.log_probs[:, position].cpu()).abs().max()))
     return worst

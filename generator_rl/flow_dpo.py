@@ -1,13 +1,15 @@
-"""Flow-DPO for Wan-2.1 (VideoAlign, arXiv 2501.13918; reference/generator_rl.md §4).
+"""Flow-DPO for Wan-2.1 (VideoAlign, arXiv 2501.13918; reference code flow_grpo ``scripts/train_sd3_dpo.py``;
+formulas and defaults in docs/generator_rl.md).
 
 1. **Pairs.** For every prompt the reference policy samples ``samples_per_prompt`` videos (deterministic ODE
    sampling with CFG, seeded per prompt), any reward model ranks them, and the best and the worst (or every
    pair whose reward gap exceeds ``pair_margin``) are stored on disk as clean latents + prompt embedding +
    rewards (``PairStore``: resumable, reusable by later runs).
-2. **Loss.** Winner and loser share the noise ε and the timestep σ ~ logit-normal; with x_t = (1 − σ)·x0 + σ·ε
-   and v = ε − x0, loss = −log σ(−β/2 · [(‖v_w − v_θ(x_t^w)‖² − ‖v_w − v_ref(x_t^w)‖²) − (same for the loser)])
-   with a constant β (VideoAlign found the timestep-dependent β over-optimises). The reference is the base
-   model (adapters disabled).
+2. **Loss.** Winner and loser share the noise ε and the timestep σ (logit-normal or uniform, optionally bent by
+   the checkpoint scheduler's shift: ``flow_matching.py``); with x_t = (1 − σ)·x0 + σ·ε and v = ε − x0,
+   loss = −log σ(−β/2 · [(‖v_w − v_θ(x_t^w)‖² − ‖v_w − v_ref(x_t^w)‖²) − (same for the loser)]) with a constant
+   β (VideoAlign found the timestep-dependent β over-optimises), averaged over every pair of the optimizer step.
+   The reference is the base model (adapters disabled).
 3. **Online.** With ``online_every = K``, every K steps the reference is refreshed from the current policy and
    a new round of pairs is sampled from it.
 
@@ -21,9 +23,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -34,12 +36,13 @@ from reward.errors import ConfigError
 
 from .checkpoint import save_checkpoint
 from .config import PolicyConfig, RunConfig
-from .faults import SkipReason, check_skip_limit, guarded_optimizer_step
-from .losses import flow_dpo_loss
+from .faults import FaultCounters, SkipReason, check_skip_limit, guarded_optimizer_step
+from .flow_matching import TimestepDensity, noised_latents, sample_sigmas, scheduler_shift, velocity_target
+from .losses import flow_dpo_loss, share_of_global_mean
 from .pair_store import TRAINING, PairRecord, PairStore
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
-from .rollout import sample_trajectory
+from .rollout import ode_sample
 from .run import TrainingRun, finish_run, permuted_slice, seeded_generator, training_run
 
 logger = logging.getLogger(__name__)
@@ -57,8 +60,18 @@ class FlowDpoConfig:
     beta: float = field(default=100.0, metadata={"help": "Constant DPO beta (flow_grpo's Flow-DPO: 100)."})
     train_batch_size: int = field(default=2, metadata={"help": "Pairs per micro-batch on a process."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    timestep_sampling: TimestepDensity = field(
+        default=TimestepDensity.LOGIT_NORMAL,
+        metadata={"help": "Density of the training timestep u in (0, 1): logit_normal (flow_grpo's Flow-DPO) or uniform."},
+    )
     logit_mean: float = field(default=0.0, metadata={"help": "Logit-normal timestep sampling: mean."})
     logit_std: float = field(default=1.0, metadata={"help": "Logit-normal timestep sampling: std."})
+    shift_timesteps: bool = field(
+        default=False,
+        metadata={"help": "Bend u with the checkpoint scheduler's shift s (flow_shift of Wan's UniPC scheduler): "
+                          "sigma = s*u / (1 + (s - 1)*u), as flow_grpo's Flow-DPO does by indexing the scheduler's "
+                          "shifted training timesteps. false: sigma = u."},
+    )
     online_every: int | None = field(
         default=None, metadata={"help": "Online Flow-DPO: refresh the reference and re-sample pairs every K steps."}
     )
@@ -84,7 +97,24 @@ class FlowDpoConfig:
             raise ConfigError(f"pair_margin must be >= 0, got {self.pair_margin}")
         if not (math.isfinite(self.logit_mean) and 0 < self.logit_std < math.inf):
             raise ConfigError(f"logit_std must be > 0 and logit_mean finite, got {self.logit_std} and {self.logit_mean}")
+        if self.pair_mode not in PAIR_SELECTORS:
+            raise ConfigError(f"pair_mode must be one of {list(PAIR_SELECTORS)}, got {self.pair_mode!r}")
+        try:
+            self.timestep_sampling = TimestepDensity(self.timestep_sampling)
+        except ValueError:
+            raise ConfigError(f"timestep_sampling must be one of {[d.value for d in TimestepDensity]}, "
+                              f"got {self.timestep_sampling!r}") from None
         check_skip_limit(self.max_consecutive_skipped_steps)
+
+
+@dataclass(frozen=True)
+class FlowDpoResult:
+    """What one ``run_flow_dpo`` call did (a resumed call reports the steps it trained itself)."""
+
+    final: Path  # the LoRA folder (diffusers format): output_dir/final
+    history: list[dict[str, float]]  # the logged metrics of each step this call ran (train/loss, faults/..., ...)
+    faults: FaultCounters  # skipped-step counts of the whole run (they survive a resume)
+    resumed_from_step: int | None  # the checkpoint step this call resumed from; None: it started fresh
 
 
 def build_pairs(
@@ -112,12 +142,11 @@ def build_pairs(
         ]).to(policy.device)
         conditional, unconditional = policy.prompt_embeddings([prompt] * dpo.samples_per_prompt)
         with policy.reference(), accelerator.autocast():
-            trajectory = sample_trajectory(
+            final = ode_sample(
                 lambda latents, index: policy.velocity(latents, timesteps[index], conditional, unconditional, policy_args.guidance_scale),
-                noise, sigmas, settings=policy_args.sde_settings, stochastic=[],
-                generators=[torch.Generator() for _ in range(dpo.samples_per_prompt)],
+                noise, sigmas,
             )
-        frames = policy.decode(trajectory.final)
+        frames = policy.decode(final)
         scores = rewards.score(policy.as_reward_inputs(frames), [prompt] * dpo.samples_per_prompt).total
         pairs = select_pairs(scores, mode=dpo.pair_mode, margin=dpo.pair_margin)
         base = dict(round=round_, prompt_index=prompt_index, prompt=prompt, model=policy_args.model, latent_shape=list(shape[1:]))
@@ -129,7 +158,7 @@ def build_pairs(
                 winner_reward=float(scores[winner]), loser_reward=float(scores[loser]),
             )
             store.add(
-                accelerator.process_index, record, winner=trajectory.final[winner], loser=trajectory.final[loser],
+                accelerator.process_index, record, winner=final[winner], loser=final[loser],
                 prompt_embeds=conditional[0],
             )
     accelerator.wait_for_everyone()
@@ -162,36 +191,50 @@ def pair_settings(
             **{name: getattr(policy_args, name) for name in ("lora_rank", "lora_alpha", "lora_target_modules")},
             **{name: getattr(run_args, name) for name in ("learning_rate", "weight_decay", "max_grad_norm")},
             **{name: getattr(dpo, name) for name in (
-                "beta", "train_batch_size", "gradient_accumulation_steps", "logit_mean", "logit_std")},
+                "beta", "train_batch_size", "gradient_accumulation_steps", "timestep_sampling", "logit_mean",
+                "logit_std", "shift_timesteps")},
             "processes": processes,
         }
     return settings
 
 
-def select_pairs(scores: torch.Tensor, *, mode: str, margin: float) -> list[tuple[int, int]]:
-    """(winner, loser) indices. NaN scores never take part."""
-    finite = [i for i in range(len(scores)) if math.isfinite(float(scores[i]))]
-    if len(finite) < 2:
-        return []
-    if mode == "best_worst":
-        best = max(finite, key=lambda i: float(scores[i]))
-        worst = min(finite, key=lambda i: float(scores[i]))
-        return [(best, worst)] if float(scores[best] - scores[worst]) > margin else []
+def _best_and_worst(scores: torch.Tensor, finite: list[int], margin: float) -> list[tuple[int, int]]:
+    best = max(finite, key=lambda i: float(scores[i]))
+    worst = min(finite, key=lambda i: float(scores[i]))
+    return [(best, worst)] if float(scores[best] - scores[worst]) > margin else []
+
+
+def _all_above_margin(scores: torch.Tensor, finite: list[int], margin: float) -> list[tuple[int, int]]:
     return [(i, j) for i in finite for j in finite if float(scores[i] - scores[j]) > margin]
 
 
+PairSelector = Callable[[torch.Tensor, list[int], float], list[tuple[int, int]]]
+PAIR_SELECTORS: dict[str, PairSelector] = {"best_worst": _best_and_worst, "all_above_margin": _all_above_margin}
+
+
+def select_pairs(scores: torch.Tensor, *, mode: str, margin: float) -> list[tuple[int, int]]:
+    """(winner, loser) indices: the best vs the worst sample (``best_worst``) or every pair (``all_above_margin``),
+    in both cases only when the reward gap exceeds ``margin``. NaN scores never take part."""
+    selector = PAIR_SELECTORS.get(mode)
+    if selector is None:
+        raise ConfigError(f"unknown pair_mode {mode!r}; use one of {list(PAIR_SELECTORS)}")
+    finite = [i for i in range(len(scores)) if math.isfinite(float(scores[i]))]
+    return selector(scores, finite, margin) if len(finite) >= 2 else []
+
+
 def dpo_micro_step(
-    policy: WanPolicy, batch: dict[str, torch.Tensor], *, dpo: FlowDpoConfig, generator: torch.Generator
+    policy: WanPolicy, batch: dict[str, torch.Tensor], *, dpo: FlowDpoConfig, shift: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of a micro-batch of pairs (winner and loser share noise and timestep)."""
+    """Per-pair losses (P,) of a micro-batch of pairs (winner and loser share noise and timestep); ``shift`` is the
+    timestep shift (1: none)."""
     winner, loser, embeds = batch["winner"], batch["loser"], batch["prompt_embeds"]
     pairs = winner.shape[0]
-    sigma = torch.sigmoid(dpo.logit_mean + dpo.logit_std * torch.randn(pairs, generator=generator))
+    sigma = sample_sigmas(pairs, density=dpo.timestep_sampling, shift=shift, logit_mean=dpo.logit_mean,
+                          logit_std=dpo.logit_std, generator=generator)
     noise = torch.randn(winner.shape, generator=generator).to(winner.device)
-    clean = torch.cat([winner, loser])
-    sigma_b = sigma.repeat(2).view(-1, *([1] * (clean.ndim - 1))).to(clean.device)
-    noised = (1 - sigma_b) * clean + sigma_b * torch.cat([noise, noise])
-    target = torch.cat([noise, noise]) - clean
+    clean, shared_noise = torch.cat([winner, loser]), torch.cat([noise, noise])
+    noised = noised_latents(clean, shared_noise, sigmas=sigma.repeat(2))
+    target = velocity_target(clean, shared_noise)
     text = torch.cat([embeds, embeds])
     timesteps = (sigma.repeat(2) * 1000).to(clean.device)
     model_error = _errors(policy.velocity(noised, timesteps, text, text, 1.0), target)
@@ -208,22 +251,24 @@ def dpo_micro_step(
         "reference_winner_error": float(reference_error[:pairs].mean()),
         "reference_loser_error": float(reference_error[pairs:].mean()),
     }
-    return result.loss.mean(), stats
+    return result.loss, stats
 
 
 def _errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1)
 
 
-def run_flow_dpo(policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig) -> dict[str, Any]:
-    """Train; returns the per-step metrics, where the final LoRA went and the skipped-step counts (``faults``)."""
+def run_flow_dpo(policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig) -> FlowDpoResult:
+    """Train (or resume) to ``max_steps``; see :class:`FlowDpoResult` for what comes back."""
     with training_run(policy_args, run_args, dpo.rewards, job="tune-flow-dpo", project="descore-flow-dpo",
                       config={"policy": policy_args, "run": run_args, "dpo": dpo}) as run:
         return _train_flow_dpo(run, policy_args, run_args, dpo)
 
 
-def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig) -> dict[str, Any]:
+def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig) -> FlowDpoResult:
     accelerator, policy = run.accelerator, run.policy
+    resumed_from_step = run.state.step or None
+    shift = scheduler_shift(policy.pipeline.scheduler.config) if dpo.shift_timesteps else 1.0
     store = PairStore.for_run(dpo.pair_dir or run.run_dir / "pairs", prompts=run.prompts,
                               settings=pair_settings(policy_args, run_args, dpo, processes=accelerator.num_processes))
     history: list[dict[str, float]] = []
@@ -241,7 +286,7 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
             if not records:
                 raise ConfigError(f"round {round_} produced no pairs: all samples of every prompt tied within the margin")
         metrics, applied = _optimizer_step(policy, run.model, run.optimizer, accelerator, store, records, step=step,
-                                           dpo=dpo, run_args=run_args)
+                                           dpo=dpo, shift=shift, run_args=run_args)
         skip = None if applied else SkipReason.NONFINITE
         if applied:
             run.after_optimizer_step(step)
@@ -258,7 +303,8 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
         if run.state.step % run_args.save_steps == 0 or run.state.step == run_args.max_steps:
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"loss": metrics["train/loss"]})
     final = finish_run(run, fused=run_args.save_fused)
-    return {"history": history, "final": str(final), "faults": run.state.faults.state_dict()}
+    return FlowDpoResult(final=final, history=history, faults=replace(run.state.faults),
+                         resumed_from_step=resumed_from_step)
 
 
 def _optimizer_step(
@@ -271,10 +317,12 @@ def _optimizer_step(
     *,
     step: int,
     dpo: FlowDpoConfig,
+    shift: float,
     run_args: RunConfig,
 ) -> tuple[dict[str, float], bool]:
-    """One optimizer step over ``gradient_accumulation_steps`` micro-batches of pairs (seeded order); returns
-    the metrics and whether the update was applied (False: a loss or the gradient norm was not finite)."""
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches of pairs (seeded order), the loss
+    averaged over every pair of the step on every process; returns the metrics and whether the update was
+    applied (False: a loss or the gradient norm was not finite)."""
     per_step = dpo.train_batch_size * dpo.gradient_accumulation_steps * accelerator.num_processes
     chosen = permuted_slice(len(records), step, per_step, run_args.seed)
     mine = chosen[accelerator.process_index :: accelerator.num_processes]
@@ -286,9 +334,9 @@ def _optimizer_step(
         last = micro == dpo.gradient_accumulation_steps - 1
         generator = seeded_generator(run_args.seed, step, "dpo-noise", accelerator.process_index, micro)
         with (contextlib.nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
-            loss, stats = dpo_micro_step(policy, batch, dpo=dpo, generator=generator)
-            accelerator.backward(loss / dpo.gradient_accumulation_steps)
-        for key, value in {"loss": loss.item(), **stats}.items():
+            losses, stats = dpo_micro_step(policy, batch, dpo=dpo, shift=shift, generator=generator)
+            accelerator.backward(share_of_global_mean(losses, total_terms=per_step, num_processes=accelerator.num_processes))
+        for key, value in {"loss": float(losses.detach().mean()), **stats}.items():
             collected.setdefault(key, []).append(value)
     grad_norm, applied = guarded_optimizer_step(accelerator, optimizer, policy.trainable_parameters(),
                                                 max_grad_norm=run_args.max_grad_norm, losses=collected["loss"])

@@ -5,7 +5,7 @@ One optimizer step = one rollout:
 1. **Prompts.** ``prompts_per_step`` prompts (over all processes) walk through seeded permutations of the
    prompt file; each process takes an equal share and samples ``group_size`` videos per prompt.
 2. **Rollout.** Trajectories along the checkpoint's schedule with CFG; the stochastic steps (all but the last,
-   or a Flow-GRPO-Fast window) record their log-probabilities. Every sample draws its noise from its own
+   or a Flow-GRPO-Fast window; the step kind is ``sde``, see ``sde.py``) record their log-probabilities. Every sample draws its noise from its own
    generator seeded by (seed, step, sample id): samples do not depend on the batch or the number of processes.
    ``shared_noise`` gives a group one initial noise (DanceGRPO).
 3. **Rewards.** Frames decoded in memory go to the weighted reward mix (any registry reward); each term logged.
@@ -13,7 +13,8 @@ One optimizer step = one rollout:
    group / LongCat ``max_group`` / ``global``), and each process keeps its own rows. NaN rewards are masked;
    when a process has no valid reward at all, the step is skipped on every process.
 5. **Update.** PPO-clip on each stochastic step with the advantage clamped, plus β · closed-form KL to the
-   reference (adapters disabled); CFG in training as in sampling; gradients accumulated over samples and steps.
+   reference (adapters disabled); CFG in training as in sampling; gradients accumulated over samples and steps,
+   the loss averaged over every valid (sample, step) term of every process (``losses.share_of_global_mean``).
    A non-finite loss or gradient norm skips the update. Skipped steps are counted, and
    ``max_consecutive_skipped_steps`` of them in a row stop the run (``faults.py``).
 
@@ -28,9 +29,9 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,23 +41,24 @@ from tqdm.auto import tqdm
 
 from reward.errors import ConfigError
 
-from .advantages import group_advantages
+from .advantages import STD_MODES, StdMode, group_advantages
 from .checkpoint import save_checkpoint
 from .config import PolicyConfig, RunConfig
-from .faults import SkipReason, check_skip_limit, guarded_optimizer_step
-from .losses import PolicyLoss, ppo_clip_loss
+from .faults import FaultCounters, SkipReason, check_skip_limit, guarded_optimizer_step
+from .losses import PolicyLoss, ppo_clip_loss, share_of_global_mean
 from .policy import WanPolicy
 from .rewards import RewardMix, RewardTerm
-from .rollout import Trajectory, sample_trajectory
+from .rollout import SdeSettings, Trajectory, sample_trajectory
 from .run import TrainingRun, finish_run, permuted_slice, seeded_generator, training_run, write_samples
-from .sde import StepOutput, gaussian_kl, sde_step, step_mean_std
+from .sde import DEFAULT_NOISE_LEVELS, SDE_KINDS, SdeKind, StepOutput, gaussian_kl, sde_kind, sde_step, step_mean_std
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class GrpoConfig:
-    """GRPO-specific settings (defaults: Flow-GRPO's Wan recipe, reference/generator_rl.md §1.8)."""
+    """GRPO-specific settings. Defaults: Flow-GRPO's Wan recipe (flow_grpo ``config/grpo.py::general_ocr_wan2_1``,
+    its Wan noise form included); the formulas and our deviations are in docs/generator_rl.md."""
 
     rewards: list[RewardTerm] | None = field(
         default=None, metadata={"help": "Reward terms, e.g. name=descore_no_cot,path=runs/descore/final,weight=1.0"}
@@ -66,10 +68,34 @@ class GrpoConfig:
     rollout_batch_size: int = field(default=4, metadata={"help": "Videos sampled per forward on a process."})
     train_batch_size: int = field(default=2, metadata={"help": "Videos per training micro-batch on a process."})
     shared_noise: bool = field(default=False, metadata={"help": "One initial noise per group (DanceGRPO)."})
-    std_mode: Literal["group", "max_group", "global"] = field(
+    std_mode: StdMode = field(
         default="group", metadata={"help": "Advantage scale: group std, LongCat max group std, or batch std."}
     )
-    clip_range: float = field(default=1e-3, metadata={"help": "PPO ratio clip (Wan: 1e-3)."})
+    sde: SdeKind = field(
+        default=SdeKind.FLOW_SDE_WAN,
+        metadata={"help": "Stochastic rollout step (generator_rl/sde.py): flow_sde_wan (Flow-GRPO's Wan form, noise "
+                          "std (sigma_min + (sigma_max - sigma_min)*sigma), no noise level), flow_sde (Flow-GRPO's SD3 "
+                          "form a*sqrt(sigma/(1-sigma))), cps (coefficients-preserving) or dance (DanceGRPO, constant eta)."},
+    )
+    noise_level: float | None = field(
+        default=None,
+        metadata={"help": "flow_sde/cps noise level a, or DanceGRPO's eta; unset: 0.7 (flow_sde), 0.8 (cps), 0.3 "
+                          "(dance). flow_sde_wan takes none (its noise is fixed by the schedule)."},
+    )
+    sde_window: int | None = field(
+        default=None, metadata={"help": "Flow-GRPO-Fast: only this many consecutive steps are stochastic and trained."}
+    )
+    sde_window_range: list[int] | None = field(
+        default=None, metadata={"help": "[first, last) step range the window is placed in; default all but the last."}
+    )
+    clip_range: float = field(
+        default=1e-3,
+        metadata={"help": "PPO ratio clip (Flow-GRPO's Wan: 1e-3). Log-probs are per-element means, so ratios sit "
+                          "within ~1e-3 of 1. sde cps: our log-prob is the exact Gaussian one, so its log-ratios are "
+                          "flow_grpo's (which drops 1/(2 s^2)) divided by 2 s^2, s = sigma_next*sin(a*pi/2): use "
+                          "flow_grpo's 1e-5 / (2 s^2) at the trained steps, i.e. ~1e-5 on a high-noise window "
+                          "(sigma_next >= 0.5), far more when low-noise steps are trained (docs/generator_rl.md)."},
+    )
     adv_clip_max: float = field(default=5.0, metadata={"help": "Advantage clamp."})
     beta: float = field(default=0.004, metadata={"help": "KL weight to the reference (adapters disabled); 0: off."})
     train_fraction: float = field(
@@ -91,6 +117,8 @@ class GrpoConfig:
         for name in ("prompts_per_step", "rollout_batch_size", "train_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.std_mode not in STD_MODES:
+            raise ConfigError(f"std_mode must be one of {list(STD_MODES)}, got {self.std_mode!r}")
         if not 0 < self.clip_range < math.inf:
             raise ConfigError(f"clip_range must be > 0 (Flow-GRPO's Wan recipe: 1e-3), got {self.clip_range}")
         if not 0 < self.adv_clip_max < math.inf:
@@ -98,6 +126,56 @@ class GrpoConfig:
         if not 0 <= self.beta < math.inf:
             raise ConfigError(f"beta must be >= 0 (0 turns the KL term off), got {self.beta}")
         check_skip_limit(self.max_consecutive_skipped_steps)
+        self._resolve_sde()
+
+    def _resolve_sde(self) -> None:
+        """The SDE option as an :class:`SdeKind` (once, here) and its noise level checked or filled in."""
+        try:
+            self.sde = sde_kind(self.sde)
+        except ValueError:
+            raise ConfigError(f"sde must be one of {list(SDE_KINDS)}, got {self.sde!r}") from None
+        default = DEFAULT_NOISE_LEVELS[self.sde]
+        if default is None and self.noise_level is not None:
+            raise ConfigError(f"noise_level does not apply to sde {self.sde.value} (its noise std is "
+                              f"sigma_min + (sigma_max - sigma_min)*sigma, fixed by the schedule); remove it, "
+                              f"or use sde flow_sde to set a noise level, got {self.noise_level}")
+        if self.noise_level is None:
+            self.noise_level = default
+        elif not 0 <= self.noise_level < math.inf:
+            raise ConfigError(f"noise_level must be >= 0, got {self.noise_level}")
+        if self.sde_window is not None and self.sde_window < 1:
+            raise ConfigError(f"sde_window must be >= 1, got {self.sde_window}")
+        if self.sde_window_range is not None:
+            if len(self.sde_window_range) != 2:
+                raise ConfigError(f"sde_window_range needs two numbers [first, last), got {self.sde_window_range}")
+            first, last = self.sde_window_range
+            if not 0 <= first < last:
+                raise ConfigError(f"sde_window_range [{first}, {last}) must satisfy 0 <= first < last")
+            if self.sde_window is not None and self.sde_window > last - first:
+                raise ConfigError(f"sde_window {self.sde_window} does not fit in sde_window_range [{first}, {last})")
+
+    def sde_settings(self, num_steps: int) -> SdeSettings:
+        """The rollout's SDE settings for ``num_steps`` denoising steps, whose last step is never stochastic;
+        checked against ``num_steps`` here because that lives on the policy's config."""
+        stochastic = num_steps - 1
+        if self.sde_window is not None and self.sde_window > stochastic:
+            raise ConfigError(f"sde_window must lie in [1, num_steps - 1 = {stochastic}], got {self.sde_window}")
+        if self.sde_window_range is not None and self.sde_window_range[1] > stochastic:
+            first, last = self.sde_window_range
+            raise ConfigError(f"sde_window_range [{first}, {last}) must end at or before num_steps - 1 = {stochastic}")
+        window_range = tuple(self.sde_window_range) if self.sde_window_range else None
+        return SdeSettings(kind=self.sde, noise_level=self.noise_level, window=self.sde_window, window_range=window_range)
+
+
+@dataclass(frozen=True)
+class GrpoResult:
+    """What one ``run_grpo`` call did (a resumed call reports the steps it trained itself)."""
+
+    final: Path  # the LoRA folder (diffusers format): output_dir/final
+    reward_history: list[float]  # mean reward of each step this call ran; NaN for a step without a valid reward
+    first_ratio: float | None  # PPO ratio of the first micro-batch of this call's first applied update (1: on-policy)
+    faults: FaultCounters  # skipped-step counts of the whole run (they survive a resume)
+    resumed_from_step: int | None  # the checkpoint step this call resumed from; None: it started fresh
 
 
 @dataclass
@@ -118,6 +196,7 @@ def collect(
     *,
     policy_args: PolicyConfig,
     grpo: GrpoConfig,
+    sde: SdeSettings,
     step: int,
     seed: int,
     group_offset: int,
@@ -125,7 +204,7 @@ def collect(
 ) -> Rollout:
     """Sample ``group_size`` videos for each local prompt, decode them and score them."""
     sigmas, timesteps = policy.schedule(policy_args.num_steps)
-    stochastic = policy_args.sde_settings.stochastic_steps(policy_args.num_steps, seeded_generator(seed, step, "window"))
+    stochastic = sde.stochastic_steps(policy_args.num_steps, seeded_generator(seed, step, "window"))
     group_ids = torch.arange(len(prompts)).repeat_interleave(grpo.group_size) + group_offset
     sample_ids = group_ids * grpo.group_size + torch.arange(grpo.group_size).repeat(len(prompts))
     sample_prompts = [prompts[i] for i in range(len(prompts)) for _ in range(grpo.group_size)]
@@ -143,7 +222,7 @@ def collect(
                 ),
                 noise.to(policy.device),
                 sigmas,
-                settings=policy_args.sde_settings,
+                settings=sde,
                 stochastic=stochastic,
                 generators=[seeded_generator(seed, step, "sde", int(sample_ids[i])) for i in ids],
             )
@@ -173,6 +252,7 @@ class StepAdvantages(NamedTuple):
     values: torch.Tensor  # (N,) this process's rows, NaN where the reward was invalid
     zero_std_fraction: float
     trainable: bool  # every process holds at least one valid advantage (the same answer on every process)
+    valid_total: int  # valid advantages over every process: the samples the step's loss is averaged over
 
 
 def gathered_advantages(accelerator: Accelerator, rollout: Rollout, std_mode: str) -> StepAdvantages:
@@ -187,7 +267,8 @@ def gathered_advantages(accelerator: Accelerator, rollout: Rollout, std_mode: st
     rows = len(rollout.rewards)
     per_process = torch.isfinite(advantages.values).view(accelerator.num_processes, rows)
     mine = advantages.values[accelerator.process_index * rows : (accelerator.process_index + 1) * rows]
-    return StepAdvantages(mine, advantages.zero_std_fraction, bool(per_process.any(dim=1).all()))
+    return StepAdvantages(mine, advantages.zero_std_fraction, bool(per_process.any(dim=1).all()),
+                          int(per_process.sum()))
 
 
 def score_step(
@@ -197,6 +278,7 @@ def score_step(
     next_state: torch.Tensor,
     step: int,
     *,
+    sde: SdeSettings,
     conditional: torch.Tensor,
     unconditional: torch.Tensor,
 ) -> StepOutput:
@@ -205,8 +287,8 @@ def score_step(
     sigmas, timesteps = policy.schedule(policy_args.num_steps)
     velocity = policy.velocity(state, timesteps[step], conditional, unconditional, policy_args.guidance_scale)
     return sde_step(
-        velocity, state, float(sigmas[step]), float(sigmas[step + 1]), kind=policy_args.sde,
-        noise_level=policy_args.noise_level, sigma_max=float(sigmas[1]), next_sample=next_state,
+        velocity, state, float(sigmas[step]), float(sigmas[step + 1]), kind=sde.kind, noise_level=sde.noise_level,
+        sigma_max=float(sigmas[1]), sigma_min=float(sigmas[-1]), next_sample=next_state,
     )
 
 
@@ -216,23 +298,26 @@ def update(
     optimizer: torch.optim.Optimizer,
     accelerator: Accelerator,
     rollout: Rollout,
-    advantages: torch.Tensor,
+    advantages: StepAdvantages,
     *,
     policy_args: PolicyConfig,
     grpo: GrpoConfig,
+    sde: SdeSettings,
     max_grad_norm: float,
     generator: torch.Generator,
 ) -> tuple[dict[str, float], bool]:
     """One optimizer step of PPO-clip (+ KL) over every valid sample and trained step of the rollout; this
-    process must hold at least one valid sample (``StepAdvantages.trainable``). Returns the metrics and
-    whether the update was applied (False: a loss or the gradient norm was not finite on some process)."""
+    process must hold at least one valid sample (``StepAdvantages.trainable``). The loss is the mean over every
+    valid (sample, step) term of every process (``share_of_global_mean``), so a sample weighs the same whatever
+    micro-batch it lands in and however many samples were masked. Returns the metrics and whether the update
+    was applied (False: a loss or the gradient norm was not finite on some process)."""
     trajectory = rollout.trajectory
-    valid = torch.isfinite(advantages).nonzero().flatten()
+    valid = torch.isfinite(advantages.values).nonzero().flatten()
     order = valid[torch.randperm(len(valid), generator=generator)]
     batches = list(order.split(grpo.train_batch_size))
     count = max(1, round(len(trajectory.steps) * grpo.train_fraction))
+    total_terms = advantages.valid_total * count  # each valid sample of every process trains `count` steps
     stats: dict[str, list[float]] = {key: [] for key in ("loss", "policy_loss", "kl", "ratio", "clipped")}
-    total = len(batches) * count
     parameters = policy.trainable_parameters()
     for batch_index, indices in enumerate(batches):
         positions = torch.randperm(len(trajectory.steps), generator=generator)[:count].sort().values.tolist()
@@ -240,14 +325,15 @@ def update(
         for position_index, position in enumerate(positions):
             last = batch_index == len(batches) - 1 and position_index == len(positions) - 1
             with (contextlib.nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
-                loss, clipped, kl = step_loss(
-                    policy, policy_args, grpo, trajectory, indices, position, advantages,
-                    conditional=conditional, unconditional=unconditional,
+                losses, clipped, kl = step_loss(
+                    policy, policy_args, grpo, trajectory, indices, position, advantages.values,
+                    sde=sde, conditional=conditional, unconditional=unconditional,
                 )
-                accelerator.backward(loss / total)
-            stats["loss"].append(loss.item())
-            stats["policy_loss"].append(clipped.loss.mean().item())
-            stats["kl"].append(float(kl))
+                accelerator.backward(share_of_global_mean(losses, total_terms=total_terms,
+                                                          num_processes=accelerator.num_processes))
+            stats["loss"] += losses.detach().cpu().tolist()
+            stats["policy_loss"] += clipped.loss.detach().cpu().tolist()
+            stats["kl"] += kl.detach().cpu().tolist()
             stats["ratio"] += clipped.ratio.cpu().tolist()
             stats["clipped"] += clipped.clipped.float().cpu().tolist()
     grad_norm, applied = guarded_optimizer_step(accelerator, optimizer, parameters, max_grad_norm=max_grad_norm,
@@ -276,39 +362,43 @@ def step_loss(
     position: int,
     advantages: torch.Tensor,
     *,
+    sde: SdeSettings,
     conditional: torch.Tensor,
     unconditional: torch.Tensor,
 ) -> tuple[torch.Tensor, PolicyLoss, torch.Tensor]:
-    """PPO-clip + β·KL of micro-batch ``indices`` on the ``position``-th stochastic step of the trajectory."""
+    """Per-sample PPO-clip + β·KL (B,) of micro-batch ``indices`` on the ``position``-th stochastic step."""
     step = trajectory.steps[position]
     state = trajectory.states[indices, position]
     output = score_step(policy, policy_args, state, trajectory.next_states[indices, position], step,
-                        conditional=conditional, unconditional=unconditional)
+                        sde=sde, conditional=conditional, unconditional=unconditional)
     device = output.log_prob.device
     clipped = ppo_clip_loss(output.log_prob, trajectory.log_probs[indices, position].to(device),
                             advantages[indices].to(device), clip_range=grpo.clip_range, adv_clip_max=grpo.adv_clip_max)
-    kl = torch.zeros((), device=device)
+    kl = torch.zeros_like(clipped.loss)
     if grpo.beta > 0:
         sigmas, timesteps = policy.schedule(policy_args.num_steps)
         with torch.no_grad(), policy.reference():
             reference = policy.velocity(state, timesteps[step], conditional, unconditional, policy_args.guidance_scale)
-        reference_mean, _ = step_mean_std(reference, state, float(sigmas[step]), float(sigmas[step + 1]),
-                                          kind=policy_args.sde, noise_level=policy_args.noise_level, sigma_max=float(sigmas[1]))
-        kl = gaussian_kl(output.mean, reference_mean, output.std).mean()
-    return clipped.loss.mean() + grpo.beta * kl, clipped, kl
+        reference_mean, _ = step_mean_std(reference, state, float(sigmas[step]), float(sigmas[step + 1]), kind=sde.kind,
+                                          noise_level=sde.noise_level, sigma_max=float(sigmas[1]),
+                                          sigma_min=float(sigmas[-1]))
+        kl = gaussian_kl(output.mean, reference_mean, output.std)
+    return clipped.loss + grpo.beta * kl, clipped, kl
 
 
-def run_grpo(policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig) -> dict[str, Any]:
-    """Train; returns the per-step mean reward history (NaN for a step without a valid reward), the PPO ratio
-    of the first micro-batch of this run's first applied update (1 when the code is on-policy-consistent),
-    where the final LoRA went and the skipped-step counts (``faults``)."""
+def run_grpo(policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig) -> GrpoResult:
+    """Train (or resume) to ``max_steps``; see :class:`GrpoResult` for what comes back."""
+    sde = grpo.sde_settings(policy_args.num_steps)  # checked before the run folder is claimed or a model loads
     with training_run(policy_args, run_args, grpo.rewards, job="tune-grpo", project="descore-grpo",
                       config={"policy": policy_args, "run": run_args, "grpo": grpo}) as run:
-        return _train_grpo(run, policy_args, run_args, grpo)
+        return _train_grpo(run, policy_args, run_args, grpo, sde)
 
 
-def _train_grpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig) -> dict[str, Any]:
+def _train_grpo(
+    run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig, sde: SdeSettings
+) -> GrpoResult:
     accelerator, policy = run.accelerator, run.policy
+    resumed_from_step = run.state.step or None
     if grpo.prompts_per_step % accelerator.num_processes:
         raise ConfigError(
             f"prompts_per_step ({grpo.prompts_per_step}) must be divisible by the number of processes "
@@ -323,7 +413,7 @@ def _train_grpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig
         indices = permuted_slice(len(run.prompts), step, grpo.prompts_per_step, run_args.seed)
         mine = indices[accelerator.process_index * per_process : (accelerator.process_index + 1) * per_process]
         rollout = collect(
-            policy, run.rewards, [run.prompts[i] for i in mine], policy_args=policy_args, grpo=grpo, step=step,
+            policy, run.rewards, [run.prompts[i] for i in mine], policy_args=policy_args, grpo=grpo, sde=sde, step=step,
             seed=run_args.seed, group_offset=accelerator.process_index * per_process, accelerator=accelerator,
         )
         sampled = time.perf_counter()
@@ -331,8 +421,8 @@ def _train_grpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig
         metrics, skip = {}, SkipReason.INVALID_REWARDS
         if advantages.trainable:
             metrics, applied = update(
-                policy, run.model, run.optimizer, accelerator, rollout, advantages.values, policy_args=policy_args,
-                grpo=grpo, max_grad_norm=run_args.max_grad_norm,
+                policy, run.model, run.optimizer, accelerator, rollout, advantages, policy_args=policy_args,
+                grpo=grpo, sde=sde, max_grad_norm=run_args.max_grad_norm,
                 generator=seeded_generator(run_args.seed, step, "shuffle", accelerator.process_index),
             )
             skip = None if applied else SkipReason.NONFINITE
@@ -357,8 +447,8 @@ def _train_grpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig
         if run.state.step % run_args.save_steps == 0 or run.state.step == run_args.max_steps:
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]})
     final = finish_run(run, fused=run_args.save_fused)
-    return {"reward_history": history, "first_ratio": first_ratio, "final": str(final),
-            "faults": run.state.faults.state_dict()}
+    return GrpoResult(final=final, reward_history=history, first_ratio=first_ratio,
+                      faults=replace(run.state.faults), resumed_from_step=resumed_from_step)
 
 
 def _reward_metrics(accelerator: Accelerator, rollout: Rollout, advantages: torch.Tensor, zero_std: float) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Policy losses of the generator trainers (pure tensor maths, one value per sample; callers reduce)."""
+"""Policy losses of the generator trainers (pure tensor maths, one value per sample; callers reduce with
+:func:`share_of_global_mean`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def ppo_clip_loss(
     clip_range: float,
     adv_clip_max: float = 5.0,
 ) -> PolicyLoss:
-    """PPO-clip on one denoising step (Flow-GRPO, reference/generator_rl.md §1.3).
+    """PPO-clip on one denoising step (Flow-GRPO, arXiv 2505.05470; flow_grpo ``scripts/train_wan2_1.py``).
 
     A = clamp(advantage, ±adv_clip_max); ratio = exp(logp − logp_old);
     loss = max(−A·ratio, −A·clamp(ratio, 1 − clip_range, 1 + clip_range)).
@@ -57,3 +58,18 @@ def flow_dpo_loss(
         - (model_error_loser.float() - reference_error_loser.float())
     )
     return DpoLoss(-F.logsigmoid(margin), margin.detach())
+
+
+def share_of_global_mean(losses: torch.Tensor, *, total_terms: int, num_processes: int) -> torch.Tensor:
+    """This micro-batch's share of the mean loss over every term of an optimizer step: Σ losses · P / N.
+
+    ``losses`` holds one value per term (a (sample, step) pair for GRPO, a pair for Flow-DPO) of one micro-batch
+    on one process; ``total_terms`` (N) counts the valid terms of the whole optimizer step on all ``num_processes``
+    (P) processes. DDP averages gradients over the P processes, so the backward passes of all micro-batches sum
+    to the gradient of (1/N)·Σ over all terms: every term weighs 1/N, however the terms are split into
+    micro-batches and processes and however many samples were masked out (a per-micro-batch mean would give a
+    sample in a micro-batch of 1 the weight of a whole micro-batch).
+    """
+    if total_terms < 1 or num_processes < 1:
+        raise ValueError(f"need total_terms >= 1 and num_processes >= 1, got {total_terms} and {num_processes}")
+    return losses.sum() * (num_processes / total_terms)

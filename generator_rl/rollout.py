@@ -21,8 +21,10 @@ VelocityFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 @dataclass(frozen=True)
 class SdeSettings:
-    kind: SdeKind = "flow_sde"
-    noise_level: float = 0.7
+    """Which step a rollout takes where it is stochastic (``sde.py``) and where those steps are."""
+
+    kind: SdeKind = SdeKind.FLOW_SDE
+    noise_level: float | None = 0.7  # None for flow_sde_wan, whose noise the schedule fixes
     window: int | None = None
     window_range: tuple[int, int] | None = None
 
@@ -72,6 +74,7 @@ def sample_trajectory(
     if any(not 0 <= index < num_steps - 1 for index in stochastic):
         raise ValueError(f"stochastic steps {stochastic} must lie in [0, {num_steps - 1}): the last step is an ODE step")
     sigma_max = float(sigmas[1]) if num_steps > 1 else float(sigmas[0])
+    sigma_min = float(sigmas[-1])
     latents = noise.float()
     states, next_states, log_probs = [], [], []
     chosen = set(stochastic)
@@ -82,7 +85,7 @@ def sample_trajectory(
             step_noise = torch.stack([torch.randn(noise.shape[1:], generator=g) for g in generators]).to(noise.device)
             step = sde_step(
                 v, latents, sigma, sigma_next, kind=settings.kind, noise_level=settings.noise_level,
-                sigma_max=sigma_max, noise=step_noise,
+                sigma_max=sigma_max, sigma_min=sigma_min, noise=step_noise,
             )
             states.append(latents)
             next_states.append(step.sample)
@@ -99,3 +102,13 @@ def sample_trajectory(
         log_probs=torch.stack(log_probs, dim=1) if log_probs else noise.new_zeros((batch, 0)),
         final=latents,
     )
+
+
+@torch.no_grad()
+def ode_sample(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Denoise ``noise`` along ``sigmas`` with Euler steps of the probability-flow ODE only — the rollout's
+    deterministic path (no step is stochastic); returns the float32 latents at σ = 0."""
+    latents = noise.float()
+    for index in range(len(sigmas) - 1):
+        latents = ode_step(velocity(latents, index), latents, float(sigmas[index]), float(sigmas[index + 1]))
+    return latents

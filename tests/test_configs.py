@@ -95,6 +95,6 @@ def test_wan_recipes_follow_the_reference_defaults(tmp_path):
     policy, run, grpo = TrlParser([PolicyConfig, RunConfig, GrpoConfig]).parse_args_and_config(
         ["--config", str(recipe), *_generator_inputs(recipe, tmp_path)]
     )
-    assert (policy.num_steps, policy.guidance_scale, policy.noise_level, policy.sde) == (20, 4.5, 0.7, "flow_sde")
+    assert (policy.num_steps, policy.guidance_scale, grpo.sde, grpo.noise_level) == (20, 4.5, "flow_sde_wan", None)
     assert (grpo.group_size, grpo.clip_range, grpo.beta, grpo.adv_clip_max) == (4, 1e-3, 0.004, 5.0)
     assert (policy.lora_rank, policy.lora_alpha) == (32, 64) and "ffn.net.0.proj" in policy.lora_target_modules

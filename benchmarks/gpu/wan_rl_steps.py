@@ -126,8 +126,8 @@ def measure(policy: WanPolicy, params: int, shape: VideoShape, device: torch.dev
 
     def dpo_step():
         with autocast:
-            loss, _ = dpo_micro_step(policy, pair, dpo=dpo, generator=torch.Generator().manual_seed(0))
-        loss.backward()
+            losses, _ = dpo_micro_step(policy, pair, dpo=dpo, shift=1.0, generator=torch.Generator().manual_seed(0))
+        losses.mean().backward()
         optimizer.zero_grad(set_to_none=True)
 
     def decode():

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import tests.generator_rl.fault_rewards  # noqa: E402,F401  (registers the test reward)
 from generator_rl.grpo import GrpoConfig, run_grpo  # noqa: E402
 from reward.errors import NumericalFaultError  # noqa: E402
+from reward.run_record import plain  # noqa: E402
 from tests.generator_rl.helpers import tiny_arguments  # noqa: E402
 
 if __name__ == "__main__":
@@ -26,4 +27,4 @@ if __name__ == "__main__":
     except NumericalFaultError as error:
         result = {"error": str(error)}
     if os.environ.get("RANK", "0") == "0":
-        (output_dir / "result.json").write_text(json.dumps(result))
+        (output_dir / "result.json").write_text(json.dumps(plain(result)))

@@ -9,6 +9,7 @@ from descore.cli import run_cli
 from generator_rl.config import PolicyConfig, RunConfig
 from generator_rl.flow_dpo import FlowDpoConfig
 from generator_rl.grpo import GrpoConfig
+from generator_rl.sde import SdeKind
 from reward.errors import ConfigError
 
 POLICY_CASES = [
@@ -20,12 +21,6 @@ POLICY_CASES = [
     ({"lora_rank": 0}, r"lora_rank must be >= 1 and lora_alpha > 0, got 0 and 64"),
     ({"lora_alpha": 0}, r"lora_rank must be >= 1 and lora_alpha > 0, got 32 and 0"),
     ({"lora_target_modules": []}, r"lora_target_modules is empty"),
-    ({"noise_level": -0.1}, r"noise_level must be >= 0, got -0\.1"),
-    ({"sde_window": 0}, r"sde_window must lie in \[1, num_steps - 1 = 19\], got 0"),
-    ({"sde_window": 20}, r"sde_window must lie in \[1, num_steps - 1 = 19\], got 20"),
-    ({"sde_window_range": [3]}, r"sde_window_range needs two numbers"),
-    ({"sde_window_range": [5, 2]}, r"sde_window_range \[5, 2\) must satisfy 0 <= first < last <= num_steps - 1 = 19"),
-    ({"sde_window": 4, "sde_window_range": [0, 3]}, r"sde_window 4 does not fit in sde_window_range \[0, 3\)"),
     ({"model": "runs/nowhere/tiny-wan"}, r"model: runs/nowhere/tiny-wan does not exist"),
 ]
 
@@ -57,9 +52,39 @@ def test_bad_run_values_are_refused(values, message, prompt_file, tmp_path):
 
 
 def test_good_values_pass(prompt_file, tmp_path):
-    policy = PolicyConfig(model=str(tmp_path), sde_window=2, sde_window_range=[1, 5], guidance_scale=1.0)
+    policy = PolicyConfig(model=str(tmp_path), guidance_scale=1.0)
     run = RunConfig(output_dir=str(tmp_path / "run"), prompts=str(prompt_file), ema_decay=0.9, sample_steps=0)
-    assert policy.sde_settings.window_range == (1, 5) and run.ema_decay == 0.9 and not run.overwrite_output_dir
+    grpo = GrpoConfig(rewards=["name=brightness"], sde="cps", sde_window=2, sde_window_range=[1, 5])
+    settings = grpo.sde_settings(policy.num_steps)
+    assert settings.window_range == (1, 5) and settings.kind is SdeKind.CPS and settings.noise_level == 0.8
+    assert policy.guidance_scale == 1.0 and run.ema_decay == 0.9 and not run.overwrite_output_dir
+
+
+@pytest.mark.parametrize(
+    ("values", "kind", "noise_level"),
+    [({}, SdeKind.FLOW_SDE_WAN, None), ({"sde": "flow_sde"}, SdeKind.FLOW_SDE, 0.7),
+     ({"sde": "dance"}, SdeKind.DANCE, 0.3), ({"sde": "cps", "noise_level": 0.5}, SdeKind.CPS, 0.5)],
+    ids=str,
+)
+def test_the_sde_option_is_resolved_once_with_its_noise_level(values, kind, noise_level):
+    """The string option becomes an SdeKind in the config; an unset noise level takes the kind's documented
+    default (Flow-GRPO SD3 0.7, CPS 0.8, DanceGRPO 0.3), and flow_sde_wan has none."""
+    grpo = GrpoConfig(rewards=["name=brightness"], **values)
+    assert grpo.sde is kind and grpo.noise_level == noise_level
+
+
+SDE_WINDOW_CASES = [
+    ({"sde_window": 20}, r"sde_window must lie in \[1, num_steps - 1 = 19\], got 20"),
+    ({"sde_window_range": [5, 20]}, r"sde_window_range \[5, 20\) must end at or before num_steps - 1 = 19"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), SDE_WINDOW_CASES, ids=str)
+def test_an_sde_window_beyond_the_policy_steps_is_refused(values, message, tmp_path):
+    """The window's bounds depend on the policy's num_steps (20 here), so they are checked when run_grpo builds the
+    SDE settings — before the run folder is claimed or a model loads."""
+    with pytest.raises(ConfigError, match=message):
+        GrpoConfig(rewards=["name=brightness"], **values).sde_settings(PolicyConfig(model=str(tmp_path)).num_steps)
 
 
 def test_the_cli_refuses_a_bad_value_before_any_work(tmp_path, prompt_file):
@@ -81,6 +106,14 @@ GRPO_CASES = [
     ({"beta": -0.1}, r"beta must be >= 0 .* got -0\.1"),
     ({"beta": float("inf")}, r"beta must be >= 0 .* got inf"),
     ({"max_consecutive_skipped_steps": 0}, r"max_consecutive_skipped_steps must be an integer >= 1, got 0"),
+    ({"std_mode": "median"}, r"std_mode must be one of \['group', 'max_group', 'global'\], got 'median'"),
+    ({"sde": "ddim"}, r"sde must be one of \['flow_sde', 'flow_sde_wan', 'cps', 'dance'\], got 'ddim'"),
+    ({"sde": "flow_sde_wan", "noise_level": 0.7}, r"noise_level does not apply to sde flow_sde_wan .* got 0\.7"),
+    ({"sde": "flow_sde", "noise_level": -0.1}, r"noise_level must be >= 0, got -0\.1"),
+    ({"sde_window": 0}, r"sde_window must be >= 1, got 0"),
+    ({"sde_window_range": [3]}, r"sde_window_range needs two numbers"),
+    ({"sde_window_range": [5, 2]}, r"sde_window_range \[5, 2\) must satisfy 0 <= first < last"),
+    ({"sde_window": 4, "sde_window_range": [0, 3]}, r"sde_window 4 does not fit in sde_window_range \[0, 3\)"),
 ]
 
 FLOW_DPO_CASES = [
@@ -91,6 +124,8 @@ FLOW_DPO_CASES = [
     ({"gradient_accumulation_steps": 0}, r"gradient_accumulation_steps must be >= 1, got 0"),
     ({"logit_std": 0.0}, r"logit_std must be > 0 and logit_mean finite, got 0\.0 and 0\.0"),
     ({"online_every": 0}, r"online_every must be >= 1, got 0"),
+    ({"pair_mode": "top_k"}, r"pair_mode must be one of \['best_worst', 'all_above_margin'\], got 'top_k'"),
+    ({"timestep_sampling": "cosine"}, r"timestep_sampling must be one of \['logit_normal', 'uniform'\], got 'cosine'"),
 ]
 
 

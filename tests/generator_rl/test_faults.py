@@ -77,9 +77,9 @@ def test_all_nan_rewards_skip_one_grpo_step_and_the_counts_survive_a_resume(
     the same LoRA (the resumed reward's call counter restarts, so its step 3 is a healthy first call)."""
     settings = {"max_steps": 4, "save_steps": 1, "rewards": [f"name={NAN_REWARD},nan_calls=2"]}
     straight = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "a", **settings))
-    assert straight["faults"] == _faults(1, 1, 0)
+    assert straight.faults.state_dict() == _faults(1, 1, 0)
     assert _changes(tmp_path / "a", 4) == [False, True, True]
-    history = straight["reward_history"]
+    history = straight.reward_history
     assert history[1] != history[1] and all(value == value for value in history[::2])  # NaN only at step 1
     failed = [r for r in _records(tmp_path / "a") if r["step"] == 1]
     assert len(failed) == 8 and all(r["reward"] is None and r["advantage"] is None for r in failed)
@@ -90,7 +90,7 @@ def test_all_nan_rewards_skip_one_grpo_step_and_the_counts_survive_a_resume(
         run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
     monkeypatch.setattr(grpo_module, "collect", original)
     resumed = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
-    assert resumed["faults"] == _faults(1, 1, 0) and len(resumed["reward_history"]) == 1
+    assert resumed.faults.state_dict() == _faults(1, 1, 0) and len(resumed.reward_history) == 1
     assert same_lora(tmp_path / "a", tmp_path / "b")
 
 
@@ -117,7 +117,7 @@ def test_a_nonfinite_grpo_loss_skips_the_update(tiny_wan_dir, prompt_file, tmp_p
     monkeypatch.setattr(grpo_module, "step_loss", step_loss)
     result = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run",
                                       max_steps=3, save_steps=1))
-    assert poisoned == [True] and result["faults"] == _faults(1, 0, 1)
+    assert poisoned == [True] and result.faults.state_dict() == _faults(1, 0, 1)
     assert _changes(tmp_path / "run", 3) == [False, True]
 
 
@@ -168,9 +168,9 @@ def test_flow_dpo_skips_a_nonfinite_step_and_stops_after_repeats(tiny_wan_dir, p
     settings = {"max_steps": 3, "save_steps": 1, "pair_dir": tmp_path / "pairs"}
     result = run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "a",
                                           **settings))
-    assert result["faults"] == _faults(1, 0, 1)
+    assert result.faults.state_dict() == _faults(1, 0, 1)
     assert _changes(tmp_path / "a", 3) == [False, True]
-    assert result["history"][1]["faults/nonfinite_grad"] == 1.0
+    assert result.history[1]["faults/nonfinite_grad"] == 1.0
 
     calls.clear()
     poisoned_calls.update(range(1, 10))

@@ -14,6 +14,7 @@ from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo, select_pairs
 from generator_rl.pair_store import PairStore
 from generator_rl.sample import SampleConfig, run_sample
 from reward import build_reward
+from reward.errors import ConfigError
 from reward.run_record import RunMismatchError
 
 from .conftest import PROMPTS
@@ -30,7 +31,7 @@ def test_online_flow_dpo_raises_the_sanity_reward(tiny_wan_dir, prompt_file, tmp
     starts equal to the reference, LoRA B = 0)."""
     policy, run, dpo = tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run")
     result = run_flow_dpo(policy, run, dpo)
-    history = result["history"]
+    history = result.history
     assert history[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert history[-1]["train/implicit_accuracy"] == 1.0
     store = PairStore(tmp_path / "run" / "pairs")
@@ -38,7 +39,7 @@ def test_online_flow_dpo_raises_the_sanity_reward(tiny_wan_dir, prompt_file, tmp
     base = run_sample(policy, SampleConfig(prompts=str(prompt_file), output_dir=str(tmp_path / "base"), seed=777,
                                               videos_per_prompt=2, device="cpu"))
     tuned = run_sample(policy, SampleConfig(prompts=str(prompt_file), output_dir=str(tmp_path / "tuned"), seed=777,
-                                               videos_per_prompt=2, lora=result["final"], device="cpu"))
+                                               videos_per_prompt=2, lora=str(result.final), device="cpu"))
     assert _smoothness(tuned) > _smoothness(base) + 0.003
 
 
@@ -112,6 +113,8 @@ def test_select_pairs():
     assert select_pairs(scores, mode="all_above_margin", margin=0.15) == [(1, 0), (1, 3), (3, 0)]
     assert select_pairs(scores, mode="all_above_margin", margin=0.25) == [(1, 0)]
     assert select_pairs(torch.tensor([0.2, float("nan")]), mode="best_worst", margin=0.0) == []
+    with pytest.raises(ConfigError, match=r"unknown pair_mode 'top_k'; use one of \['best_worst', 'all_above_margin'\]"):
+        select_pairs(scores, mode="top_k", margin=0.0)
 
 
 def test_flow_dpo_shares_noise_and_timestep_between_winner_and_loser(tiny_wan_dir, monkeypatch):
@@ -129,15 +132,50 @@ def test_flow_dpo_shares_noise_and_timestep_between_winner_and_loser(tiny_wan_di
 
     monkeypatch.setattr(policy, "velocity", spy)
     arguments = FlowDpoConfig(rewards=["name=brightness"], beta=50.0)
-    loss, stats = dpo_module.dpo_micro_step(policy, batch, dpo=arguments, generator=torch.Generator().manual_seed(0))
+    losses, stats = dpo_module.dpo_micro_step(policy, batch, dpo=arguments, shift=1.0,
+                                              generator=torch.Generator().manual_seed(0))
     (noised, timesteps), (noised_ref, timesteps_ref) = seen
     assert torch.equal(noised, noised_ref) and torch.equal(timesteps, timesteps_ref)
     assert torch.equal(timesteps[:2], timesteps[2:])
+    expected = torch.sigmoid(torch.randn(2, generator=torch.Generator().manual_seed(0))) * 1000  # logit-normal(0, 1)
+    torch.testing.assert_close(timesteps[:2], expected)
     sigma = (timesteps[:2] / 1000).view(-1, 1, 1, 1, 1)
     noise_w = (noised[:2] - (1 - sigma) * batch["winner"]) / sigma
     noise_l = (noised[2:] - (1 - sigma) * batch["loser"]) / sigma
     torch.testing.assert_close(noise_w, noise_l, rtol=1e-4, atol=1e-4)
-    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and stats["implicit_accuracy"] == 0.0
+    assert losses.shape == (2,) and losses.tolist() == pytest.approx([math.log(2)] * 2, abs=1e-6)
+    assert stats["implicit_accuracy"] == 0.0
+
+
+def test_shifted_timesteps_follow_the_checkpoint_scheduler(tiny_wan_dir, prompt_file, tmp_path, monkeypatch):
+    """shift_timesteps: the shift comes from the loaded scheduler (the tiny Wan's UniPC, flow_shift 3.0), and with
+    uniform u the transformer sees t = 1000·3u/(1 + 2u) for u = torch.rand(pairs) of the step's generator."""
+    seen = []
+    original = dpo_module.dpo_micro_step
+
+    def spy(policy, batch, *, dpo, shift, generator):
+        state = generator.get_state()
+        u = torch.rand(batch["winner"].shape[0], generator=torch.Generator().set_state(state))
+        velocity = policy.velocity
+
+        def record(latents, timesteps, *args):
+            seen.append((shift, u, torch.as_tensor(timesteps).clone()))
+            return velocity(latents, timesteps, *args)
+
+        monkeypatch.setattr(policy, "velocity", record)
+        try:
+            return original(policy, batch, dpo=dpo, shift=shift, generator=generator)
+        finally:
+            monkeypatch.setattr(policy, "velocity", velocity)
+
+    monkeypatch.setattr(dpo_module, "dpo_micro_step", spy)
+    result = run_flow_dpo(*tiny_arguments("tiny_flow_dpo", FlowDpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run",
+                                          max_steps=1, samples_per_prompt=2, online_every=1, shift_timesteps="true",
+                                          timestep_sampling="uniform"))
+    shift, u, timesteps = seen[0]
+    assert shift == 3.0 and result.resumed_from_step is None and result.final == tmp_path / "run" / "final"
+    expected = 1000 * 3 * u / (1 + 2 * u)
+    torch.testing.assert_close(timesteps, torch.cat([expected, expected]))
 
 
 @pytest.mark.parametrize("save_steps", [2, 1], ids=["resume-at-round-boundary", "resume-mid-round"])

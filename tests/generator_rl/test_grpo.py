@@ -37,7 +37,7 @@ def test_grpo_raises_the_sanity_reward(tiny_wan_dir, prompt_file, tmp_path):
     `load_lora_weights` score higher than the base model's."""
     policy, run, grpo = tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run")
     result = run_grpo(policy, run, grpo)
-    history = result["reward_history"]
+    history = result.reward_history
     assert len(history) == 40
     early, late = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert late - early > 0.008, (early, late)
@@ -45,7 +45,7 @@ def test_grpo_raises_the_sanity_reward(tiny_wan_dir, prompt_file, tmp_path):
     base = run_sample(policy, SampleConfig(prompts=str(prompt_file), output_dir=str(tmp_path / "base"), seed=777,
                                               videos_per_prompt=2, device="cpu"))
     tuned = run_sample(policy, SampleConfig(prompts=str(prompt_file), output_dir=str(tmp_path / "tuned"), seed=777,
-                                               videos_per_prompt=2, lora=result["final"], device="cpu"))
+                                               videos_per_prompt=2, lora=str(result.final), device="cpu"))
     assert _smoothness(tuned) > _smoothness(base) + 0.005
 
 
@@ -70,7 +70,8 @@ def test_killed_run_resumes_to_the_same_lora(tiny_wan_dir, prompt_file, tmp_path
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step_2"]
     monkeypatch.setattr(grpo_module, "update", original)
     resumed = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "b", **settings))
-    assert resumed["reward_history"] == straight["reward_history"][2:]
+    assert resumed.reward_history == straight.reward_history[2:] and resumed.resumed_from_step == 2
+    assert straight.resumed_from_step is None
     assert same_lora(tmp_path / "a", tmp_path / "b")
 
 
@@ -119,7 +120,7 @@ def test_failed_rewards_are_masked_and_counted(tiny_wan_dir, prompt_file, tmp_pa
     failed = [r for r in records if r["reward"] is None]
     assert failed and all(r["advantage"] is None and r["terms"]["flaky_test_reward"] is None for r in failed)
     assert all(r["advantage"] is not None for r in records if r["reward"] is not None)
-    assert all(math.isfinite(value) for value in result["reward_history"])
+    assert all(math.isfinite(value) for value in result.reward_history)
 
 
 def test_a_descore_checkpoint_plugs_in_unchanged(tiny_wan_dir, prompt_file, tiny_qwen3_vl_dir, tmp_path):
@@ -130,25 +131,26 @@ def test_a_descore_checkpoint_plugs_in_unchanged(tiny_wan_dir, prompt_file, tiny
                                       max_steps=2, save_steps=2, rewards=rewards))
     records = _records(tmp_path / "run")
     assert len(records) == 16 and all(isinstance(r["terms"]["descore_no_cot"], float) for r in records)
-    assert len({round(r["reward"], 6) for r in records}) > 1 and len(result["reward_history"]) == 2
+    assert len({round(r["reward"], 6) for r in records}) > 1 and len(result.reward_history) == 2
 
 
 @pytest.mark.parametrize(
     "variant",
     [
+        {"sde": "flow_sde_wan"},
         {"sde": "cps", "noise_level": 0.8},
         {"sde": "dance", "noise_level": 0.3, "shared_noise": "true", "train_fraction": 0.6},
         {"std_mode": "max_group", "sde_window": 1, "shared_noise": "true", "beta": 0.004},
         {"std_mode": "global", "sde_window": 2, "sde_window_range": ["1", "4"]},
     ],
-    ids=["cps", "dance", "longcat", "fast-window"],
+    ids=["flow-sde-wan", "cps", "dance", "longcat", "fast-window"],
 )
 def test_variants_train_on_policy(tiny_wan_dir, prompt_file, tmp_path, variant):
     """Each SDE / advantage variant runs, starts on-policy (first ratio 1) and logs finite rewards."""
     result = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run",
                                       max_steps=2, save_steps=2, **variant))
-    assert result["first_ratio"] == pytest.approx(1.0, abs=1e-5)
-    assert all(math.isfinite(value) for value in result["reward_history"])
+    assert result.first_ratio == pytest.approx(1.0, abs=1e-5)
+    assert all(math.isfinite(value) for value in result.reward_history)
     if variant.get("shared_noise"):
         records = _records(tmp_path / "run")
         assert {r["group"] for r in records} == {0, 1}

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch.testing import assert_close
 
-from generator_rl.losses import flow_dpo_loss, ppo_clip_loss
+from generator_rl.losses import flow_dpo_loss, ppo_clip_loss, share_of_global_mean
 
 LN2 = math.log(2.0)
 
@@ -146,3 +147,60 @@ def test_flow_dpo_is_finite_for_large_margins():
     out = flow_dpo_loss(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0]), torch.zeros(2), torch.zeros(2), beta=1e4)
     close(out.loss, [0.0, 5000.0])
     assert torch.isfinite(out.loss).all()
+
+
+# --------------------------------------------------------------------------------------------------------
+# share_of_global_mean: a term's weight does not depend on micro-batching, processes or masking
+# --------------------------------------------------------------------------------------------------------
+
+
+def _ppo_gradient(theta0: torch.Tensor, features: torch.Tensor, advantages: torch.Tensor, batches: list[list[int]], *,
+                  num_processes: int, total_terms: int) -> torch.Tensor:
+    """Accumulate PPO-clip gradients of a toy policy log p_ij = θ·f_ij over ``batches`` of sample indices and every
+    step j (one backward per (micro-batch, step), as the trainer does), each scaled by share_of_global_mean."""
+    theta = theta0.clone().requires_grad_()
+    old = features.double() @ theta0.double()  # (N, K) log-probs of the sampling policy θ0 − 0.1
+    for batch in batches:
+        for step in range(features.shape[1]):
+            log_prob = features[batch, step] @ theta
+            losses = ppo_clip_loss(log_prob, (old[batch, step] - 0.1).float(), advantages[batch], clip_range=10.0).loss
+            share_of_global_mean(losses, total_terms=total_terms, num_processes=num_processes).backward()
+    return theta.grad.double()
+
+
+def test_the_loss_weight_of_a_term_is_one_over_the_global_count():
+    """7 samples × K = 2 steps, samples 2 and 5 masked (NaN advantage): N = 5·2 = 10 valid terms.
+
+    By hand (float64): ℓ_ij = −A_i·r_ij with r_ij = exp(θ·f_ij − (θ·f_ij − 0.1)) = e^0.1 (clip range 10 never
+    binds), so ∂ℓ_ij/∂θ = −A_i·e^0.1·f_ij and the gradient of the step's loss is (1/N)·Σ_valid −A_i·e^0.1·f_ij.
+    Micro-batches of 1, of 4 (4 + 1: one partial), and two processes holding 3 and 2 samples (gradients averaged,
+    as DDP does) all give it. A per-micro-batch mean instead gives the lone sample of the partial batch 4× the
+    weight — and a different gradient.
+    """
+    generator = torch.Generator().manual_seed(6)
+    features = torch.randn(7, 2, 3, generator=generator)
+    advantages = torch.tensor([1.0, -0.5, math.nan, 2.0, -1.5, math.nan, 0.7])
+    theta0 = torch.randn(3, generator=generator)
+    valid = [0, 1, 3, 4, 6]
+    expected = sum(-advantages[i].double() * math.exp(0.1) * features[i, j].double() for i in valid for j in range(2)) / 10
+
+    def gradient(batches, processes=1):
+        return _ppo_gradient(theta0, features, advantages, batches, num_processes=processes, total_terms=10)
+
+    singles = gradient([[i] for i in valid])
+    fours = gradient([valid[:4], valid[4:]])
+    two_processes = (gradient([[0, 1], [3]], processes=2) + gradient([[4, 6]], processes=2)) / 2
+    for actual in (singles, fours, two_processes):
+        assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    old_style = torch.zeros(3, dtype=torch.float64)  # mean per micro-batch, then averaged over micro-steps
+    for batch in (valid[:4], valid[4:]):
+        for j in range(2):
+            old_style += sum(-advantages[i].double() * math.exp(0.1) * features[i, j].double() for i in batch) / len(batch) / 4
+    assert not torch.allclose(old_style, expected, rtol=1e-3)
+
+
+def test_share_of_global_mean_by_hand():
+    """losses [1, 2, 3] on one of 2 processes, 12 terms in the step: (1 + 2 + 3)·2/12 = 1."""
+    close(share_of_global_mean(torch.tensor([1.0, 2.0, 3.0]), total_terms=12, num_processes=2).view(1), [1.0])
+    with pytest.raises(ValueError, match="total_terms >= 1"):
+        share_of_global_mean(torch.tensor([1.0]), total_terms=0, num_processes=1)

@@ -78,10 +78,10 @@ def test_same_configuration_resumes_and_may_train_longer(tiny_wan_dir, prompt_fi
     run_dir = tmp_path / "run"
     first = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, run_dir, **SHORT))
     again = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, run_dir, **SHORT))
-    assert len(first["reward_history"]) == 1 and again["reward_history"] == []  # finished: nothing to train
+    assert len(first.reward_history) == 1 and again.reward_history == []  # finished: nothing to train
     longer = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, run_dir,
                                       max_steps=2, save_steps=1, logging_steps=2))
-    assert len(longer["reward_history"]) == 1
+    assert len(longer.reward_history) == 1
     assert _steps(run_dir) == [0] * 8 + [1] * 8
     assert json.loads((run_dir / "run_config.json").read_text())["config"]["run"]["max_steps"] == 2
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from generator_rl.sde import gaussian_kl, gaussian_log_prob, ode_step, sde_step, step_mean_std
+from generator_rl.sde import SdeKind, gaussian_kl, gaussian_log_prob, ode_step, sde_kind, sde_step, step_mean_std
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)  # 0.918939
 
@@ -101,6 +101,77 @@ def test_flow_sde_first_sigma_just_below_one_is_also_capped():
 
 
 # --------------------------------------------------------------------------------------------------------
+# step_mean_std: flow_sde_wan (Flow-GRPO's Wan form)
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_flow_sde_wan_by_hand():
+    """σ 0.8 → 0.6, σ_max 0.96, σ_min 0: σ_t = 0 + 0.96·0.8 = 0.768, σ_t² = 0.589824;
+    mean = x·(1 + 0.589824/1.6·(−0.2)) + v·(1 + 0.589824·0.2/1.6)·(−0.2) = 0.926272·x − 0.2147456·v
+    = 0.926272 − 0.4294912 = 0.4967808; std = 0.768·√0.2 = 0.3434600. The noise level plays no part.
+    """
+    mean, std = step_mean_std(scalar(2.0), scalar(1.0), 0.8, 0.6, kind="flow_sde_wan", noise_level=None,
+                              sigma_max=0.96, sigma_min=0.0)
+    close(mean, [[0.4967808]])
+    close(std, 0.3434600)
+
+
+def flow_grpo_wan_step(x, v, noise, sigmas, index):
+    """flow_grpo's Wan step (``flow_grpo/diffusers_patch/wan_pipeline_with_logprob.py::sde_step_with_logprob``),
+    restated in float64 from its formula:
+
+        σ = sigmas[i], σ_prev = sigmas[i + 1], dt = σ_prev − σ, σ_max = sigmas[1], σ_min = sigmas[−1]
+        std_t = σ_min + (σ_max − σ_min)·σ
+        μ = x·(1 + std_t²/(2σ)·dt) + v·(1 + std_t²·(1 − σ)/(2σ))·dt
+        x_prev = μ + std_t·√(−dt)·ε
+        log p = mean over non-batch dims of [−(x_prev − μ)²/(2·(std_t·√(−dt))²) − log(std_t·√(−dt)) − log √(2π)]
+    """
+    sigma, sigma_prev = sigmas[index], sigmas[index + 1]
+    sigma_max, sigma_min = sigmas[1], sigmas[-1]
+    dt = sigma_prev - sigma
+    std_t = sigma_min + (sigma_max - sigma_min) * sigma
+    mean = x * (1 + std_t**2 / (2 * sigma) * dt) + v * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    scale = std_t * torch.sqrt(-dt)
+    prev = mean + scale * noise
+    log_prob = (-((prev - mean) ** 2) / (2 * scale**2) - torch.log(scale) - torch.log(torch.sqrt(2 * torch.tensor(math.pi, dtype=torch.float64))))
+    return prev, log_prob.mean(dim=tuple(range(1, prev.ndim))), mean, scale
+
+
+@pytest.mark.parametrize(
+    "sigmas",
+    [
+        [1.0, 0.9376, 0.8573, 0.7504, 0.6007, 0.3764, 0.0],  # Wan's UniPC flow schedule, 6 steps, shift 3
+        [0.999, 0.9, 0.7, 0.4, 0.05],  # a schedule whose last sigma is not 0 (σ_min enters std_t)
+    ],
+    ids=["unipc-shift3", "sigma-min-0.05"],
+)
+def test_flow_sde_wan_matches_flow_grpos_wan_step(sigmas):
+    """Every step but the last of a schedule, on (2, 3, 2, 4) video-shaped latents, σ = 1 included: sample, mean,
+    std and log-prob equal flow_grpo's Wan step evaluated in float64 (formula in ``flow_grpo_wan_step``)."""
+    generator = torch.Generator().manual_seed(4)
+    schedule = torch.tensor(sigmas, dtype=torch.float64)
+    for index in range(len(sigmas) - 2):
+        x, v, noise = (torch.randn(2, 3, 2, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+        expected_sample, expected_log_prob, expected_mean, expected_std = flow_grpo_wan_step(x, v, noise, schedule, index)
+        out = sde_step(v.float(), x.float(), sigmas[index], sigmas[index + 1], kind="flow_sde_wan", noise_level=None,
+                       sigma_max=sigmas[1], sigma_min=sigmas[-1], noise=noise.float())
+        close(out.mean, expected_mean, rtol=1e-5, atol=1e-5)
+        close(out.std, expected_std)
+        close(out.sample, expected_sample, rtol=1e-5, atol=1e-5)
+        close(out.log_prob, expected_log_prob, rtol=1e-5, atol=1e-5)
+
+
+def test_flow_sde_wan_has_less_noise_than_flow_sde_at_high_sigma():
+    """On the 6-step shift-3 schedule: at σ = 0.8573 flow_sde's σ_t = 0.7·√(0.8573/0.1427) = 1.7158 against the Wan
+    form's 0.9376·0.8573 = 0.8038 (2.1×); at σ = 0.6007, 0.7·√(0.6007/0.3993) = 0.8586 against 0.5632 (1.5×)."""
+    for sigma, sigma_next, ratio in ((0.8573, 0.7504, 2.1346), (0.6007, 0.3764, 1.5244)):
+        common = dict(sigma_max=0.9376, sigma_min=0.0)
+        _, sd3 = step_mean_std(scalar(0.0), scalar(0.0), sigma, sigma_next, kind="flow_sde", noise_level=0.7, **common)
+        _, wan = step_mean_std(scalar(0.0), scalar(0.0), sigma, sigma_next, kind="flow_sde_wan", noise_level=None, **common)
+        assert (sd3 / wan).item() == pytest.approx(ratio, abs=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------------
 # step_mean_std: cps and dance
 # --------------------------------------------------------------------------------------------------------
 
@@ -131,6 +202,43 @@ def test_dance_mean_and_std_by_hand():
     close(mean, [[0.58425]])
 
 
+def dance_grpo_flux_step(x, v, noise, sigmas, index, eta):
+    """DanceGRPO's step (``fastvideo/train_grpo_wan_2_1.py::flux_step`` with grpo and sde_solver on), restated in
+    float64 in its own order of operations:
+
+        dσ = σ_{i+1} − σ_i; μ = x + dσ·v; x̂0 = x − σ_i·v; std = η·√(σ_i − σ_{i+1})
+        score = −(x − x̂0·(1 − σ_i))/σ_i²; μ ← μ + (−½·η²·score)·dσ
+        x_next = μ + std·ε            (the noise is scaled by std ...)
+        log p = mean over non-batch dims of [−(x_next − μ)²/(2·std²) − log std − log √(2π)]   (... and so is the density)
+    """
+    sigma, sigma_next = sigmas[index], sigmas[index + 1]
+    dsigma = sigma_next - sigma
+    mean = x + dsigma * v
+    x0_hat = x - sigma * v
+    std = eta * math.sqrt(sigma - sigma_next)
+    score = -(x - x0_hat * (1 - sigma)) / sigma**2
+    mean = mean + (-0.5 * eta**2 * score) * dsigma
+    sample = mean + noise * std
+    log_prob = -((sample - mean) ** 2) / (2 * std**2) - math.log(std) - LOG_SQRT_2PI
+    return sample, log_prob.mean(dim=tuple(range(1, x.ndim))), mean, std
+
+
+def test_dance_matches_dancegrpos_flux_step():
+    """η = 0.3 on DanceGRPO's Wan schedule (linspace(1, 0, 7) shifted by 3: σ' = 3σ/(1 + 2σ)), every step but the
+    last: sample, mean, std and log-prob equal DanceGRPO's step in float64 — one std for the noise and the density."""
+    generator = torch.Generator().manual_seed(5)
+    sigmas = [3 * s / (1 + 2 * s) for s in torch.linspace(1, 0, 7, dtype=torch.float64).tolist()]
+    for index in range(len(sigmas) - 2):
+        x, v, noise = (torch.randn(2, 3, 2, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+        expected = dance_grpo_flux_step(x, v, noise, sigmas, index, 0.3)
+        out = sde_step(v.float(), x.float(), sigmas[index], sigmas[index + 1], kind="dance", noise_level=0.3,
+                       sigma_max=sigmas[1], noise=noise.float())
+        close(out.sample, expected[0], rtol=1e-5, atol=1e-5)
+        close(out.log_prob, expected[1], rtol=1e-5, atol=1e-5)
+        close(out.mean, expected[2], rtol=1e-5, atol=1e-5)
+        close(out.std, expected[3])
+
+
 def test_kinds_agree_with_independent_float64_formulas_on_random_tensors():
     """Every kind on a (2, 3, 4) batch against the docstring formulas evaluated in float64 torch."""
     generator = torch.Generator().manual_seed(0)
@@ -158,7 +266,7 @@ def test_kinds_agree_with_independent_float64_formulas_on_random_tensors():
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["flow_sde", "cps", "dance"])
+@pytest.mark.parametrize("kind", ["flow_sde", "flow_sde_wan", "cps", "dance"])
 @pytest.mark.parametrize("sigma_next", [0.8, 0.9])
 def test_step_must_lower_sigma(kind, sigma_next):
     with pytest.raises(ValueError, match="must lower sigma"):
@@ -177,8 +285,18 @@ def test_cps_has_zero_noise_at_sigma_next_zero():
 
 
 def test_unknown_kind_is_rejected():
-    with pytest.raises(ValueError, match="unknown SDE kind 'ddim'"):
+    choices = r"\['flow_sde', 'flow_sde_wan', 'cps', 'dance'\]"
+    with pytest.raises(ValueError, match=f"unknown SDE kind 'ddim'; use one of {choices}"):
         step_mean_std(scalar(1.0), scalar(1.0), 0.8, 0.6, kind="ddim", noise_level=0.7, sigma_max=0.96)
+    with pytest.raises(ValueError, match=f"unknown SDE kind 'ddim'; use one of {choices}"):
+        sde_kind("ddim")
+    assert sde_kind("flow_sde_wan") is SdeKind.FLOW_SDE_WAN
+
+
+@pytest.mark.parametrize("kind", ["flow_sde", "cps", "dance"])
+def test_kinds_with_a_noise_level_need_one(kind):
+    with pytest.raises(ValueError, match=f"the {kind} step needs a noise_level"):
+        step_mean_std(scalar(1.0), scalar(1.0), 0.8, 0.6, kind=kind, noise_level=None, sigma_max=0.96)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -232,7 +350,7 @@ def test_sde_step_with_noise_is_mean_plus_std_times_noise():
     close(out.log_prob, gaussian_log_prob(out.sample, out.mean, out.std))
 
 
-@pytest.mark.parametrize("kind", ["flow_sde", "cps", "dance"])
+@pytest.mark.parametrize("kind", ["flow_sde", "flow_sde_wan", "cps", "dance"])
 def test_scoring_the_drawn_sample_reproduces_its_log_prob(kind):
     """Rollout (draw with noise) and training (score next_sample) give the same mean, std and log-prob."""
     generator = torch.Generator().manual_seed(2)
