@@ -19,7 +19,7 @@ from huggingface_hub import scan_cache_dir
 from safetensors.torch import load_file, save_file
 
 import reward
-from benchmarks.cli import main
+from descore.cli import run_cli
 from reward.checkpoint import resolve_model_source
 from reward.errors import CheckpointError, ConfigError
 from reward.jobs import EXPORT_MARKER, ExportConfig, ScoreConfig, check_checkpoint, run_export
@@ -147,7 +147,7 @@ def test_scores_by_hub_id_record_id_and_commit_and_resume(checkpoint, clips, off
     output = tmp_path / "scores.jsonl"
     argv = ["reward", "score", "--model", REPO_ID, "--video", *clips, "--prompt", *PROMPTS, "--output", str(output),
             "--cot", "false", "--device", "cpu"]
-    main(argv)
+    run_cli(argv)
     record = json.loads(settings_path(output).read_text())
     assert record["config"]["model"] == {
         "path": REPO_ID, "revision": FIRST_COMMIT, "fingerprint": checkpoint_fingerprint(checkpoint)
@@ -158,11 +158,11 @@ def test_scores_by_hub_id_record_id_and_commit_and_resume(checkpoint, clips, off
     loads = []
     load = DeScoreModel.from_pretrained
     monkeypatch.setattr(DeScoreModel, "from_pretrained", lambda *args, **kwargs: loads.append(args) or load(*args, **kwargs))
-    main(argv)  # everything was scored with this very checkpoint: the model is not even loaded
+    run_cli(argv)  # everything was scored with this very checkpoint: the model is not even loaded
     add_to_hub_cache(negated_head_copy(checkpoint, tmp_path / "retrained"), offline_cache, REPO_ID, SECOND_COMMIT)
     moved = rf"model.fingerprint: .*\n  model.revision: {FIRST_COMMIT} -> {SECOND_COMMIT}"
     with pytest.raises(RunMismatchError, match=moved):
-        main(argv)
+        run_cli(argv)
     assert loads == []
 
 
@@ -185,7 +185,7 @@ def test_offline_mode_from_the_environment_of_a_fresh_process(checkpoint, clips,
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(REPO_ROOT)}
     output = tmp_path / "scores.jsonl"
     script = (
-        "import sys, reward; from benchmarks.cli import main; main(sys.argv[1:]); "
+        "import sys, reward; from descore.cli import run_cli; run_cli(sys.argv[1:]); "
         "reward.load('descore-tests/not-downloaded', cot=False, device='cpu')"
     )
     argv = ["reward", "score", "--model", REPO_ID, "--video", *clips, "--prompt", *PROMPTS, "--output", str(output),

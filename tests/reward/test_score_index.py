@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cli import main
+from descore.cli import main
 from reward import build_reward
 from reward.errors import ConfigError, DataError
 from reward.jobs import ScoreConfig, run_score
