@@ -48,7 +48,8 @@ def curve_line(label: str, curve: Curve, *, digits: int = 4) -> str:
     finite = [value for value in values if math.isfinite(value)]
     (first_step, first), (last_step, last) = curve[0], curve[-1]
     extremes = f" (min {min(finite):.{digits}f}, max {max(finite):.{digits}f})" if finite else ""
-    return f"{label}  {sparkline(values)}  step {first_step} {first:.{digits}f} -> step {last_step} {last:.{digits}f}{extremes}"
+    ends = f"step {first_step} {first:.{digits}f} -> step {last_step} {last:.{digits}f}"
+    return f"{label}  {sparkline(values)}  {ends}{extremes}"
 
 
 def grpo_reward_curve(rollouts: Path) -> Curve:

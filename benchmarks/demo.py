@@ -107,12 +107,12 @@ def _generator_part(root: Path, config: DemoConfig) -> list[str]:
         videos = run_sample(policy, SampleConfig(prompts=grpo_run.prompts, output_dir=str(root / "samples" / name),
                                                  lora=lora, seed=10_000, videos_per_prompt=2, device="cpu"))
         scores[name] = float(smoothness.score(videos, [""] * len(videos)).rewards.mean())
-    width = max(len(label) for label in curves)
+    width, prompts = max(len(label) for label in curves), len(read_prompts(grpo_run.prompts))
     return [
         "[generator] reward curves (smoothness + 0.01 x tiny DeScore for GRPO):",
         *(f"            {curve_line(label.ljust(width), curve)}" for label, curve in curves.items()),
         f"            plotted in {root / CURVES_PNG}",
-        f"[generator] temporal smoothness of new samples ({len(read_prompts(grpo_run.prompts))} prompts x 2, same seeds): "
+        f"[generator] temporal smoothness of new samples ({prompts} prompts x 2, same seeds): "
         + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()),
     ]
 
@@ -135,7 +135,9 @@ def _flow_dpo_curves(path: Path, history: list[dict[str, float]], *, max_steps: 
     recorded = {int(step): values for step, values in json.loads(path.read_text()).items()} if path.is_file() else {}
     first = max_steps - len(history)
     for offset, metrics in enumerate(history):
-        recorded[first + offset] = {"loss": metrics["train/loss"], "implicit_accuracy": metrics["train/implicit_accuracy"]}
+        recorded[first + offset] = {
+            "loss": metrics["train/loss"], "implicit_accuracy": metrics["train/implicit_accuracy"],
+        }
     with atomic_file(path) as handle:
         json.dump({str(step): recorded[step] for step in sorted(recorded)}, handle, indent=1)
     steps = sorted(recorded)

@@ -56,9 +56,10 @@ def cache_root() -> Path:
     """Where tiny builds are kept. Read from the environment like ``HF_HOME``: it is a machine setting, not
     a run setting (the run records the resolved folder)."""
     if os.environ.get("DESCORE_CACHE"):
-        return Path(os.environ["DESCORE_CACHE"]).expanduser() / "tiny"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "descore" / "tiny"
+        root = Path(os.environ["DESCORE_CACHE"]).expanduser()
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "descore"
+    return root.absolute() / "tiny"  # absolute: the run record holds the resolved folder
 
 
 def fingerprint(build: TinyBuild) -> str:

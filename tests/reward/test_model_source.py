@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reward.errors import ConfigError
-from reward.model_source import TinyBuild, build_once, fingerprint, resolve_tiny
+from reward.model_source import TinyBuild, build_once, cache_root, fingerprint, resolve_tiny
 from reward.run_record import check_model_source
 from reward.tiny_models import resolve_backbone
 
@@ -51,6 +51,15 @@ def test_the_fingerprint_follows_recipe_files_and_library_versions(tmp_path):
     before = fingerprint(plain)
     recipe.write_text("SIZE = 2\n")
     assert fingerprint(plain) != before
+
+
+def test_the_cache_is_descore_cache_else_the_xdg_cache(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DESCORE_CACHE", "relative")
+    assert cache_root() == tmp_path / "relative" / "tiny"
+    monkeypatch.delenv("DESCORE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "descore" / "tiny"
 
 
 def test_an_unknown_tiny_name_lists_what_the_option_accepts(tmp_path):
