@@ -95,7 +95,11 @@ def test_demo_runs_twice_in_one_folder(tmp_path, monkeypatch, capsys):
     png = (tmp_path / "demo" / CURVES_PNG).read_bytes()
     assert main(["demo", "--output_dir", "demo", "--report_to", "none"]) == 0
     second = capsys.readouterr().out
-    report = [line for line in first.splitlines() if line.startswith(("[reward]", "[generator]", "   "))]
+    report, again = ([line for line in out.splitlines() if line.startswith(("[reward]", "[generator]", "   "))]
+                     for out in (first, second))
     assert len(report) == 10 and "GRPO mean reward" in first and "Flow-DPO implicit accuracy" in first
-    assert [line for line in second.splitlines() if line.startswith(("[reward]", "[generator]", "   "))] == report
+    assert again[:-1] == report[:-1]  # accuracies and every curve point read back exactly
+    # The last line re-samples videos; `tune sample` is not bit-exact from call to call (about 1e-4 here).
+    numbers = [[float(word.rstrip(",")) for word in line.split()[-5::2]] for line in (report[-1], again[-1])]
+    assert numbers[0] == pytest.approx(numbers[1], abs=1e-3)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "demo" / CURVES_PNG).read_bytes() == png
