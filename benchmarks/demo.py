@@ -1,79 +1,80 @@
 """``descore demo`` — the embedded default job: everything on tiny models, on CPU, in a few minutes.
 
+It runs the shipped tiny recipes (``descore.recipes``), whose models are ``tiny:`` sources: tiny random-weight
+models of the real architectures, built once into the cache (``reward/model_source.py``) and loaded by the same
+``from_pretrained`` code as real weights.
+
 Reward side:
-1. build a tiny random-weight Qwen3-VL (real architecture, locally trained tokenizer) with ``save_pretrained``;
-2. write a synthetic preference set with a known answer (real mp4 files) for training and for evaluation;
-3. train DeScore stage 1 with ``configs/reward/tiny_cold_start.yaml`` — the same code as the 8B recipe;
-4. score the held-out pairs with the trained checkpoint, with the CoT and without, and report accuracy.
+1. write a synthetic preference set with a known answer (real mp4 files) for training and for evaluation;
+2. train DeScore stage 1 with the ``tiny_cold_start`` recipe (``tiny:qwen3-vl``) — the same code as the 8B recipe;
+3. score the held-out pairs with the trained checkpoint, with the CoT and without, and report accuracy.
 
 Generator side:
-5. build a tiny random-weight Wan-2.1 pipeline and a prompt file;
-6. GRPO with ``configs/generator/tiny_grpo.yaml`` (temporal-smoothness sanity reward + the tiny DeScore of
-   step 3 in its no-CoT mode, plugged in from the registry unchanged);
-7. Flow-DPO with ``configs/generator/tiny_flow_dpo.yaml``;
-8. sample base and tuned videos with the same seeds and report the sanity reward of each.
+4. GRPO with the ``tiny_grpo`` recipe (``tiny:wan``, ``tiny:prompts``; temporal-smoothness sanity reward + the
+   tiny DeScore of step 2 in its no-CoT mode, plugged in from the registry unchanged);
+5. Flow-DPO with the ``tiny_flow_dpo`` recipe;
+6. sample base and tuned videos with the same seeds and report the sanity reward of each;
+7. print the reward curves as sparklines and save them as ``curves.png``.
+
+Every run resumes, so the demo run again in the same folder finishes at once and prints the same report: the
+curves are read back from what the runs wrote (GRPO's ``rollouts.jsonl``, the demo's ``flow_dpo_metrics.json``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from generator_rl.config import PolicyConfig, RunConfig
+from descore.recipes import resolve_recipe
+from generator_rl.config import PolicyConfig, RunConfig, read_prompts
 from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo
 from generator_rl.grpo import GrpoConfig, run_grpo
 from generator_rl.sample import SampleConfig, run_sample
-from generator_rl.tiny_wan import save_tiny_wan
 from reward import build_reward
+from reward.checkpoint import atomic_file
 from reward.cold_start import ColdStartConfig, run
-from reward.errors import ConfigError
 from reward.jobs import ScoreConfig, run_score
-from reward.tiny_models import save_tiny_vlm
 
+from .curves import Curve, curve_line, grpo_reward_curve, plot_curves
 from .synthetic import make_preference_set
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PROMPTS = (
-    "a red square moving left", "a blue ball bouncing", "a dog running on the beach", "a cat on a sofa",
-    "a car driving fast at night", "waves in slow motion", "a bird flying over water", "the sky at sunset",
-)
+FLOW_DPO_METRICS = "flow_dpo_metrics.json"
+CURVES_PNG = "curves.png"
 
 
 @dataclass
 class DemoConfig:
-    output_dir: str = field(default="runs/demo", metadata={"help": "Where models, data and runs are written."})
+    output_dir: str = field(default="runs/demo", metadata={"help": "Where data, runs, samples and curves are written."})
     train_pairs: int = field(default=64, metadata={"help": "Synthetic training pairs."})
     eval_pairs: int = field(default=32, metadata={"help": "Synthetic held-out pairs."})
-    configs: str = field(default=str(CONFIGS), metadata={"help": "Folder of the recipes (a source checkout's configs/)."})
     report_to: str = field(default="wandb", metadata={"help": "Tracker of the training runs (wandb runs offline)."})
 
 
-def _parse(types: list, recipe: Path, overrides: dict[str, object]) -> tuple:
+def _parse(types: list, recipe: str, overrides: dict[str, object]) -> tuple:
+    """A shipped recipe through the CLI's parser (YAML defaults, ``overrides`` as flags)."""
     from trl import TrlParser
 
-    if not recipe.is_file():
-        raise ConfigError(f"recipe {recipe} not found; run from a source checkout or pass --configs PATH")
-    argv = ["--config", str(recipe)]
+    argv = ["--config", str(resolve_recipe(recipe))]
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
     return TrlParser(types).parse_args_and_config(argv)
 
 
 def run_demo(config: DemoConfig) -> str:
-    root, configs = Path(config.output_dir), Path(config.configs)
-    lines = _reward_part(root, configs, config)
-    lines += _generator_part(root, configs, config)
+    root = Path(config.output_dir)
+    lines = _reward_part(root, config)
+    lines += _generator_part(root, config)
     return "\n".join(lines)
 
 
-def _reward_part(root: Path, configs: Path, config: DemoConfig) -> list[str]:
-    model_dir = save_tiny_vlm(root / "tiny-qwen3-vl", "qwen3_vl")
+def _reward_part(root: Path, config: DemoConfig) -> list[str]:
     train = make_preference_set(root / "data", pairs=config.train_pairs, seed=0, file_name="train.csv")
     held_out = make_preference_set(root / "data", pairs=config.eval_pairs, seed=1, file_name="eval.csv")
     run_dir = root / "cold_start"
-    (training,) = _parse([ColdStartConfig], configs / "reward" / "tiny_cold_start.yaml", {
-        "model_name_or_path": model_dir, "train_data": train, "eval_data": held_out, "output_dir": run_dir,
-        "report_to": config.report_to,
+    (training,) = _parse([ColdStartConfig], "tiny_cold_start", {
+        "train_data": train, "eval_data": held_out, "output_dir": run_dir, "report_to": config.report_to,
     })
     run(training)
     lines = [f"[reward] trained DeScore stage 1 on {config.train_pairs} synthetic pairs: {run_dir / 'final'}",
@@ -87,32 +88,60 @@ def _reward_part(root: Path, configs: Path, config: DemoConfig) -> list[str]:
     return lines
 
 
-def _generator_part(root: Path, configs: Path, config: DemoConfig) -> list[str]:
-    wan = save_tiny_wan(root / "tiny-wan")
-    prompts = root / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
+def _generator_part(root: Path, config: DemoConfig) -> list[str]:
     descore = f"name=descore_no_cot,path={root / 'cold_start' / 'final'},weight=0.01,device=cpu"
-    common = {"model": wan, "prompts": prompts, "report_to": config.report_to}
-    policy, run_args, grpo = _parse([PolicyConfig, RunConfig, GrpoConfig], configs / "generator" / "tiny_grpo.yaml",
-                                    common | {"output_dir": root / "grpo"})
+    policy, grpo_run, grpo = _parse([PolicyConfig, RunConfig, GrpoConfig], "tiny_grpo",
+                                    {"output_dir": root / "grpo", "report_to": config.report_to})
     grpo.rewards.append(type(grpo.rewards[0])(descore))
-    grpo_result = run_grpo(policy, run_args, grpo)
-    _, dpo_run, dpo = _parse([PolicyConfig, RunConfig, FlowDpoConfig], configs / "generator" / "tiny_flow_dpo.yaml",
-                             common | {"output_dir": root / "flow_dpo"})
+    grpo_final = _final_lora(run_grpo(policy, grpo_run, grpo))
+    _, dpo_run, dpo = _parse([PolicyConfig, RunConfig, FlowDpoConfig], "tiny_flow_dpo",
+                             {"output_dir": root / "flow_dpo", "report_to": config.report_to})
     dpo_result = run_flow_dpo(policy, dpo_run, dpo)
+    dpo_final, dpo_history = _final_lora(dpo_result), _step_metrics(dpo_result)
+    curves = {"GRPO mean reward": grpo_reward_curve(root / "grpo" / "rollouts.jsonl")}
+    curves |= _flow_dpo_curves(root / FLOW_DPO_METRICS, dpo_history, max_steps=dpo_run.max_steps)
+    plot_curves(root / CURVES_PNG, curves)
     smoothness = build_reward({"name": "temporal_smoothness"})
     scores = {}
-    for name, lora in (("base", None), ("grpo", str(grpo_result.final)), ("flow_dpo", str(dpo_result.final))):
-        videos = run_sample(policy, SampleConfig(prompts=str(prompts), output_dir=str(root / "samples" / name), lora=lora,
-                                                    seed=10_000, videos_per_prompt=2, device="cpu"))
+    for name, lora in (("base", None), ("grpo", grpo_final), ("flow_dpo", dpo_final)):
+        videos = run_sample(policy, SampleConfig(prompts=grpo_run.prompts, output_dir=str(root / "samples" / name),
+                                                 lora=lora, seed=10_000, videos_per_prompt=2, device="cpu"))
         scores[name] = float(smoothness.score(videos, [""] * len(videos)).rewards.mean())
-    history, dpo_history = grpo_result.reward_history, dpo_result.history
-    finished = "{} already holds this finished run (resumed: nothing left to train)"
+    width, prompts = max(len(label) for label in curves), len(read_prompts(grpo_run.prompts))
     return [
-        f"[generator] GRPO mean reward (smoothness + 0.01 x tiny DeScore): step 1 {history[0]:.4f} -> step {len(history)} {history[-1]:.4f}"
-        if history else "[generator] GRPO: " + finished.format(root / "grpo"),
-        f"[generator] Flow-DPO final implicit accuracy {dpo_history[-1]['train/implicit_accuracy']:.2f}"
-        if dpo_history else "[generator] Flow-DPO: " + finished.format(root / "flow_dpo"),
-        f"[generator] temporal smoothness of new samples ({len(PROMPTS)} prompts x 2, same seeds): "
+        "[generator] reward curves (smoothness + 0.01 x tiny DeScore for GRPO):",
+        *(f"            {curve_line(label.ljust(width), curve)}" for label, curve in curves.items()),
+        f"            plotted in {root / CURVES_PNG}",
+        f"[generator] temporal smoothness of new samples ({prompts} prompts x 2, same seeds): "
         + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()),
     ]
+
+
+# The two readers of the jobs' results (run_grpo / run_flow_dpo), kept together.
+def _final_lora(result: Any) -> str:
+    """The final LoRA folder of a GRPO or Flow-DPO run."""
+    return str(result.final)
+
+
+def _step_metrics(flow_dpo_result: Any) -> list[dict[str, float]]:
+    """Flow-DPO's metrics of each step trained in this call (none when a finished run is resumed)."""
+    return flow_dpo_result.history
+
+
+def _flow_dpo_curves(path: Path, history: list[dict[str, float]], *, max_steps: int) -> dict[str, Curve]:
+    """Flow-DPO loss and implicit accuracy per step: the steps trained now (the last ``len(history)`` of
+    ``max_steps``: a run that returns has trained to the end) over those an earlier demo run in this folder
+    recorded in ``path``, which is rewritten. A resumed, finished run trains nothing and reads them all back."""
+    recorded = {int(step): values for step, values in json.loads(path.read_text()).items()} if path.is_file() else {}
+    first = max_steps - len(history)
+    for offset, metrics in enumerate(history):
+        recorded[first + offset] = {
+            "loss": metrics["train/loss"], "implicit_accuracy": metrics["train/implicit_accuracy"],
+        }
+    with atomic_file(path) as handle:
+        json.dump({str(step): recorded[step] for step in sorted(recorded)}, handle, indent=1)
+    steps = sorted(recorded)
+    return {
+        "Flow-DPO loss": [(step, float(recorded[step]["loss"])) for step in steps],
+        "Flow-DPO implicit accuracy": [(step, float(recorded[step]["implicit_accuracy"])) for step in steps],
+    }

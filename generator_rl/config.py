@@ -16,6 +16,7 @@ from reward.errors import ConfigError
 from reward.run_record import check_model_source
 
 from .policy import LoraSpec, VideoShape, WanPolicy
+from .tiny_wan import resolve_prompt_file, resolve_wan
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,7 +27,10 @@ class PolicyConfig:
     """The Wan policy: weights, LoRA, resolution and how videos are denoised (steps, guidance). How GRPO makes
     its rollouts stochastic (the SDE) is GRPO's own setting (``GrpoConfig``)."""
 
-    model: str = field(default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", metadata={"help": "Diffusers Wan checkpoint: local dir or hub id."})
+    model: str = field(
+        default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        metadata={"help": "Diffusers Wan checkpoint: local dir or hub id; tiny:wan builds (once, cached) a tiny random-weight Wan."},
+    )
     transformer_dtype: Dtype = field(default="bfloat16", metadata={"help": "Transformer weights (the VAE is always float32)."})
     text_encoder_dtype: Dtype = field(default="bfloat16", metadata={"help": "UMT5 weights; it is dropped after prompts are cached."})
     lora_rank: int = field(default=32, metadata={"help": "LoRA rank on attention (q, k, v, out) and FFN."})
@@ -47,6 +51,7 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         """Every value is checked here, before any model loads; the message names the option and the fix."""
+        self.model = resolve_wan(self.model)  # tiny:wan -> its cached folder (built on first use)
         check_model_source(self.model, what="model")
         if self.num_steps < 2:
             raise ConfigError(f"num_steps must be >= 2 (the last step is deterministic), got {self.num_steps}")
@@ -94,7 +99,10 @@ class RunConfig:
     """Where a run writes, how it logs and checkpoints."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Run directory (checkpoints, samples, logs, final LoRA)."})
-    prompts: str | None = field(default=None, metadata={"help": "Prompt file: .txt (one per line) or .csv with a 'prompt' column."})
+    prompts: str | None = field(
+        default=None,
+        metadata={"help": "Prompt file: .txt (one per line) or .csv with a 'prompt' column; tiny:prompts: the tiny recipes' eight prompts."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of prompts order, initial noise and SDE noise."})
     max_steps: int = field(default=100, metadata={"help": "Optimizer steps (GRPO: one rollout each)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA weights."})
@@ -119,6 +127,7 @@ class RunConfig:
         """Every value is checked here, before any model loads; the message names the option and the fix."""
         if self.output_dir is None or self.prompts is None:
             raise ConfigError("output_dir and prompts are required")
+        self.prompts = resolve_prompt_file(self.prompts)
         if not Path(self.prompts).is_file():
             raise ConfigError(f"prompts: {self.prompts} is not a file (give a .txt or .csv prompt file)")
         at_least = {"max_steps": 1, "save_steps": 1, "logging_steps": 1, "sample_steps": 0}
@@ -138,8 +147,8 @@ class RunConfig:
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a .txt (one per non-empty line) or a .csv/.tsv with a ``prompt`` column."""
-    path = Path(path)
+    """Prompts from a .txt (one per non-empty line) or a .csv/.tsv with a ``prompt`` column (or ``tiny:prompts``)."""
+    path = Path(resolve_prompt_file(str(path)))
     if not path.is_file():
         raise ConfigError(f"prompt file {path} does not exist")
     if path.suffix.lower() in (".csv", ".tsv"):

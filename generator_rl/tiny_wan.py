@@ -4,6 +4,9 @@ The real classes at toy sizes — ``WanTransformer3DModel`` and ``AutoencoderKLW
 diffusers' own Wan tests, a ``UMT5EncoderModel``, a Unigram tokenizer trained locally with ``tokenizers``, and
 the flow-matching ``UniPCMultistepScheduler`` that Wan2.1-Diffusers checkpoints ship — saved with
 ``WanPipeline.save_pretrained`` so that tests and the demo load it through the same code as real weights.
+
+The tiny recipes name it ``model: tiny:wan`` and their prompts ``prompts: tiny:prompts`` (the eight
+:data:`TINY_PROMPTS`); both are built once into the cache of :mod:`reward.model_source`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, Wa
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
+from reward.model_source import TinyBuild, resolve_tiny
+
 TEXT_DIM = 32
+TINY_PROMPTS = (
+    "a red square moving left", "a blue ball bouncing", "a dog running on the beach", "a cat on a sofa",
+    "a car driving fast at night", "waves in slow motion", "a bird flying over water", "the sky at sunset",
+)
 
 _CORPUS = [
     "a red square moving left", "a blue ball bouncing", "a dog running on the beach", "a cat on a sofa",
@@ -82,3 +91,25 @@ def save_tiny_wan(directory: str | Path, *, seed: int = 0) -> Path:
     directory = Path(directory)
     tiny_wan_pipeline(seed).save_pretrained(directory)
     return directory
+
+
+def write_tiny_prompts(directory: str | Path) -> Path:
+    """``directory/prompts.txt``: :data:`TINY_PROMPTS`, one per line."""
+    path = Path(directory) / "prompts.txt"
+    path.write_text("\n".join(TINY_PROMPTS) + "\n", encoding="utf-8")
+    return path
+
+
+# ``tiny:<name>`` sources of the generator side: the model and the prompt file of the tiny recipes.
+TINY_WAN = {"wan": TinyBuild(save_tiny_wan, (Path(__file__),), ("torch", "transformers", "diffusers", "tokenizers"))}
+TINY_PROMPT_FILES = {"prompts": TinyBuild(write_tiny_prompts, ("\n".join(TINY_PROMPTS),), entry="prompts.txt")}
+
+
+def resolve_wan(source: str, *, what: str = "model") -> str:
+    """A Wan source as given, or for ``tiny:wan`` its cached build."""
+    return resolve_tiny(source, TINY_WAN, what=what)
+
+
+def resolve_prompt_file(source: str, *, what: str = "prompts") -> str:
+    """A prompt file as given, or for ``tiny:prompts`` the cached file of :data:`TINY_PROMPTS`."""
+    return resolve_tiny(source, TINY_PROMPT_FILES, what=what)

@@ -40,6 +40,7 @@ from .losses import bradley_terry_loss, bradley_terry_ties_loss
 from .modeling import DEFAULT_LORA_TARGETS, REWARD_TOKEN, DeScoreModel, LoraSettings, pixel_factor
 from .pairs import PairCollator, PairDataset
 from .run_record import RUN_CONFIG, check_model_source, check_same_run, file_sha256, resolved_config, write_run_config
+from .tiny_models import resolve_backbone
 from .trainer import DeScoreTrainer, closed_trackers, pairwise_metrics
 from .video import DecodeLimitConfig, VideoSpec
 
@@ -79,7 +80,9 @@ class ColdStartConfig(TrainingArguments, DecodeLimitConfig):
     )
     # ----- model ---------------------------------------------------------------------------------------
     model_name_or_path: str = field(
-        default="Qwen/Qwen3-VL-8B-Instruct", metadata={"help": "Backbone: hub id or local directory."}
+        default="Qwen/Qwen3-VL-8B-Instruct",
+        metadata={"help": "Backbone: hub id or local directory; tiny:qwen3-vl / tiny:qwen2.5-vl build (once, cached) a "
+                  "tiny random-weight one."},
     )
     torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="bfloat16",
@@ -162,7 +165,10 @@ class ColdStartConfig(TrainingArguments, DecodeLimitConfig):
 
     def __post_init__(self) -> None:
         if self.train_data is None:
-            raise ConfigError("train_data is required: a preference CSV/JSONL file")
+            raise ConfigError(
+                "train_data is required: a preference CSV/JSONL file (a synthetic one for the tiny recipe: "
+                "`descore demo --output_dir runs/demo` writes runs/demo/data/train.csv and runs/demo/data/eval.csv)"
+            )
         if self.output_dir is None:
             raise ConfigError("output_dir is required")
         if self.remove_unused_columns:
@@ -173,6 +179,7 @@ class ColdStartConfig(TrainingArguments, DecodeLimitConfig):
         problems = value_problems(self)
         if problems:
             raise ConfigError("invalid stage-1 settings:\n  " + "\n  ".join(problems))
+        self.model_name_or_path = resolve_backbone(self.model_name_or_path)  # tiny:* -> its cached folder
         super().__post_init__()
         if self.effective_batch_size is not None:
             per_step = self.per_device_train_batch_size * self.world_size

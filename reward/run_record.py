@@ -25,6 +25,7 @@ from typing import Any
 
 from .checkpoint import atomic_file
 from .errors import ConfigError
+from .model_source import is_tiny
 
 RUN_CONFIG = "run_config.json"
 LIBRARIES = ("descore-kit", "torch", "transformers", "diffusers", "peft", "accelerate", "trl", "safetensors")
@@ -196,6 +197,11 @@ def check_model_source(name: str | Path, *, what: str, ask_hub: bool = False, re
     text = str(name)
     if Path(text).expanduser().exists():
         return
+    if is_tiny(text):  # the configs that take one resolve it to a folder before this check
+        raise ConfigError(
+            f"{what}: {text} is a tiny base model, which only a job's model option (model, model_name_or_path) takes; "
+            "this needs a trained checkpoint, e.g. runs/demo/cold_start/final from `descore demo --output_dir runs/demo`"
+        )
     if not looks_like_hub_id(text):
         raise ConfigError(f"{what}: {text} does not exist (and is not a hub id of the form owner/name)")
     if not ask_hub and os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):

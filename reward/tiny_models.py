@@ -8,6 +8,7 @@ loaded back through exactly the code a user runs on ``Qwen/Qwen3-VL-8B-Instruct`
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
+from .model_source import TinyBuild, resolve_tiny
 from .prompts import JUDGE_TEMPLATE, SUB_DIMENSIONS
 
 TinyFamily = Literal["qwen3_vl", "qwen2_5_vl"]
@@ -176,3 +178,17 @@ def save_tiny_vlm(
     model.save_pretrained(directory)
     _processor(family, tokenizer).save_pretrained(directory)
     return directory
+
+
+_VLM_RECIPE = (Path(__file__), Path(__file__).with_name("prompts.py"))  # the tokenizer is trained on the judge prompt
+_VLM_LIBRARIES = ("torch", "transformers", "tokenizers")
+# ``tiny:<name>`` backbones: what the tiny reward recipes (``model_name_or_path: tiny:qwen3-vl``) start from.
+TINY_VLMS: dict[str, TinyBuild] = {
+    "qwen3-vl": TinyBuild(partial(save_tiny_vlm, family="qwen3_vl"), _VLM_RECIPE, _VLM_LIBRARIES),
+    "qwen2.5-vl": TinyBuild(partial(save_tiny_vlm, family="qwen2_5_vl"), _VLM_RECIPE, _VLM_LIBRARIES),
+}
+
+
+def resolve_backbone(source: str, *, what: str = "model_name_or_path") -> str:
+    """A backbone source as given, or for ``tiny:qwen3-vl`` / ``tiny:qwen2.5-vl`` its cached build."""
+    return resolve_tiny(source, TINY_VLMS, what=what)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,20 @@ from reward.video import VideoSpec
 # Frames small enough for CPU: at most 64x64 px (4 merged tokens per frame for Qwen3-VL), 4-8 frames.
 TINY_SPEC = VideoSpec(fps=2.0, min_frames=4, max_frames=8, min_pixels=1024, max_pixels=4096, pixel_factor=32)
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_source_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``tiny:`` sources build into a folder of this session, not the user's ~/.cache/descore (subprocesses
+    inherit it)."""
+    folder = tmp_path_factory.mktemp("descore-cache")
+    previous = os.environ.get("DESCORE_CACHE")
+    os.environ["DESCORE_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("DESCORE_CACHE")
+    else:
+        os.environ["DESCORE_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")
