@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks.cli import main
+from descore.cli import main
 from benchmarks.curves import curve_line, grpo_reward_curve, plot_curves, sparkline
 from benchmarks.demo import CURVES_PNG, _flow_dpo_curves
 from reward.errors import DataError
