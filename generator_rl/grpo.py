@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from reward.errors import ConfigError
 
@@ -46,6 +45,7 @@ from .config import PolicyConfig, RunConfig
 from .faults import SkipReason, check_skip_limit, guarded_optimizer_step
 from .losses import PolicyLoss, ppo_clip_loss
 from .policy import WanPolicy
+from .progress import RunProgress
 from .rewards import RewardMix, RewardTerm
 from .rollout import Trajectory, sample_trajectory
 from .run import TrainingRun, finish_run, permuted_slice, seeded_generator, training_run, write_samples
@@ -122,8 +122,10 @@ def collect(
     seed: int,
     group_offset: int,
     accelerator: Accelerator,
+    progress: RunProgress | None = None,
 ) -> Rollout:
     """Sample ``group_size`` videos for each local prompt, decode them and score them."""
+    progress = progress or RunProgress.off()
     sigmas, timesteps = policy.schedule(policy_args.num_steps)
     stochastic = policy_args.sde_settings.stochastic_steps(policy_args.num_steps, seeded_generator(seed, step, "window"))
     group_ids = torch.arange(len(prompts)).repeat_interleave(grpo.group_size) + group_offset
@@ -131,7 +133,9 @@ def collect(
     sample_prompts = [prompts[i] for i in range(len(prompts)) for _ in range(grpo.group_size)]
     shape = policy.latent_shape(1, policy_args.shape)[1:]
     trajectories, frames, scores = [], [], []
+    progress.start("sampling", total=math.ceil(len(sample_prompts) / grpo.rollout_batch_size))
     for start in range(0, len(sample_prompts), grpo.rollout_batch_size):
+        progress.label("sampling")
         ids = range(start, min(start + grpo.rollout_batch_size, len(sample_prompts)))
         noise_keys = [("noise", int(group_ids[i])) if grpo.shared_noise else ("noise", "sample", int(sample_ids[i])) for i in ids]
         noise = torch.stack([torch.randn(shape, generator=seeded_generator(seed, step, *key)) for key in noise_keys])
@@ -147,6 +151,8 @@ def collect(
                 stochastic=stochastic,
                 generators=[seeded_generator(seed, step, "sde", int(sample_ids[i])) for i in ids],
             )
+        progress.advance()
+        progress.label("scoring")
         decoded = policy.decode(trajectory.final)
         scores.append(rewards.score(policy.as_reward_inputs(decoded), [sample_prompts[i] for i in ids]))
         trajectories.append(trajectory)
@@ -222,6 +228,7 @@ def update(
     grpo: GrpoConfig,
     max_grad_norm: float,
     generator: torch.Generator,
+    progress: RunProgress | None = None,
 ) -> tuple[dict[str, float], bool]:
     """One optimizer step of PPO-clip (+ KL) over every valid sample and trained step of the rollout; this
     process must hold at least one valid sample (``StepAdvantages.trainable``). Returns the metrics and
@@ -234,6 +241,8 @@ def update(
     stats: dict[str, list[float]] = {key: [] for key in ("loss", "policy_loss", "kl", "ratio", "clipped")}
     total = len(batches) * count
     parameters = policy.trainable_parameters()
+    progress = progress or RunProgress.off()
+    progress.start("update", total=total)
     for batch_index, indices in enumerate(batches):
         positions = torch.randperm(len(trajectory.steps), generator=generator)[:count].sort().values.tolist()
         conditional, unconditional = policy.prompt_embeddings([rollout.prompts[i] for i in indices.tolist()])
@@ -245,6 +254,7 @@ def update(
                     conditional=conditional, unconditional=unconditional,
                 )
                 accelerator.backward(loss / total)
+            progress.advance()
             stats["loss"].append(loss.item())
             stats["policy_loss"].append(clipped.loss.mean().item())
             stats["kl"].append(float(kl))
@@ -295,7 +305,7 @@ def step_loss(
         reference_mean, _ = step_mean_std(reference, state, float(sigmas[step]), float(sigmas[step + 1]),
                                           kind=policy_args.sde, noise_level=policy_args.noise_level, sigma_max=float(sigmas[1]))
         kl = gaussian_kl(output.mean, reference_mean, output.std).mean()
-    return clipped.loss.mean() + grpo.beta * kl, clipped, kl
+    return clipped.loss.mean() + grpo.beta * kl, clipped, kl.detach()  # the KL returned is a statistic only
 
 
 def run_grpo(policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig) -> dict[str, Any]:
@@ -317,14 +327,16 @@ def _train_grpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig
     per_process = grpo.prompts_per_step // accelerator.num_processes
     history: list[float] = []
     first_ratio = None
-    progress = tqdm(range(run.state.step, run_args.max_steps), desc="GRPO", disable=not accelerator.is_main_process)
-    for step in progress:
-        started = time.perf_counter()
+    progress = RunProgress.for_run(desc="GRPO", total=run_args.max_steps, initial=run.state.step,
+                                   is_main_process=accelerator.is_main_process, disable_tqdm=run_args.disable_tqdm)
+    for step in range(run.state.step, run_args.max_steps):
+        started, learning_rate = time.perf_counter(), run.learning_rate
         indices = permuted_slice(len(run.prompts), step, grpo.prompts_per_step, run_args.seed)
         mine = indices[accelerator.process_index * per_process : (accelerator.process_index + 1) * per_process]
         rollout = collect(
             policy, run.rewards, [run.prompts[i] for i in mine], policy_args=policy_args, grpo=grpo, step=step,
             seed=run_args.seed, group_offset=accelerator.process_index * per_process, accelerator=accelerator,
+            progress=progress,
         )
         sampled = time.perf_counter()
         advantages = gathered_advantages(accelerator, rollout, grpo.std_mode)
@@ -334,6 +346,7 @@ def _train_grpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig
                 policy, run.model, run.optimizer, accelerator, rollout, advantages.values, policy_args=policy_args,
                 grpo=grpo, max_grad_norm=run_args.max_grad_norm,
                 generator=seeded_generator(run_args.seed, step, "shuffle", accelerator.process_index),
+                progress=progress,
             )
             skip = None if applied else SkipReason.NONFINITE
         if skip is None:
@@ -345,17 +358,20 @@ def _train_grpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig
         run.state.faults.record(skip)
         metrics |= _reward_metrics(accelerator, rollout, advantages.values, advantages.zero_std_fraction)
         metrics |= run.state.faults.metrics()
-        metrics |= {"time/rollout_s": sampled - started, "time/update_s": time.perf_counter() - sampled}
+        metrics |= {"time/rollout_s": sampled - started, "time/update_s": time.perf_counter() - sampled,
+                    "train/learning_rate": learning_rate}
         history.append(metrics["reward/total/mean"])
         _record(accelerator, run.run_dir, step, rollout, advantages.values)
         if accelerator.is_main_process and step % run_args.logging_steps == 0:
             accelerator.log(metrics, step=step)
-            progress.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}")
+        progress.step_done(reward=f"{metrics['reward/total/mean']:.4f}")
         run.state.faults.stop_if_stuck(grpo.max_consecutive_skipped_steps, step=step, reason=skip)
         if run_args.sample_steps and step % run_args.sample_steps == 0 and accelerator.is_main_process:
             write_samples(accelerator, run.run_dir / "samples", step, rollout.frames, rollout.prompts)
         if run.state.step % run_args.save_steps == 0 or run.state.step == run_args.max_steps:
-            save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]})
+            save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]},
+                            save_total_limit=run_args.save_total_limit)
+    progress.close()
     final = finish_run(run, fused=run_args.save_fused)
     return {"reward_history": history, "first_ratio": first_ratio, "final": str(final),
             "faults": run.state.faults.state_dict()}
