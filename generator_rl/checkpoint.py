@@ -259,14 +259,13 @@ def rotate_checkpoints(run_dir: Path, *, keep: int) -> list[str]:
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (the newest checkpoint is never deleted), got {keep}")
     folder = run_dir / CHECKPOINTS
-    deleted = []
-    for path in checkpoints(run_dir)[:-keep]:
-        doomed = folder / f".{path.name}.deleting"
-        shutil.rmtree(doomed, ignore_errors=True)
-        path.rename(doomed)
-        deleted.append(path.name)
-    for doomed in folder.glob(".step_*.deleting"):
-        shutil.rmtree(doomed)
+    for leftover in folder.glob(".step_*.deleting"):
+        shutil.rmtree(leftover)
+    deleted = [path.name for path in checkpoints(run_dir)[:-keep]]
+    for name in deleted:
+        (folder / name).rename(folder / f".{name}.deleting")
+    for name in deleted:
+        shutil.rmtree(folder / f".{name}.deleting")
     return deleted
 
 
