@@ -166,7 +166,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def register_checkpoint_hooks(accelerator: Accelerator, policy: WanPolicy, state: Any, ema: Any, lr_scheduler: Any) -> None:
+def register_checkpoint_hooks(
+    accelerator: Accelerator, policy: WanPolicy, state: Any, ema: Any, lr_scheduler: Any
+) -> None:
     """Make ``accelerator.save_state``/``load_state`` keep the transformer as a diffusers LoRA file (and the
     frozen reference, if any), and the run state, learning-rate scheduler and EMA (``None``: off) as JSON +
     safetensors, instead of accelerate's pickled custom state."""

@@ -151,15 +151,18 @@ class RunConfig:
     )
     lr_scheduler_type: str = field(
         default="constant",
-        metadata={"help": f"Learning-rate schedule over max_steps (transformers' get_scheduler): {', '.join(LR_SCHEDULES)}. "
-                          "As there, a warm-up starts at 0, so the first step of a warm-up does not move the weights."},
+        metadata={"help": "Learning-rate schedule over max_steps (transformers' get_scheduler): "
+                          f"{', '.join(LR_SCHEDULES)}. As there, a warm-up starts at 0, so the first step of a "
+                          "warm-up does not move the weights."},
     )
     warmup_steps: int = field(
-        default=0, metadata={"help": "Optimizer steps of linear warm-up from 0 to learning_rate (a step count, not a ratio)."}
+        default=0,
+        metadata={"help": "Optimizer steps of linear warm-up from 0 to learning_rate (a step count, not a ratio)."},
     )
     save_total_limit: int | None = field(
-        default=None, metadata={"help": "Keep only the newest N checkpoints of this run (older checkpoints/step_* folders "
-                                        "are deleted after each save); None: keep all."}
+        default=None,
+        metadata={"help": "Keep only the newest N checkpoints of this run (older checkpoints/step_* folders are "
+                          "deleted after each save); None: keep all."},
     )
     disable_tqdm: bool = field(
         default=False, metadata={"help": "No progress bars (they show on the main process when stderr is a terminal)."}

@@ -166,7 +166,8 @@ def pair_settings(
         settings[TRAINING] = {
             "online_every": dpo.online_every,
             **{name: getattr(policy_args, name) for name in ("lora_rank", "lora_alpha", "lora_target_modules")},
-            **{name: getattr(run_args, name) for name in ("learning_rate", "weight_decay", "max_grad_norm")},
+            **{name: getattr(run_args, name) for name in (
+                "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps")},
             **{name: getattr(dpo, name) for name in (
                 "beta", "train_batch_size", "gradient_accumulation_steps", "logit_mean", "logit_std")},
             "processes": processes,

@@ -197,7 +197,8 @@ class WanPolicy:
         hidden = torch.cat([latents, latents]) if guided else latents
         text = torch.cat([conditional, unconditional]) if guided else conditional
         steps = torch.as_tensor(timestep, device=latents.device).float().expand(hidden.shape[0])
-        inputs = dict(hidden_states=hidden.to(dtype), timestep=steps, encoder_hidden_states=text.to(dtype), return_dict=False)
+        inputs = dict(hidden_states=hidden.to(dtype), timestep=steps, encoder_hidden_states=text.to(dtype),
+                      return_dict=False)
         if self._in_reference:
             # The frozen copy replaces the learner's LoRA tensors for this call only; nothing is trained through
             # it, so the bare transformer runs (no DDP wrapper, whose forward prepares a gradient sync).

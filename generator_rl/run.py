@@ -68,7 +68,7 @@ class TrainingRun:
     policy: WanPolicy
     model: torch.nn.Module  # the transformer as prepared by accelerate (DDP-wrapped on several processes)
     optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per run step, trained or skipped
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per applied update
     state: RunState
     ema: Any  # diffusers EMAModel of the LoRA weights, or None
     rewards: RewardMix
@@ -88,9 +88,8 @@ class TrainingRun:
         self.state.step = step + 1
 
     def after_skipped_step(self, step: int) -> None:
-        """A skipped step moves the data position and the schedule on but leaves the weights and the EMA as
-        they were: the learning rate of step s is the schedule's value at s, whatever was skipped before."""
-        self.lr_scheduler.step()
+        """A skipped step moves the data position on but leaves the weights, the EMA and the learning-rate
+        schedule as they were (as in transformers' Trainer, the schedule counts applied updates)."""
         self.state.step = step + 1
 
 

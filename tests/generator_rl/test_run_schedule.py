@@ -4,12 +4,17 @@ run resumes bit for bit; a schedule stretched over ``max_steps`` makes ``max_ste
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
+import torch
+from transformers import get_scheduler
 
 import generator_rl.grpo as grpo_module
+from generator_rl.checkpoint import RunState
 from generator_rl.config import LR_SCHEDULES, RunConfig
 from generator_rl.grpo import GrpoConfig, run_grpo
-from generator_rl.run import RESUMABLE_CHANGES, resumable_changes
+from generator_rl.run import RESUMABLE_CHANGES, TrainingRun, resumable_changes
 from reward.errors import ConfigError
 from reward.run_record import RunMismatchError
 
@@ -75,3 +80,22 @@ def _learning_rates(run_dir) -> list[float]:
     """train/learning_rate of every logged row, over the run's wandb runs in the order they were made."""
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     return [row["train/learning_rate"] for path in files for row in history_rows(path) if "train/learning_rate" in row]
+
+
+def test_a_skipped_step_leaves_the_schedule_where_it_was(tmp_path):
+    """As transformers' Trainer, the schedule counts applied updates: linear warm-up over 2 of 4 steps at 0.1 gives
+    0 (step 0), then a skipped step keeps 0 without torch's "scheduler before optimizer" warning, then 0.05
+    after the first applied update."""
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([parameter], lr=0.1)
+    run = TrainingRun(run_dir=tmp_path, accelerator=None, policy=None, model=None, optimizer=optimizer,
+                      lr_scheduler=get_scheduler("linear", optimizer, num_warmup_steps=2, num_training_steps=4),
+                      state=RunState(), ema=None, rewards=None, prompts=[], job="tune-test", record={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run.learning_rate == 0.0
+        run.after_skipped_step(0)
+        assert (run.learning_rate, run.state.step) == (0.0, 1)
+        optimizer.step()
+        run.after_optimizer_step(1)
+    assert (run.learning_rate, run.state.step) == (pytest.approx(0.05), 2)
