@@ -8,9 +8,14 @@
   and read ourselves in the same hooks; nothing of ours is pickled, so no code runs when they are loaded.
   accelerate still writes the optimizer (``optimizer.bin``) and the RNG states (``random_states_<rank>.pkl``)
   and reads them with ``torch.load(weights_only=True)``, which refuses to build arbitrary objects.
+* The learning-rate scheduler's state (``lr_scheduler.json``) and online Flow-DPO's frozen reference LoRA
+  (``reference_lora.safetensors``) are written by the same hooks, so a resumed run continues bit for bit.
 * ``save_checkpoint`` writes ``checkpoints/step_N`` through a staging folder renamed at the end: only
   complete checkpoints carry the final name, and resuming picks the newest one. ``export_final`` replaces
   ``final/`` the same way: a kill leaves the previous complete ``final/`` or none.
+* ``rotate_checkpoints`` (``save_total_limit``) deletes the oldest ``checkpoints/step_N`` folders, each first
+  renamed out of the ``step_N`` pattern in one atomic step, so a kill mid-rotation never leaves a half-deleted
+  folder that resuming could pick.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from reward.errors import CheckpointError
 from reward.run_record import write_run_config
 
 from .faults import FaultCounters
-from .policy import LEARNER, REFERENCE, WanPolicy
+from .policy import LEARNER, WanPolicy
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 REFERENCE_WEIGHTS = "reference_lora.safetensors"
 RUN_STATE = "run_state.json"
+LR_SCHEDULER_STATE = "lr_scheduler.json"
 EMA_WEIGHTS, EMA_STATE = "ema.safetensors", "ema.json"
 CHECKPOINTS, FINAL = "checkpoints", "final"
 
@@ -83,13 +89,36 @@ def load_lora(policy: WanPolicy, directory: str | Path) -> None:
     set_peft_model_state_dict(policy.transformer, stored, adapter_name=LEARNER)
 
 
-def save_run_state(state: Any, directory: str | Path) -> None:
-    """``state.state_dict()`` (plain JSON data) as ``run_state.json``."""
-    (Path(directory) / RUN_STATE).write_text(json.dumps(state.state_dict(), indent=2, sort_keys=True) + "\n")
+def save_run_state(state: Any, directory: str | Path, name: str = RUN_STATE) -> None:
+    """``state.state_dict()`` (plain JSON data: floats round-trip exactly) as ``name``."""
+    (Path(directory) / name).write_text(json.dumps(state.state_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def load_run_state(state: Any, directory: str | Path) -> None:
-    state.load_state_dict(_read_json(Path(directory) / RUN_STATE))
+def load_run_state(state: Any, directory: str | Path, name: str = RUN_STATE) -> None:
+    state.load_state_dict(_read_json(Path(directory) / name))
+
+
+def save_reference(policy: WanPolicy, directory: str | Path) -> None:
+    """Online Flow-DPO's frozen reference LoRA (if the policy has one), keyed like the learner parameters."""
+    if policy.reference_lora is not None:
+        tensors = {name: tensor.contiguous() for name, tensor in policy.reference_lora.items()}
+        save_file(tensors, str(Path(directory) / REFERENCE_WEIGHTS))
+
+
+def load_reference(policy: WanPolicy, directory: str | Path) -> None:
+    """Restore the frozen reference saved by :func:`save_reference`; a checkpoint without one leaves the
+    reference as the base model. Keys and shapes must match the learner's."""
+    path = Path(directory) / REFERENCE_WEIGHTS
+    if not path.is_file():
+        policy.reference_lora = None
+        return
+    stored, learner = load_file(str(path)), policy.named_trainable_parameters()
+    missing, unexpected = sorted(set(learner) - set(stored)), sorted(set(stored) - set(learner))
+    wrong = [name for name in set(learner) & set(stored) if stored[name].shape != learner[name].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{path}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}, "
+                              f"other shapes {sorted(wrong)[:10]}")
+    policy.reference_lora = {name: stored[name].to(parameter.device) for name, parameter in learner.items()}
 
 
 def save_ema(ema: Any, named: Mapping[str, torch.nn.Parameter], directory: str | Path) -> None:
@@ -137,9 +166,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def register_checkpoint_hooks(accelerator: Accelerator, policy: WanPolicy, state: Any, ema: Any) -> None:
-    """Make ``accelerator.save_state``/``load_state`` keep the transformer as a diffusers LoRA file and the
-    run state and EMA (``None``: off) as JSON + safetensors, instead of accelerate's pickled custom state."""
+def register_checkpoint_hooks(
+    accelerator: Accelerator, policy: WanPolicy, state: Any, ema: Any, lr_scheduler: Any
+) -> None:
+    """Make ``accelerator.save_state``/``load_state`` keep the transformer as a diffusers LoRA file (and the
+    frozen reference, if any), and the run state, learning-rate scheduler and EMA (``None``: off) as JSON +
+    safetensors, instead of accelerate's pickled custom state."""
 
     def is_transformer(model: torch.nn.Module) -> bool:
         return accelerator.unwrap_model(model) is policy.transformer
@@ -149,13 +181,11 @@ def register_checkpoint_hooks(accelerator: Accelerator, policy: WanPolicy, state
             if is_transformer(models[index]):
                 if accelerator.is_main_process:
                     save_lora(policy, output_dir)
-                    if REFERENCE in policy.transformer.peft_config:  # online Flow-DPO's refreshed reference
-                        reference = get_peft_model_state_dict(policy.transformer, adapter_name=REFERENCE)
-                        reference = {key: value.contiguous() for key, value in reference.items()}
-                        save_file(reference, str(Path(output_dir) / REFERENCE_WEIGHTS))
+                    save_reference(policy, output_dir)
                 weights.pop(index)
         if accelerator.is_main_process:
             save_run_state(state, output_dir)
+            save_run_state(lr_scheduler, output_dir, LR_SCHEDULER_STATE)
             if ema is not None:
                 save_ema(ema, policy.named_trainable_parameters(), output_dir)
 
@@ -163,12 +193,10 @@ def register_checkpoint_hooks(accelerator: Accelerator, policy: WanPolicy, state
         for index in reversed(range(len(models))):
             if is_transformer(models[index]):
                 load_lora(policy, input_dir)
-                reference = Path(input_dir) / REFERENCE_WEIGHTS
-                if reference.is_file():
-                    policy.refresh_reference()
-                    set_peft_model_state_dict(policy.transformer, load_file(str(reference)), adapter_name=REFERENCE)
+                load_reference(policy, input_dir)
                 models.pop(index)
         load_run_state(state, input_dir)
+        load_run_state(lr_scheduler, input_dir, LR_SCHEDULER_STATE)
         if ema is not None:
             load_ema(ema, policy.named_trainable_parameters(), input_dir)
 
@@ -176,8 +204,10 @@ def register_checkpoint_hooks(accelerator: Accelerator, policy: WanPolicy, state
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, metadata: dict[str, Any]) -> Path:
-    """Save the full resumable state to ``run_dir/checkpoints/step_<step>`` (complete or absent)."""
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, metadata: dict[str, Any], *,
+                    save_total_limit: int | None = None) -> Path:
+    """Save the full resumable state to ``run_dir/checkpoints/step_<step>`` (complete or absent); then, with
+    ``save_total_limit``, delete the oldest checkpoints beyond it (:func:`rotate_checkpoints`)."""
     final = run_dir / CHECKPOINTS / f"step_{step}"
     staging = run_dir / CHECKPOINTS / f".step_{step}.staging"
     if accelerator.is_main_process:
@@ -191,6 +221,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, metadata
         normal_permissions(staging)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
+        if save_total_limit is not None:
+            rotate_checkpoints(run_dir, keep=save_total_limit)
     accelerator.wait_for_everyone()
     return final
 
@@ -207,12 +239,36 @@ def refuse_pickled_state(checkpoint: Path) -> None:
         )
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run (``checkpoints/step_<N>``), oldest step first."""
     folder = run_dir / CHECKPOINTS
     if not folder.is_dir():
-        return None
-    complete = [path for path in folder.glob("step_*") if path.name.removeprefix("step_").isdigit()]
-    return max(complete, key=lambda path: int(path.name.removeprefix("step_")), default=None)
+        return []
+    complete = [path for path in folder.glob("step_*") if path.name.removeprefix("step_").isdigit() and path.is_dir()]
+    return sorted(complete, key=lambda path: int(path.name.removeprefix("step_")))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def rotate_checkpoints(run_dir: Path, *, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` (>= 1) checkpoints of ``run_dir``, and what an earlier rotation left
+    half-deleted. Only ``checkpoints/step_<N>`` folders are touched. Each is first renamed to
+    ``.step_<N>.deleting`` (one atomic rename: from then on no resume can pick it), then removed. Returns the
+    names deleted."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1 (the newest checkpoint is never deleted), got {keep}")
+    folder = run_dir / CHECKPOINTS
+    for leftover in folder.glob(".step_*.deleting"):
+        shutil.rmtree(leftover)
+    deleted = [path.name for path in checkpoints(run_dir)[:-keep]]
+    for name in deleted:
+        (folder / name).rename(folder / f".{name}.deleting")
+    for name in deleted:
+        shutil.rmtree(folder / f".{name}.deleting")
+    return deleted
 
 
 def export_final(policy: WanPolicy, run_dir: Path, *, fused: bool, job: str, config: Mapping[str, Any]) -> Path:

@@ -18,6 +18,9 @@ from reward.run_record import check_model_source
 from .policy import LoraSpec, VideoShape, WanPolicy
 from .tiny_wan import resolve_prompt_file, resolve_wan
 
+# transformers.get_scheduler names whose schedule is fixed by learning_rate, warmup_steps and max_steps alone.
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                "inverse_sqrt")
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -122,6 +125,24 @@ class RunConfig:
         metadata={"help": "Restart from scratch: remove what an earlier run wrote to output_dir (checkpoints, final/, "
                           "samples, logs, run_config.json, the default pairs/ store); other files are kept."},
     )
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={"help": "Learning-rate schedule over max_steps (transformers' get_scheduler): "
+                          f"{', '.join(LR_SCHEDULES)}. As there, a warm-up starts at 0, so the first step of a "
+                          "warm-up does not move the weights."},
+    )
+    warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Optimizer steps of linear warm-up from 0 to learning_rate (a step count, not a ratio)."},
+    )
+    save_total_limit: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the newest N checkpoints of this run (older checkpoints/step_* folders are "
+                          "deleted after each save); None: keep all."},
+    )
+    disable_tqdm: bool = field(
+        default=False, metadata={"help": "No progress bars (they show on the main process when stderr is a terminal)."}
+    )
 
     def __post_init__(self) -> None:
         """Every value is checked here, before any model loads; the message names the option and the fix."""
@@ -144,6 +165,19 @@ class RunConfig:
             raise ConfigError(
                 f"ema_decay must lie in (0, 1) (e.g. 0.9), or be left unset to turn the EMA off; got {self.ema_decay}"
             )
+        self._check_schedule()
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ConfigError(f"save_total_limit must be >= 1 (the newest checkpoint is always kept), or unset to keep "
+                              f"all; got {self.save_total_limit}")
+
+    def _check_schedule(self) -> None:
+        if self.lr_scheduler_type not in LR_SCHEDULES:
+            raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {', '.join(LR_SCHEDULES)}")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ConfigError(f"warmup_steps must lie in [0, max_steps = {self.max_steps}], got {self.warmup_steps}")
+        if self.warmup_steps and self.lr_scheduler_type == "constant":
+            raise ConfigError(f"lr_scheduler_type constant has no warm-up, but warmup_steps is {self.warmup_steps}: "
+                              "use constant_with_warmup")
 
 
 def read_prompts(path: str | Path) -> list[str]:

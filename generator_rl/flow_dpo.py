@@ -30,7 +30,6 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from reward.errors import ConfigError
 
@@ -41,6 +40,7 @@ from .flow_matching import TimestepDensity, noised_latents, sample_sigmas, sched
 from .losses import flow_dpo_loss, share_of_global_mean
 from .pair_store import TRAINING, PairRecord, PairStore
 from .policy import WanPolicy
+from .progress import RunProgress
 from .rewards import RewardMix, RewardTerm
 from .rollout import ode_sample
 from .run import TrainingRun, finish_run, permuted_slice, seeded_generator, training_run
@@ -128,13 +128,17 @@ def build_pairs(
     dpo: FlowDpoConfig,
     seed: int,
     accelerator: Accelerator,
+    progress: RunProgress | None = None,
 ) -> None:
     """Sample, score and store the pairs of one round; prompts already in the store are skipped."""
+    progress = progress or RunProgress.off()
     sigmas, timesteps = policy.schedule(policy_args.num_steps)
     shape = policy.latent_shape(dpo.samples_per_prompt, policy_args.shape)
     done = store.done_prompts(round_)
     mine = [i for i in range(len(prompts)) if i % accelerator.num_processes == accelerator.process_index and i not in done]
-    for prompt_index in tqdm(mine, desc=f"pairs (round {round_})", disable=not accelerator.is_main_process):
+    progress.start(f"pairs (round {round_}): sampling", total=len(mine))
+    for prompt_index in mine:
+        progress.label(f"pairs (round {round_}): sampling")
         prompt = prompts[prompt_index]
         noise = torch.stack([
             torch.randn(shape[1:], generator=seeded_generator(seed, round_, "pair-noise", prompt_index, n))
@@ -146,6 +150,8 @@ def build_pairs(
                 lambda latents, index: policy.velocity(latents, timesteps[index], conditional, unconditional, policy_args.guidance_scale),
                 noise, sigmas,
             )
+        progress.advance()
+        progress.label(f"pairs (round {round_}): scoring")
         frames = policy.decode(final)
         scores = rewards.score(policy.as_reward_inputs(frames), [prompt] * dpo.samples_per_prompt).total
         pairs = select_pairs(scores, mode=dpo.pair_mode, margin=dpo.pair_margin)
@@ -189,7 +195,8 @@ def pair_settings(
         settings[TRAINING] = {
             "online_every": dpo.online_every,
             **{name: getattr(policy_args, name) for name in ("lora_rank", "lora_alpha", "lora_target_modules")},
-            **{name: getattr(run_args, name) for name in ("learning_rate", "weight_decay", "max_grad_norm")},
+            **{name: getattr(run_args, name) for name in (
+                "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps")},
             **{name: getattr(dpo, name) for name in (
                 "beta", "train_batch_size", "gradient_accumulation_steps", "timestep_sampling", "logit_mean",
                 "logit_std", "shift_timesteps")},
@@ -272,21 +279,23 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
     store = PairStore.for_run(dpo.pair_dir or run.run_dir / "pairs", prompts=run.prompts,
                               settings=pair_settings(policy_args, run_args, dpo, processes=accelerator.num_processes))
     history: list[dict[str, float]] = []
-    progress = tqdm(range(run.state.step, run_args.max_steps), desc="Flow-DPO", disable=not accelerator.is_main_process)
+    progress = RunProgress.for_run(desc="Flow-DPO", total=run_args.max_steps, initial=run.state.step,
+                                   is_main_process=accelerator.is_main_process, disable_tqdm=run_args.disable_tqdm)
     round_ = None
-    for step in progress:
+    for step in range(run.state.step, run_args.max_steps):
         current = step // dpo.online_every if dpo.online_every else 0
         if dpo.online_every and step > 0 and step % dpo.online_every == 0:
             policy.refresh_reference()  # at a round boundary only: mid-round, the checkpoint restored it
         if current != round_:
             round_ = current
             build_pairs(policy, run.rewards, run.prompts, store, round_=round_, policy_args=policy_args, dpo=dpo,
-                        seed=run_args.seed, accelerator=accelerator)
+                        seed=run_args.seed, accelerator=accelerator, progress=progress)
             records = store.pairs(round_)
             if not records:
                 raise ConfigError(f"round {round_} produced no pairs: all samples of every prompt tied within the margin")
+        learning_rate = run.learning_rate
         metrics, applied = _optimizer_step(policy, run.model, run.optimizer, accelerator, store, records, step=step,
-                                           dpo=dpo, shift=shift, run_args=run_args)
+                                           dpo=dpo, shift=shift, run_args=run_args, progress=progress)
         skip = None if applied else SkipReason.NONFINITE
         if applied:
             run.after_optimizer_step(step)
@@ -294,14 +303,16 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
             run.after_skipped_step(step)
             logger.warning("step %d skipped: non-finite loss or gradient norm", step)
         run.state.faults.record(skip)
-        metrics |= run.state.faults.metrics()
+        metrics |= run.state.faults.metrics() | {"train/learning_rate": learning_rate}
         history.append(metrics)
         if accelerator.is_main_process and step % run_args.logging_steps == 0:
             accelerator.log(metrics, step=step)
-            progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/implicit_accuracy']:.2f}")
+        progress.step_done(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/implicit_accuracy']:.2f}")
         run.state.faults.stop_if_stuck(dpo.max_consecutive_skipped_steps, step=step, reason=skip)
         if run.state.step % run_args.save_steps == 0 or run.state.step == run_args.max_steps:
-            save_checkpoint(accelerator, run.run_dir, run.state.step, {"loss": metrics["train/loss"]})
+            save_checkpoint(accelerator, run.run_dir, run.state.step, {"loss": metrics["train/loss"]},
+                            save_total_limit=run_args.save_total_limit)
+    progress.close()
     final = finish_run(run, fused=run_args.save_fused)
     return FlowDpoResult(final=final, history=history, faults=replace(run.state.faults),
                          resumed_from_step=resumed_from_step)
@@ -319,6 +330,7 @@ def _optimizer_step(
     dpo: FlowDpoConfig,
     shift: float,
     run_args: RunConfig,
+    progress: RunProgress | None = None,
 ) -> tuple[dict[str, float], bool]:
     """One optimizer step over ``gradient_accumulation_steps`` micro-batches of pairs (seeded order), the loss
     averaged over every pair of the step on every process; returns the metrics and whether the update was
@@ -327,6 +339,8 @@ def _optimizer_step(
     chosen = permuted_slice(len(records), step, per_step, run_args.seed)
     mine = chosen[accelerator.process_index :: accelerator.num_processes]
     collected: dict[str, list[float]] = {}
+    progress = progress or RunProgress.off()
+    progress.start("update", total=dpo.gradient_accumulation_steps)
     for micro in range(dpo.gradient_accumulation_steps):
         picks = mine[micro * dpo.train_batch_size : (micro + 1) * dpo.train_batch_size]
         loaded = [store.load(records[i]) for i in picks]
@@ -336,6 +350,7 @@ def _optimizer_step(
         with (contextlib.nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
             losses, stats = dpo_micro_step(policy, batch, dpo=dpo, shift=shift, generator=generator)
             accelerator.backward(share_of_global_mean(losses, total_terms=per_step, num_processes=accelerator.num_processes))
+        progress.advance()
         for key, value in {"loss": float(losses.detach().mean()), **stats}.items():
             collected.setdefault(key, []).append(value)
     grad_norm, applied = guarded_optimizer_step(accelerator, optimizer, policy.trainable_parameters(),

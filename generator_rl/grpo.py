@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from reward.errors import ConfigError
 
@@ -47,6 +46,7 @@ from .config import PolicyConfig, RunConfig
 from .faults import FaultCounters, SkipReason, check_skip_limit, guarded_optimizer_step
 from .losses import PolicyLoss, ppo_clip_loss, share_of_global_mean
 from .policy import WanPolicy
+from .progress import RunProgress
 from .rewards import RewardMix, RewardTerm
 from .rollout import SdeSettings, Trajectory, sample_trajectory
 from .run import TrainingRun, finish_run, permuted_slice, seeded_generator, training_run, write_samples
@@ -201,8 +201,10 @@ def collect(
     seed: int,
     group_offset: int,
     accelerator: Accelerator,
+    progress: RunProgress | None = None,
 ) -> Rollout:
     """Sample ``group_size`` videos for each local prompt, decode them and score them."""
+    progress = progress or RunProgress.off()
     sigmas, timesteps = policy.schedule(policy_args.num_steps)
     stochastic = sde.stochastic_steps(policy_args.num_steps, seeded_generator(seed, step, "window"))
     group_ids = torch.arange(len(prompts)).repeat_interleave(grpo.group_size) + group_offset
@@ -210,7 +212,9 @@ def collect(
     sample_prompts = [prompts[i] for i in range(len(prompts)) for _ in range(grpo.group_size)]
     shape = policy.latent_shape(1, policy_args.shape)[1:]
     trajectories, frames, scores = [], [], []
+    progress.start("sampling", total=math.ceil(len(sample_prompts) / grpo.rollout_batch_size))
     for start in range(0, len(sample_prompts), grpo.rollout_batch_size):
+        progress.label("sampling")
         ids = range(start, min(start + grpo.rollout_batch_size, len(sample_prompts)))
         noise_keys = [("noise", int(group_ids[i])) if grpo.shared_noise else ("noise", "sample", int(sample_ids[i])) for i in ids]
         noise = torch.stack([torch.randn(shape, generator=seeded_generator(seed, step, *key)) for key in noise_keys])
@@ -226,6 +230,8 @@ def collect(
                 stochastic=stochastic,
                 generators=[seeded_generator(seed, step, "sde", int(sample_ids[i])) for i in ids],
             )
+        progress.advance()
+        progress.label("scoring")
         decoded = policy.decode(trajectory.final)
         scores.append(rewards.score(policy.as_reward_inputs(decoded), [sample_prompts[i] for i in ids]))
         trajectories.append(trajectory)
@@ -305,6 +311,7 @@ def update(
     sde: SdeSettings,
     max_grad_norm: float,
     generator: torch.Generator,
+    progress: RunProgress | None = None,
 ) -> tuple[dict[str, float], bool]:
     """One optimizer step of PPO-clip (+ KL) over every valid sample and trained step of the rollout; this
     process must hold at least one valid sample (``StepAdvantages.trainable``). The loss is the mean over every
@@ -319,6 +326,8 @@ def update(
     total_terms = advantages.valid_total * count  # each valid sample of every process trains `count` steps
     stats: dict[str, list[float]] = {key: [] for key in ("loss", "policy_loss", "kl", "ratio", "clipped")}
     parameters = policy.trainable_parameters()
+    progress = progress or RunProgress.off()
+    progress.start("update", total=len(batches) * count)
     for batch_index, indices in enumerate(batches):
         positions = torch.randperm(len(trajectory.steps), generator=generator)[:count].sort().values.tolist()
         conditional, unconditional = policy.prompt_embeddings([rollout.prompts[i] for i in indices.tolist()])
@@ -331,6 +340,7 @@ def update(
                 )
                 accelerator.backward(share_of_global_mean(losses, total_terms=total_terms,
                                                           num_processes=accelerator.num_processes))
+            progress.advance()
             stats["loss"] += losses.detach().cpu().tolist()
             stats["policy_loss"] += clipped.loss.detach().cpu().tolist()
             stats["kl"] += kl.detach().cpu().tolist()
@@ -407,14 +417,16 @@ def _train_grpo(
     per_process = grpo.prompts_per_step // accelerator.num_processes
     history: list[float] = []
     first_ratio = None
-    progress = tqdm(range(run.state.step, run_args.max_steps), desc="GRPO", disable=not accelerator.is_main_process)
-    for step in progress:
-        started = time.perf_counter()
+    progress = RunProgress.for_run(desc="GRPO", total=run_args.max_steps, initial=run.state.step,
+                                   is_main_process=accelerator.is_main_process, disable_tqdm=run_args.disable_tqdm)
+    for step in range(run.state.step, run_args.max_steps):
+        started, learning_rate = time.perf_counter(), run.learning_rate
         indices = permuted_slice(len(run.prompts), step, grpo.prompts_per_step, run_args.seed)
         mine = indices[accelerator.process_index * per_process : (accelerator.process_index + 1) * per_process]
         rollout = collect(
             policy, run.rewards, [run.prompts[i] for i in mine], policy_args=policy_args, grpo=grpo, sde=sde, step=step,
             seed=run_args.seed, group_offset=accelerator.process_index * per_process, accelerator=accelerator,
+            progress=progress,
         )
         sampled = time.perf_counter()
         advantages = gathered_advantages(accelerator, rollout, grpo.std_mode)
@@ -424,6 +436,7 @@ def _train_grpo(
                 policy, run.model, run.optimizer, accelerator, rollout, advantages, policy_args=policy_args,
                 grpo=grpo, sde=sde, max_grad_norm=run_args.max_grad_norm,
                 generator=seeded_generator(run_args.seed, step, "shuffle", accelerator.process_index),
+                progress=progress,
             )
             skip = None if applied else SkipReason.NONFINITE
         if skip is None:
@@ -435,17 +448,20 @@ def _train_grpo(
         run.state.faults.record(skip)
         metrics |= _reward_metrics(accelerator, rollout, advantages.values, advantages.zero_std_fraction)
         metrics |= run.state.faults.metrics()
-        metrics |= {"time/rollout_s": sampled - started, "time/update_s": time.perf_counter() - sampled}
+        metrics |= {"time/rollout_s": sampled - started, "time/update_s": time.perf_counter() - sampled,
+                    "train/learning_rate": learning_rate}
         history.append(metrics["reward/total/mean"])
         _record(accelerator, run.run_dir, step, rollout, advantages.values)
         if accelerator.is_main_process and step % run_args.logging_steps == 0:
             accelerator.log(metrics, step=step)
-            progress.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}")
+        progress.step_done(reward=f"{metrics['reward/total/mean']:.4f}")
         run.state.faults.stop_if_stuck(grpo.max_consecutive_skipped_steps, step=step, reason=skip)
         if run_args.sample_steps and step % run_args.sample_steps == 0 and accelerator.is_main_process:
             write_samples(accelerator, run.run_dir / "samples", step, rollout.frames, rollout.prompts)
         if run.state.step % run_args.save_steps == 0 or run.state.step == run_args.max_steps:
-            save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]})
+            save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]},
+                            save_total_limit=run_args.save_total_limit)
+    progress.close()
     final = finish_run(run, fused=run_args.save_fused)
     return GrpoResult(final=final, reward_history=history, first_ratio=first_ratio,
                       faults=replace(run.state.faults), resumed_from_step=resumed_from_step)

@@ -9,7 +9,10 @@
 * LoRA (peft, through diffusers' ``add_adapter``) targets the attention projections of ``attn1`` (self) and
   ``attn2`` (cross) **and** the FFN (flow_grpo's Wan script leaves the FFN out; users asked for it).
 * The reference policy is the same transformer with adapters disabled (``reference()``), or, for online
-  Flow-DPO, a frozen second adapter that can be refreshed from the learner (``refresh_reference``).
+  Flow-DPO, a frozen float32 copy of the learner LoRA weights (``refresh_reference``) that stands in for the
+  learner's during reference forwards (``torch.func.functional_call``). One adapter only: a second peft adapter
+  would be injected next to the first, which peft warns about, and peft's ``set_adapter`` would make it
+  trainable.
 * Prompt embeddings are computed once and cached; ``offload_text_encoder`` then frees its memory.
 * ``velocity`` applies classifier-free guidance as Wan's pipeline does: v = v_u + w·(v_c − v_u), with the
   conditional and unconditional halves in one batched forward.
@@ -26,12 +29,12 @@ from pathlib import Path
 import torch
 from diffusers import WanPipeline
 from diffusers.training_utils import cast_training_params
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig
 
 from reward import VideoFrames
 
 WAN_FPS = 16.0
-LEARNER, REFERENCE = "default", "reference"
+LEARNER = "default"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class WanPolicy:
     negative_prompt: str = ""
     # What `velocity` calls: the transformer, or its distributed wrapper once accelerate has prepared it.
     runner: torch.nn.Module | None = field(default=None, repr=False)
+    # Online Flow-DPO's frozen reference: learner parameter name -> float32 copy; None: the base model.
+    reference_lora: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _in_reference: bool = field(default=False, repr=False)
     _embeddings: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _schedules: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -191,10 +197,15 @@ class WanPolicy:
         hidden = torch.cat([latents, latents]) if guided else latents
         text = torch.cat([conditional, unconditional]) if guided else conditional
         steps = torch.as_tensor(timestep, device=latents.device).float().expand(hidden.shape[0])
-        module = self.runner if self.runner is not None else self.transformer
-        output = module(
-            hidden_states=hidden.to(dtype), timestep=steps, encoder_hidden_states=text.to(dtype), return_dict=False
-        )[0].float()
+        inputs = dict(hidden_states=hidden.to(dtype), timestep=steps, encoder_hidden_states=text.to(dtype),
+                      return_dict=False)
+        if self._in_reference:
+            # The frozen copy replaces the learner's LoRA tensors for this call only; nothing is trained through
+            # it, so the bare transformer runs (no DDP wrapper, whose forward prepares a gradient sync).
+            output = torch.func.functional_call(self.transformer, self.reference_lora, args=(), kwargs=inputs)[0]
+        else:
+            output = (self.runner if self.runner is not None else self.transformer)(**inputs)[0]
+        output = output.float()
         if not guided:
             return output
         cond, uncond = output[:batch], output[batch:]
@@ -202,16 +213,16 @@ class WanPolicy:
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
-        """Run the reference policy: the reference adapter if one was made, else the base (adapters off)."""
-        transformer = self.transformer
-        if REFERENCE in getattr(transformer, "peft_config", {}):
-            transformer.set_adapter(REFERENCE)
+        """Run the reference policy: the frozen LoRA copy if ``refresh_reference`` made one, else the base
+        (adapters off)."""
+        if self.reference_lora is not None:
+            self._in_reference = True
             try:
                 yield
             finally:
-                transformer.set_adapter(LEARNER)
-                self._freeze_reference()
+                self._in_reference = False
             return
+        transformer = self.transformer
         transformer.disable_adapters()
         try:
             yield
@@ -219,25 +230,11 @@ class WanPolicy:
             transformer.enable_adapters()
 
     def refresh_reference(self) -> None:
-        """Make (or overwrite) a frozen reference adapter equal to the learner — online Flow-DPO."""
-        transformer = self.transformer
-        if REFERENCE not in transformer.peft_config:
-            transformer.add_adapter(transformer.peft_config[LEARNER], adapter_name=REFERENCE)
-            transformer.set_adapter(LEARNER)
-            # float32 like the learner, so the copy below is exact on a bf16 transformer too
-            for name, parameter in transformer.named_parameters():
-                if f".{REFERENCE}." in name:
-                    parameter.data = parameter.data.float()
-        learner = get_peft_model_state_dict(transformer, adapter_name=LEARNER)
-        set_peft_model_state_dict(transformer, learner, adapter_name=REFERENCE)
-        self._freeze_reference()
-
-    def _freeze_reference(self) -> None:
-        for name, parameter in self.transformer.named_parameters():
-            if f".{LEARNER}." in name:
-                parameter.requires_grad_(True)
-            elif f".{REFERENCE}." in name:
-                parameter.requires_grad_(False)
+        """Freeze a copy of the learner LoRA weights as the reference — online Flow-DPO. float32 like the
+        learner, so the copy is exact on a bf16 transformer too."""
+        self.reference_lora = {
+            name: parameter.detach().clone() for name, parameter in self.named_trainable_parameters().items()
+        }
 
     # ----- decoding ------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from transformers import get_scheduler
 
 from reward.base import check_reward_entry
 from reward.checkpoint import atomic_file
@@ -53,7 +54,9 @@ APPEND_ONLY_LOGS = (ROLLOUTS,)
 # Fields a resumed run may change: how long it trains and how it logs, not what it trains. The output folder
 # itself may move (the run is the folder).
 RESUMABLE_CHANGES = ("max_steps", "save_steps", "sample_steps", "logging_steps", "report_to", "overwrite_output_dir",
-                     "output_dir")
+                     "output_dir", "save_total_limit", "disable_tqdm")
+# Learning-rate schedules that do not depend on max_steps: only with these may a resumed run train longer.
+SCHEDULES_WITHOUT_HORIZON = ("constant", "constant_with_warmup", "inverse_sqrt")
 
 
 @dataclass
@@ -65,6 +68,7 @@ class TrainingRun:
     policy: WanPolicy
     model: torch.nn.Module  # the transformer as prepared by accelerate (DDP-wrapped on several processes)
     optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per applied update
     state: RunState
     ema: Any  # diffusers EMAModel of the LoRA weights, or None
     rewards: RewardMix
@@ -72,13 +76,20 @@ class TrainingRun:
     job: str
     record: dict[str, dict[str, Any]]  # the resolved configuration written to run_config.json
 
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate of the step being trained (log it as ``train/learning_rate``)."""
+        return self.lr_scheduler.get_last_lr()[0]
+
     def after_optimizer_step(self, step: int) -> None:
         if self.ema is not None:
             self.ema.step(self.policy.trainable_parameters())
+        self.lr_scheduler.step()
         self.state.step = step + 1
 
     def after_skipped_step(self, step: int) -> None:
-        """A skipped step moves the data position on but leaves the weights and the EMA as they were."""
+        """A skipped step moves the data position on but leaves the weights, the EMA and the learning-rate
+        schedule as they were (as in transformers' Trainer, the schedule counts applied updates)."""
         self.state.step = step + 1
 
 
@@ -95,7 +106,8 @@ def start_run(
     check_model_source(policy_args.model, what="model", ask_hub=True)
     record = run_record(config, prompts=run_args.prompts)
     accelerator = new_accelerator(run_args)
-    claim_output_dir(accelerator, run_dir, job=job, record=record, overwrite=run_args.overwrite_output_dir)
+    claim_output_dir(accelerator, run_dir, job=job, record=record, overwrite=run_args.overwrite_output_dir,
+                     resumable=resumable_changes(run_args.lr_scheduler_type))
     start_trackers(accelerator, run_args, project=project, record=record)
     try:
         set_seed(run_args.seed)
@@ -109,6 +121,9 @@ def start_run(
             weight_decay=run_args.weight_decay, eps=1e-8,
         )
         model, optimizer = accelerator.prepare(policy.transformer, optimizer)
+        # Not prepared by accelerate, which would step it once per process; its state is JSON in our hooks.
+        lr_scheduler = get_scheduler(run_args.lr_scheduler_type, optimizer, num_warmup_steps=run_args.warmup_steps,
+                                     num_training_steps=run_args.max_steps)
         policy.runner = model
         state = RunState()
         ema = None
@@ -116,7 +131,7 @@ def start_run(
             from diffusers.training_utils import EMAModel
 
             ema = EMAModel(policy.trainable_parameters(), decay=run_args.ema_decay)  # float32 like the LoRA
-        register_checkpoint_hooks(accelerator, policy, state, ema)
+        register_checkpoint_hooks(accelerator, policy, state, ema, lr_scheduler)
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None:
             logger.info("resuming from %s", checkpoint)
@@ -129,7 +144,8 @@ def start_run(
     except BaseException:
         close_run(accelerator)
         raise
-    return TrainingRun(run_dir, accelerator, policy, model, optimizer, state, ema, rewards, prompts, job, record)
+    return TrainingRun(run_dir, accelerator, policy, model, optimizer, lr_scheduler, state, ema, rewards, prompts, job,
+                       record)
 
 
 @contextmanager
@@ -167,15 +183,23 @@ def run_record(config: Mapping[str, Any], *, prompts: str | Path) -> dict[str, d
     return record
 
 
+def resumable_changes(lr_scheduler_type: str) -> tuple[str, ...]:
+    """:data:`RESUMABLE_CHANGES`, less ``max_steps`` when the learning-rate schedule is stretched over it (a
+    resumed run with another ``max_steps`` would follow a schedule no uninterrupted run follows)."""
+    if lr_scheduler_type in SCHEDULES_WITHOUT_HORIZON:
+        return RESUMABLE_CHANGES
+    return tuple(name for name in RESUMABLE_CHANGES if name != "max_steps")
+
+
 def claim_output_dir(accelerator: Accelerator, run_dir: Path, *, job: str, record: dict[str, dict[str, Any]],
-                     overwrite: bool) -> None:
+                     overwrite: bool, resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
     """Make ``run_dir`` this run's: with ``overwrite``, remove an earlier run's outputs; then refuse a recorded
     run with another configuration, or a run's outputs without a record; then write ``run_config.json``.
     Every process checks (they read the same file, so all raise together); the main process writes."""
     if overwrite and accelerator.is_main_process:
         remove_run_outputs(run_dir, keep=_named_folders(record))
     accelerator.wait_for_everyone()
-    if not check_same_run(run_dir, job, record, allowed=RESUMABLE_CHANGES):
+    if not check_same_run(run_dir, job, record, allowed=resumable):
         leftovers = [name for name in (CHECKPOINTS, FINAL, ROLLOUTS) if (run_dir / name).exists()]
         if leftovers:
             raise RunMismatchError(

@@ -14,8 +14,8 @@ from diffusers.training_utils import EMAModel
 
 import generator_rl.checkpoint as checkpoint_module
 from generator_rl.checkpoint import (
-    EMA_STATE, EMA_WEIGHTS, LORA_WEIGHTS, RUN_STATE, RunState, export_final, load_ema, load_run_state, save_ema,
-    save_run_state,
+    EMA_STATE, EMA_WEIGHTS, LORA_WEIGHTS, RUN_STATE, RunState, checkpoints, export_final, latest_checkpoint, load_ema,
+    load_run_state, rotate_checkpoints, save_ema, save_run_state,
 )
 from generator_rl.config import PolicyConfig
 from generator_rl.grpo import GrpoConfig, run_grpo
@@ -122,3 +122,49 @@ def test_a_killed_export_leaves_the_previous_final_or_none(bf16_policy, tmp_path
         export_final(bf16_policy, tmp_path, fused=False, job="tune-test", config=config)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["final"]
     assert {path.name: path.read_bytes() for path in final.iterdir()} == exported
+
+
+def _checkpoint_folders(run_dir, *names: str) -> None:
+    for name in names:
+        (run_dir / "checkpoints" / name).mkdir(parents=True)
+        (run_dir / "checkpoints" / name / "run.json").write_text("{}")
+
+
+def test_rotation_keeps_the_newest_by_step_and_touches_nothing_else(tmp_path):
+    """Steps compare as numbers (step_10 is newer than step_3); a staging folder, a folder of the user's, a file
+    and another run's folder stay; a half-deleted leftover of a killed rotation goes."""
+    _checkpoint_folders(tmp_path, "step_1", "step_2", "step_3", "step_10", ".step_11.staging", "mine", "step_x",
+                        ".step_0.deleting")
+    (tmp_path / "checkpoints" / "notes.txt").write_text("keep me")
+    assert rotate_checkpoints(tmp_path, keep=2) == ["step_1", "step_2"]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == [
+        ".step_11.staging", "mine", "notes.txt", "step_10", "step_3", "step_x"]
+    assert rotate_checkpoints(tmp_path, keep=2) == []
+    assert rotate_checkpoints(tmp_path, keep=1) == ["step_3"] and latest_checkpoint(tmp_path).name == "step_10"
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        rotate_checkpoints(tmp_path, keep=0)
+
+
+def test_a_rotation_killed_mid_delete_never_leaves_a_checkpoint_resume_could_pick(tmp_path, monkeypatch):
+    """Killed while deleting step_1: it was renamed out of the step_N pattern first, so resuming sees step_2 and
+    step_3 only; the next rotation removes the leftover."""
+    _checkpoint_folders(tmp_path, "step_1", "step_2", "step_3")
+
+    def killed(path, *args, **kwargs):
+        raise KeyboardInterrupt(f"killed while deleting {path}")
+
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rotate_checkpoints(tmp_path, keep=2)
+    monkeypatch.undo()
+    assert [path.name for path in checkpoints(tmp_path)] == ["step_2", "step_3"]
+    assert (tmp_path / "checkpoints" / ".step_1.deleting").is_dir()
+    assert rotate_checkpoints(tmp_path, keep=2) == []
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step_2", "step_3"]
+
+
+def test_a_run_with_save_total_limit_keeps_its_newest_checkpoints(tiny_wan_dir, prompt_file, tmp_path):
+    settings = {"max_steps": 3, "save_steps": 1, "save_total_limit": 2, "group_size": 2, "prompts_per_step": 1,
+                "rollout_batch_size": 2, "train_batch_size": 2}
+    run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", **settings))
+    assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_2", "step_3"]
