@@ -10,10 +10,11 @@ Checks (the Flow-GRPO README's advice, github.com/yifan123/flow_grpo; docs/gener
    not drowned by how much rewards differ between prompts.
 
 The evaluation rollout before training and the parity check on it run first and are timed: from them the
-doctor logs how long the rest will take ("about N s") before the training starts. ``--quick`` shrinks a real recipe to the smallest sizes
-that still exercise every check (:data:`QUICK_SIZES`: 5 frames, at most 4 denoising steps, one prompt, a group
-of 2), so a real model and reward are checked in minutes. The evaluation policy stays loaded while the trial
-run trains: two copies of the transformer are in memory at once.
+doctor logs how long the rest will take ("about N s") before the training starts. ``--quick`` shrinks a real
+recipe to the smallest sizes that still exercise every check (:data:`QUICK_POLICY`, :data:`QUICK_GRPO`: 5
+frames, at most 4 denoising steps, one prompt, a group of 2), so a real model and reward are checked in
+minutes. The evaluation policy stays loaded while the trial run trains: two copies of the transformer are in
+memory at once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import csv
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,11 @@ from .run import close_run, make_accelerator
 logger = logging.getLogger(__name__)
 
 EVALUATION_STEP = 1_000_000  # a step index training never reaches: its noise is the evaluation noise
-# --quick: the smallest valid sizes, on whichever config holds each field. All SDE steps are stochastic (no
-# window), so parity covers each of them; num_steps is capped separately (min(recipe, QUICK_MAX_STEPS)).
-QUICK_SIZES: dict[str, Any] = {
-    "num_frames": 5, "sde_window": None, "sde_window_range": None,
+# --quick: the smallest valid sizes. All SDE steps are stochastic (no window), so parity covers each of them;
+# num_steps is capped separately (min(recipe, QUICK_MAX_STEPS)).
+QUICK_POLICY: dict[str, Any] = {"num_frames": 5}
+QUICK_GRPO: dict[str, Any] = {
+    "sde_window": None, "sde_window_range": None,
     "prompts_per_step": 1, "group_size": 2, "rollout_batch_size": 2, "train_batch_size": 2,
 }
 QUICK_MAX_STEPS = 4
@@ -59,24 +61,16 @@ class DoctorConfig:
     tolerance: float = field(default=1e-4, metadata={"help": "Largest allowed |log-prob difference| and |ratio - 1|."})
     quick: bool = field(
         default=False,
-        metadata={"help": f"Check a real model and reward in minutes: {QUICK_SIZES['num_frames']} frames, at most "
+        metadata={"help": f"Check a real model and reward in minutes: {QUICK_POLICY['num_frames']} frames, at most "
                           f"{QUICK_MAX_STEPS} denoising steps, the first prompt only, groups of "
-                          f"{QUICK_SIZES['group_size']} (the recipe's other settings are kept)."},
+                          f"{QUICK_GRPO['group_size']} (the recipe's other settings are kept)."},
     )
 
 
 def quick_configs(policy_args: PolicyConfig, grpo: GrpoConfig) -> tuple[PolicyConfig, GrpoConfig]:
-    """``policy_args`` and ``grpo`` shrunk to :data:`QUICK_SIZES` (checked again by their ``__post_init__``)."""
-    sizes = {**QUICK_SIZES, "num_steps": min(policy_args.num_steps, QUICK_MAX_STEPS)}
-    held = [{item.name for item in fields(config)} for config in (policy_args, grpo)]
-    unplaced = [name for name in sizes if not any(name in names for names in held)]
-    if unplaced:
-        raise RuntimeError(f"QUICK_SIZES names fields no config holds: {unplaced}")
-    policy_args, grpo = (
-        replace(config, **{name: value for name, value in sizes.items() if name in names})
-        for config, names in zip((policy_args, grpo), held)
-    )
-    return policy_args, grpo
+    """``policy_args`` and ``grpo`` shrunk to the quick sizes (checked again by their ``__post_init__``)."""
+    num_steps = min(policy_args.num_steps, QUICK_MAX_STEPS)
+    return replace(policy_args, **QUICK_POLICY, num_steps=num_steps), replace(grpo, **QUICK_GRPO)
 
 
 def estimate_seconds(*, rollout_s: float, rescore_s: float, steps: int, train_fraction: float) -> float:

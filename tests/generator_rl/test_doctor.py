@@ -19,9 +19,10 @@ from .helpers import RECIPES, tiny_arguments
 def test_quick_sizes_shrink_the_recipe_and_keep_the_rest(tiny_wan_dir, prompt_file, tmp_path):
     policy, _, grpo = tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path, num_steps=6,
                                      sde_window=2, sde_window_range=["1", "4"])
+    assert (grpo.sde_window, grpo.sde_window_range) == (2, [1, 4])
     small_policy, small_grpo = quick_configs(policy, grpo)
     assert (small_policy.num_frames, small_policy.num_steps) == (5, QUICK_MAX_STEPS)
-    assert (small_policy.sde_window, small_policy.sde_window_range) == (None, None)
+    assert (small_grpo.sde_window, small_grpo.sde_window_range) == (None, None)
     assert (small_grpo.prompts_per_step, small_grpo.group_size, small_grpo.rollout_batch_size,
             small_grpo.train_batch_size) == (1, 2, 2, 2)
     assert (small_policy.height, small_policy.model, small_grpo.rewards, small_grpo.clip_range) == (
