@@ -18,7 +18,7 @@ from generator_rl.run import RESUMABLE_CHANGES, TrainingRun, resumable_changes
 from reward.errors import ConfigError
 from reward.run_record import RunMismatchError
 
-from ..wandb_records import history_rows
+from ..wandb_records import history_rows, history_steps
 from .helpers import Preempted, dies_on_call, same_lora, tiny_arguments
 
 # Cosine with 1 warm-up step over 4 steps at learning_rate 0.03 (transformers' formula): step 0 warms up from
@@ -77,9 +77,11 @@ def test_killed_run_with_a_cosine_schedule_resumes_to_the_same_lora(tiny_wan_dir
 
 
 def _learning_rates(run_dir) -> list[float]:
-    """train/learning_rate of every logged row, over the run's wandb runs in the order they were made."""
-    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    return [row["train/learning_rate"] for path in files for row in history_rows(path) if "train/learning_rate" in row]
+    """train/learning_rate of every logged row over the run's wandb runs, by step (two runs started within one
+    second have folder names that sort by their random ids, not by time)."""
+    rows = [(step, row["train/learning_rate"]) for path in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+            for step, row in zip(history_steps(path), history_rows(path), strict=True) if "train/learning_rate" in row]
+    return [rate for _, rate in sorted(rows)]
 
 
 def test_a_skipped_step_leaves_the_schedule_where_it_was(tmp_path):
