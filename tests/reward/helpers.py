@@ -15,6 +15,7 @@ from trl import TrlParser
 from benchmarks.synthetic import square_clip
 from reward.video import write_video
 from reward.cold_start import ColdStartConfig
+from reward.modeling import DeScoreModel, LoraSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO_ROOT / "configs" / "reward" / "tiny_cold_start.yaml"
@@ -132,3 +133,15 @@ class ChangedEntries(TrainerCallback):
         frozen = sorted({str(p.dtype) for p in model.parameters() if not p.requires_grad and p.is_floating_point()})
         record = {"counts": counts, "frozen_dtypes": frozen, "global_step": state.global_step}
         Path(args.output_dir, f"changes-rank{args.process_index}.json").write_text(json.dumps(record))
+
+
+def trained_like(base_dir: Path, spec) -> DeScoreModel:
+    """A stage-1 model (seeded) whose LoRA, vision copy, <Reward> row and head all moved from their initial
+    values, so that saving, loading and merging have something to carry."""
+    torch.manual_seed(0)
+    model = DeScoreModel.from_base(str(base_dir), video_spec=spec, lora=LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    return model

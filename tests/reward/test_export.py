@@ -14,10 +14,10 @@ from safetensors import safe_open
 
 import reward
 from reward.jobs import EXPORT_MARKER, ExportConfig, run_export
-from reward.modeling import HEAD_NAME, DeScoreManifest, DeScoreModel, LoraSettings, save_descore
+from reward.modeling import HEAD_NAME, DeScoreManifest, save_descore
 
 from ..conftest import TINY_SPEC
-from .helpers import small_clip
+from .helpers import small_clip, trained_like
 
 PROMPTS = ["a red square moving left", "a cat"]
 COTS = ["It is red and moves left. <answer>{}</answer>", "No cat is seen."]
@@ -33,13 +33,7 @@ def clips(tmp_path_factory) -> list[str]:
 def adapter_checkpoint(tiny_qwen3_vl_dir, tmp_path_factory) -> Path:
     """A stage-1 adapter checkpoint whose LoRA, vision copy, <Reward> row and head all moved from their start,
     so that merging has something to fold in."""
-    torch.manual_seed(0)
-    model = DeScoreModel.from_base(str(tiny_qwen3_vl_dir), video_spec=TINY_SPEC, lora=LoraSettings(r=4, alpha=8))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn_like(parameter))
-    return save_descore(model, tmp_path_factory.mktemp("adapter") / "ckpt")
+    return save_descore(trained_like(tiny_qwen3_vl_dir, TINY_SPEC), tmp_path_factory.mktemp("adapter") / "ckpt")
 
 
 def scored(source: Path, clips: list[str], mode: str) -> reward.RewardOutput:

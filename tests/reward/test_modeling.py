@@ -29,7 +29,7 @@ from reward.tiny_models import save_tiny_vlm
 from reward.video import VideoSpec, load_video
 
 from ..conftest import TINY_SPEC
-from .helpers import small_clip
+from .helpers import small_clip, trained_like
 
 
 def _batch(model: DeScoreModel, clips: list[Path]) -> dict:
@@ -47,16 +47,10 @@ def clips(tmp_path_factory) -> list[Path]:
     return [small_clip(root / "a.mp4", seed=1), small_clip(root / "b.mp4", seed=2)]
 
 
-@pytest.fixture(scope="module")
-def trained_like(tiny_qwen3_vl_dir) -> DeScoreModel:
+@pytest.fixture(scope="module", name="trained_like")
+def trained_like_model(tiny_qwen3_vl_dir) -> DeScoreModel:
     """A stage-1 model whose LoRA, vision copy, <Reward> row and head all differ from their initial values."""
-    torch.manual_seed(0)
-    model = DeScoreModel.from_base(str(tiny_qwen3_vl_dir), video_spec=TINY_SPEC, lora=LoraSettings(r=4, alpha=8))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn_like(parameter))
-    return model.eval()
+    return trained_like(tiny_qwen3_vl_dir, TINY_SPEC).eval()
 
 
 def test_reward_is_the_head_applied_to_the_final_norm_hidden_state(trained_like, clips):
