@@ -70,10 +70,18 @@ def save_lora(policy: WanPolicy, directory: str | Path) -> Path:
     WanPipeline.save_lora_weights(
         save_directory=str(directory),
         transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=LEARNER),
-        transformer_lora_adapter_metadata=transformer.peft_config[LEARNER].to_dict(),
+        transformer_lora_adapter_metadata=lora_metadata(transformer.peft_config[LEARNER].to_dict()),
         safe_serialization=True,
     )
     return Path(directory)
+
+
+def lora_metadata(config: dict[str, Any]) -> dict[str, Any]:
+    """The adapter config stored in the LoRA file, with sets as sorted lists: peft keeps ``target_modules`` as a
+    set, whose order follows Python's per-process string hashing, so the same weights would otherwise be
+    written as different bytes by every process (and a resumed run's final LoRA would not match its own
+    earlier export)."""
+    return {key: sorted(value) if isinstance(value, (set, frozenset)) else value for key, value in config.items()}
 
 
 def load_lora(policy: WanPolicy, directory: str | Path) -> None:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 from diffusers.training_utils import EMAModel
+from safetensors import safe_open
 
 import generator_rl.checkpoint as checkpoint_module
 from generator_rl.checkpoint import (
@@ -22,7 +25,7 @@ from generator_rl.grpo import GrpoConfig, run_grpo
 from reward.errors import CheckpointError
 
 from ..planted import Planted
-from .helpers import same_lora, tiny_arguments
+from .helpers import REPO_ROOT, same_lora, tiny_arguments
 from .test_policy import tiny_policy_arguments
 
 
@@ -168,3 +171,29 @@ def test_a_run_with_save_total_limit_keeps_its_newest_checkpoints(tiny_wan_dir, 
                 "rollout_batch_size": 2, "train_batch_size": 2}
     run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", **settings))
     assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_2", "step_3"]
+
+
+SAVE_LORA = """
+import sys, torch
+from generator_rl.checkpoint import save_lora
+from tests.generator_rl.test_policy import tiny_policy_arguments
+torch.manual_seed(0)
+save_lora(tiny_policy_arguments(sys.argv[1]).load_policy(torch.device("cpu")), sys.argv[2])
+"""
+
+
+def test_the_same_lora_is_the_same_file_in_every_process(tiny_wan_dir, tmp_path):
+    """peft keeps target_modules as a set, iterated in an order that follows each process's string hashing; the
+    LoRA file's metadata lists them sorted, so two processes (different PYTHONHASHSEED) write identical bytes —
+    otherwise a resumed run re-exporting its final LoRA would change the file's fingerprint."""
+    files = []
+    for hash_seed in ("1", "2"):
+        target = tmp_path / f"lora-{hash_seed}"
+        environment = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO_ROOT)}
+        finished = subprocess.run([sys.executable, "-c", SAVE_LORA, str(tiny_wan_dir), str(target)], env=environment,
+                                  capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        files.append((target / LORA_WEIGHTS).read_bytes())
+    metadata = json.loads(safe_open(tmp_path / "lora-1" / LORA_WEIGHTS, "pt").metadata()["lora_adapter_metadata"])
+    assert metadata["transformer.target_modules"] == sorted(metadata["transformer.target_modules"])
+    assert files[0] == files[1]
