@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import torch
 from accelerate import Accelerator
 from diffusers import WanPipeline
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from reward.checkpoint import atomic_directory
@@ -74,6 +76,20 @@ def save_lora(policy: WanPolicy, directory: str | Path) -> Path:
         safe_serialization=True,
     )
     return Path(directory)
+
+
+def lora_fingerprint(path: str | Path) -> str:
+    """sha256 of a LoRA file's content: its metadata and every tensor (name, dtype, shape, bytes), in sorted
+    order. Not of the file's bytes: safetensors writes the header's metadata keys in an order that changes from
+    one save to the next, so the same LoRA saved twice (a resumed run's final export) differs byte-wise."""
+    digest = hashlib.sha256()
+    with safe_open(str(path), "pt") as handle:
+        digest.update(json.dumps(handle.metadata() or {}, sort_keys=True).encode())
+        for name in sorted(handle.keys()):
+            tensor = handle.get_tensor(name).contiguous()
+            digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def lora_metadata(config: dict[str, Any]) -> dict[str, Any]:

@@ -66,14 +66,13 @@ from reward.run_record import (
     check_model_source,
     check_output_directory,
     config_differences,
-    file_sha256,
     read_record,
     resolved_config,
     write_record,
 )
 from reward.video import write_video
 
-from .checkpoint import LORA_WEIGHTS
+from .checkpoint import LORA_WEIGHTS, lora_fingerprint
 from .config import DTYPES, PolicyConfig, read_prompts
 from .policy import LEARNER, WAN_FPS, WanPolicy, component_dtypes
 from .rollout import SdeSettings, sample_trajectory
@@ -230,7 +229,7 @@ def sample_settings(
         "model": {
             "model": policy_args.model,
             "lora": sample.lora,
-            "lora_sha256": file_sha256(lora_weights) if lora_weights is not None and lora_weights.is_file() else None,
+            "lora_fingerprint": lora_fingerprint(lora_weights) if lora_weights is not None and lora_weights.is_file() else None,
         },
         "sampling": {
             "sampler": sample.sampler,

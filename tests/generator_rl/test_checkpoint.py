@@ -14,11 +14,12 @@ import pytest
 import torch
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 import generator_rl.checkpoint as checkpoint_module
 from generator_rl.checkpoint import (
     EMA_STATE, EMA_WEIGHTS, LORA_WEIGHTS, RUN_STATE, RunState, checkpoints, export_final, latest_checkpoint, load_ema,
-    load_run_state, rotate_checkpoints, save_ema, save_run_state,
+    load_run_state, lora_fingerprint, rotate_checkpoints, save_ema, save_run_state,
 )
 from generator_rl.config import PolicyConfig
 from generator_rl.grpo import GrpoConfig, run_grpo
@@ -184,16 +185,37 @@ save_lora(tiny_policy_arguments(sys.argv[1]).load_policy(torch.device("cpu")), s
 
 def test_the_same_lora_is_the_same_file_in_every_process(tiny_wan_dir, tmp_path):
     """peft keeps target_modules as a set, iterated in an order that follows each process's string hashing; the
-    LoRA file's metadata lists them sorted, so two processes (different PYTHONHASHSEED) write identical bytes —
-    otherwise a resumed run re-exporting its final LoRA would change the file's fingerprint."""
-    files = []
+    LoRA file's metadata lists them sorted, so two processes (different PYTHONHASHSEED) write the same LoRA —
+    otherwise a resumed run re-exporting its final LoRA would change its fingerprint."""
+    fingerprints = []
     for hash_seed in ("1", "2"):
         target = tmp_path / f"lora-{hash_seed}"
         environment = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO_ROOT)}
         finished = subprocess.run([sys.executable, "-c", SAVE_LORA, str(tiny_wan_dir), str(target)], env=environment,
                                   capture_output=True, text=True, timeout=300)
         assert finished.returncode == 0, finished.stderr[-3000:]
-        files.append((target / LORA_WEIGHTS).read_bytes())
+        fingerprints.append(lora_fingerprint(target / LORA_WEIGHTS))
     metadata = json.loads(safe_open(tmp_path / "lora-1" / LORA_WEIGHTS, "pt").metadata()["lora_adapter_metadata"])
     assert metadata["transformer.target_modules"] == sorted(metadata["transformer.target_modules"])
-    assert files[0] == files[1]
+    assert fingerprints[0] == fingerprints[1]
+
+
+def test_the_lora_fingerprint_follows_content_not_header_order(tmp_path):
+    """safetensors writes the header's metadata keys in an order that changes from save to save: the
+    fingerprint ignores it, and still changes with any tensor value, name or metadata value."""
+    tensors = {"b.lora_A.weight": torch.arange(6.0).reshape(2, 3), "a.lora_B.weight": torch.ones(3, 2)}
+    metadata = {"format": "pt", "lora_adapter_metadata": '{"r": 2}', "third": "x"}
+    first = tmp_path / "first.safetensors"
+    save_file(tensors, first, metadata=metadata)
+    for attempt in range(40):  # until the header comes out in another order (each try: 5 in 6 chance)
+        again = tmp_path / f"again-{attempt}.safetensors"
+        save_file(tensors, again, metadata=metadata)
+        if again.read_bytes() != first.read_bytes():
+            break
+    assert again.read_bytes() != first.read_bytes() and lora_fingerprint(again) == lora_fingerprint(first)
+    changed = {**tensors, "a.lora_B.weight": torch.ones(3, 2).index_put_((torch.tensor(0), torch.tensor(0)), torch.tensor(2.0))}
+    variants = [(changed, metadata), (tensors, {**metadata, "lora_adapter_metadata": '{"r": 4}'}),
+                ({"c.lora_A.weight" if name.startswith("b.") else name: value for name, value in tensors.items()}, metadata)]
+    for index, (values, meta) in enumerate(variants):
+        save_file(values, tmp_path / f"variant-{index}.safetensors", metadata=meta)
+        assert lora_fingerprint(tmp_path / f"variant-{index}.safetensors") != lora_fingerprint(first)

@@ -227,7 +227,7 @@ def test_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(tiny_w
     common = {"prompts": str(prompts), "output_dir": str(out), "seed": 5, "device": "cpu"}
     first = run_sample(arguments, SampleConfig(**common))
     record = json.loads((out / SAMPLES_RECORD).read_text())["config"]
-    assert record["model"] == {"model": str(tiny_wan_dir), "lora": None, "lora_sha256": None}
+    assert record["model"] == {"model": str(tiny_wan_dir), "lora": None, "lora_fingerprint": None}
     assert record["plan"]["videos"] == [{"prompt": "a red square", "k": 0, "seed": 5, "file": "0000_0.mp4"}]
     before = listing(out)
     monkeypatch.setattr(WanPipeline, "from_pretrained", _no_model_load)
