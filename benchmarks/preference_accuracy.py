@@ -78,12 +78,16 @@ def accuracy_without_ties(labels: Sequence[int] | np.ndarray, margins: Sequence[
     return Accuracy(float(np.mean(h[decided] * m[decided] > 0)), int(decided.sum()), "without ties")
 
 
-def accuracy_at_threshold(labels: Sequence[int] | np.ndarray, margins: Sequence[float] | np.ndarray, threshold: float) -> Accuracy:
-    """Accuracy over all pairs when the model calls a tie for |m| ≤ ``threshold``."""
+def accuracy_at_threshold(
+    labels: Sequence[int] | np.ndarray, margins: Sequence[float] | np.ndarray, threshold: float, *, inclusive: bool = True
+) -> Accuracy:
+    """Accuracy over all pairs when the model calls a tie for |m| ≤ ``threshold`` (|m| < ``threshold`` with
+    ``inclusive=False``, VideoScore's ``get_genaibench_pairwise_acc.py`` convention)."""
     h, m = _checked(labels, margins, "margins")
-    model_tie = np.abs(m) <= threshold
+    model_tie = np.abs(m) <= threshold if inclusive else np.abs(m) < threshold
     correct = np.where(model_tie, h == 0, (h != 0) & (h * m > 0))
-    return Accuracy(float(correct.mean()), len(h), f"with ties at a fixed threshold {threshold:g}", float(threshold))
+    rule = "|m| <=" if inclusive else "|m| <"
+    return Accuracy(float(correct.mean()), len(h), f"with ties at a fixed threshold (tie: {rule} {threshold:g})", float(threshold))
 
 
 def accuracy_with_ties(

@@ -80,6 +80,8 @@ def test_exact_mode_reports_its_threshold_and_protocol():
     assert (result.value, result.threshold, result.pairs) == (1.0, 0.5, 4)
     assert result.protocol == "with ties, threshold calibrated on the evaluated pairs (exact)"
     assert accuracy_at_threshold([1, 0, -1, 0], [2.0, 0.5, -1.0, 0.25], 0.25).value == 0.75
+    strict = accuracy_at_threshold([1, 0, -1, 0], [2.0, 0.5, -1.0, 0.25], 0.25, inclusive=False)  # |m| = 0.25 not a tie
+    assert (strict.value, strict.protocol) == (0.5, "with ties at a fixed threshold (tie: |m| < 0.25)")
 
 
 @pytest.mark.parametrize("levels", [None, 5])
