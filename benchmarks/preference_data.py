@@ -13,7 +13,7 @@ Formats (the file's columns tell them apart; ``format=`` forces one):
   :func:`reward.data.read_preferences` (paths relative to the file's folder, as everywhere in the kit).
 
 Labels: +1 (A preferred), −1 (B preferred), 0 (tie). Benchmark video paths resolve against ``video_root``
-(default: the data file's folder). A pair whose video is missing is skipped and listed with its line, so a
+(default: the data file's folder); pairs hold absolute paths. A pair whose video is missing is skipped and listed with its line, so a
 partly downloaded benchmark still runs and says how much of it was scored; an unknown label is an error.
 CSV and JSONL files are read (a JSON array, as some copies ship, converts with
 ``python -c "import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]" data.json``).
@@ -94,7 +94,8 @@ def read_benchmark(
             raise ConfigError(f"{path} is a preference-pair file: its videos resolve against its own folder and it has "
                               "one label, so video_root and dimension do not apply")
         data = read_preferences(path, skip_invalid=True)
-        pairs = [BenchmarkPair(pair.prompt, pair.video_a, pair.video_b, pair.label, pair.line) for pair in data.pairs]
+        pairs = [BenchmarkPair(pair.prompt, os.path.abspath(pair.video_a), os.path.abspath(pair.video_b), pair.label, pair.line)
+                 for pair in data.pairs]
         return Benchmark(path, kind, None, pairs, data.skipped)
     if kind is BenchmarkFormat.VIDEOGEN_REWARDBENCH:
         dimension = dimension or "Overall"
@@ -128,10 +129,10 @@ def _benchmark_pairs(
         if value not in labels:
             bad_labels.append((line, f"label {value!r} is not one of {', '.join(labels)}"))
             continue
-        videos = [os.path.normpath(root / str(row[column] or "")) for column in (a_column, b_column)]
+        videos = [os.path.abspath(root / str(row[column] or "")) for column in (a_column, b_column)]
         absent = [video for video in videos if not exists.setdefault(video, os.path.isfile(video))]
         if absent:
-            skipped.append((line, "; ".join(f"video {video} does not exist" for video in absent)))
+            skipped.append((line, "; ".join(f"video file {video} does not exist" for video in absent)))
             continue
         pairs.append(BenchmarkPair(str(row[prompt_column] or ""), videos[0], videos[1], labels[value], line))
     return pairs, skipped, bad_labels

@@ -43,15 +43,15 @@ class UsageError(ValueError):
 def _usage() -> str:
     lines = ["usage: descore <group> <command> [--config RECIPE] [--key value ...] [--debug]",
              "       descore recipes | --version | --help", "", "groups:"]
-    lines += [f"  {name:<8} {description}" for name, description in GROUPS.items()]
+    lines += [f"  {name:<10} {description}" for name, description in GROUPS.items()]
     lines += ["", "commands:"]
-    lines += [f"  {key[0]:<8} {command.help}" for key, command in COMMANDS.items() if len(key) == 1]
-    lines += [f"  {'recipes':<8} List the shipped recipes (--config NAME) and accelerate configs with their paths"]
+    lines += [f"  {key[0]:<10} {command.help}" for key, command in COMMANDS.items() if len(key) == 1]
+    lines += [f"  {'recipes':<10} List the shipped recipes (--config NAME) and accelerate configs with their paths"]
     return "\n".join(lines)
 
 
 def _group_listing(group: str) -> str:
-    listing = [f"  {key[1]:<8} {command.help}" for key, command in COMMANDS.items() if key[0] == group and len(key) == 2]
+    listing = [f"  {key[1]:<10} {command.help}" for key, command in COMMANDS.items() if key[0] == group and len(key) == 2]
     return "\n".join([f"usage: descore {group} <command> [--config RECIPE] [--key value ...]", "",
                       GROUPS[group], "", "commands:", *listing])
 

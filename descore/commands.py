@@ -72,6 +72,7 @@ _GRPO, _FLOW_DPO = "generator_rl.grpo:GrpoConfig", "generator_rl.flow_dpo:FlowDp
 GROUPS: dict[str, str] = {
     "reward": "Train, score and export DeScore reward models",
     "tune": "Post-train Wan-2.1 with reward models: GRPO, Flow-DPO, sampling, doctor",
+    "bench": "Measure reward models: preference accuracy on benchmarks, side by side",
 }
 
 # (group, command) -> job; a one-word key is a command without a group
@@ -98,6 +99,10 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("tune", "doctor"): Command(
         "A few tiny GRPO steps: log-prob parity, ratio == 1, reward rises",
         (_POLICY, _RUN, _GRPO, "generator_rl.doctor:DoctorConfig"), "generator_rl.doctor:run_doctor", str),
+    ("bench", "reward-acc"): Command(
+        "Preference accuracy of several reward models on one benchmark (with / without ties), cached and resumable",
+        ("benchmarks.reward_accuracy:RewardAccuracyConfig",), "benchmarks.reward_accuracy:run_reward_accuracy",
+        lambda report: f"{report.table}\n\nwrote {report.output_dir / 'results.json'}, results.md, results.png"),
     ("demo",): Command(
         "Tiny end-to-end run on CPU (tiny models, synthetic data, training, scoring)",
         ("benchmarks.demo:DemoConfig",), "benchmarks.demo:run_demo", str),

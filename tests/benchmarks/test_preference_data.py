@@ -50,7 +50,7 @@ def test_videogen_rewardbench_dimensions_and_missing_videos(videos, tmp_path, di
     assert bench.format is BenchmarkFormat.VIDEOGEN_REWARDBENCH and bench.dimension == (dimension or "Overall")
     assert [(pair.prompt, pair.label, pair.line) for pair in bench.pairs] == [("a ball", label, 2)]
     assert bench.pairs[0].video_a == str(videos / "videos" / "m1" / "a.mp4")
-    assert bench.skipped == [(3, f"video {videos / 'videos' / 'm2' / 'missing.mp4'} does not exist")]
+    assert bench.skipped == [(3, f"video file {videos / 'videos' / 'm2' / 'missing.mp4'} does not exist")]
 
 
 def test_genai_bench_votes_map_to_labels(videos, tmp_path):
