@@ -116,7 +116,8 @@ def _claim(config: RewardAccuracyConfig, bench: Benchmark) -> Path:
     record = {"benchmark": {"data": str(bench.source.resolve()), "data_sha256": file_sha256(bench.source),
                             "format": bench.format.value, "dimension": bench.dimension,
                             "video_root": str(Path(config.video_root).resolve()) if config.video_root else None}}
-    check_same_run(output, JOB, record, allowed=())
+    check_same_run(output, JOB, record, allowed=(),
+                   remedy="A folder measures one benchmark: give this one another --output_dir.")
     output.mkdir(parents=True, exist_ok=True)
     write_run_config(output, JOB, record)
     return output

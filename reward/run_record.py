@@ -156,9 +156,16 @@ def write_run_config(directory: str | Path, job: str, config: Mapping[str, Mappi
     return write_record(Path(directory) / RUN_CONFIG, job, config)
 
 
-def check_same_run(directory: str | Path, job: str, config: Mapping[str, Mapping[str, Any]], *, allowed: Iterable[str]) -> bool:
+RESTART_HINT = "Use another output folder, or pass --overwrite_output_dir true to restart this one from scratch."
+
+
+def check_same_run(
+    directory: str | Path, job: str, config: Mapping[str, Mapping[str, Any]], *, allowed: Iterable[str],
+    remedy: str = RESTART_HINT,
+) -> bool:
     """True when ``directory`` holds a run of ``job`` with this configuration (outside ``allowed``), False
-    when it holds no run record; raises :class:`RunMismatchError` listing the differences otherwise."""
+    when it holds no run record; raises :class:`RunMismatchError` listing the differences and ``remedy``
+    (what this job's user can do about it) otherwise."""
     record = read_run_config(directory)
     if record is None:
         return False
@@ -172,7 +179,7 @@ def check_same_run(directory: str | Path, job: str, config: Mapping[str, Mapping
         listing = "\n  ".join(differences)
         raise RunMismatchError(
             f"{directory} holds a run with a different configuration; resuming it would mix two runs:\n  {listing}\n"
-            "Use another output folder, or pass --overwrite_output_dir true to restart this one from scratch."
+            + remedy
         )
     return True
 
