@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.synthetic import make_preference_set
+from reward.modeling import DeScoreModel, LoraSettings, save_descore
 from reward.tiny_models import save_tiny_vlm
 from reward.video import VideoSpec
 
@@ -39,6 +41,14 @@ def tiny_qwen3_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2_5_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_vlm(tmp_path_factory.mktemp("tiny-qwen2.5-vl"), "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_descore_dir(tiny_qwen3_vl_dir, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A merged DeScore checkpoint over the tiny Qwen3-VL (random head, seeded). Tests copy it before changing it."""
+    torch.manual_seed(0)
+    model = DeScoreModel.from_base(str(tiny_qwen3_vl_dir), video_spec=TINY_SPEC, lora=LoraSettings(r=4, alpha=8))
+    return save_descore(model.merge_lora_(), tmp_path_factory.mktemp("descore") / "ckpt")
 
 
 @pytest.fixture(scope="session")
