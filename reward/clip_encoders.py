@@ -28,6 +28,7 @@ from .scoring import default_dtype
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
+
 class FrameEncoder(Protocol):
     """A CLIP dual encoder: unit-norm float32 embeddings of frames and of prompts."""
 
@@ -50,7 +51,8 @@ class HFClipEncoder:
     @torch.no_grad()
     def encode_images(self, videos: Sequence[torch.Tensor]) -> torch.Tensor:
         frames = [frame for video in videos for frame in video]
-        pixels = self.processor.image_processor(images=frames, return_tensors="pt")["pixel_values"]
+        # the processor's torchvision backend resizes and crops on the model's device
+        pixels = self.processor.image_processor(images=frames, return_tensors="pt", device=self.device)["pixel_values"]
         features = self.model.get_image_features(pixel_values=pixels.to(self.device, self.model.dtype))
         return F.normalize(features.pooler_output.float(), dim=-1)
 
@@ -73,8 +75,8 @@ class OpenClipEncoder:
 
     @torch.no_grad()
     def encode_images(self, videos: Sequence[torch.Tensor]) -> torch.Tensor:
-        pixels = torch.cat([letterbox(video.float() / 255.0, self.image_size) for video in videos])
-        mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in (OPENAI_MEAN, OPENAI_STD))
+        pixels = torch.cat([letterbox(video.to(self.device).float() / 255.0, self.image_size) for video in videos])
+        mean, std = (torch.tensor(values, device=self.device).view(1, 3, 1, 1) for values in (OPENAI_MEAN, OPENAI_STD))
         dtype = next(self.model.parameters()).dtype
         features = self.model.encode_image(((pixels - mean) / std).to(self.device, dtype))
         return F.normalize(features.float(), dim=-1)
@@ -137,7 +139,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_keys(where: str | Path, missing: Sequence[str], unexpected: Sequence[str], wrong_shapes: Sequence[str] = ()) -> None:
+def check_keys(
+    where: str | Path, missing: Sequence[str], unexpected: Sequence[str], wrong_shapes: Sequence[str] = ()
+) -> None:
     """A checkpoint fits its model exactly or is refused: a missing weight would stay random."""
     if missing or unexpected or wrong_shapes:
         raise CheckpointError(
@@ -211,7 +215,9 @@ def open_clip_architecture(architecture: str | Path) -> dict:
     return config
 
 
-def load_open_clip(weights: Path, *, architecture: str | Path, device: torch.device, dtype: torch.dtype) -> OpenClipEncoder:
+def load_open_clip(
+    weights: Path, *, architecture: str | Path, device: torch.device, dtype: torch.dtype
+) -> OpenClipEncoder:
     """An open_clip ``CLIP`` of ``architecture`` with the state dict in ``weights``, loaded strictly."""
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer

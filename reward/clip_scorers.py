@@ -14,9 +14,9 @@ open_clip state dict (``HPS_v2.1_compressed.pt`` in ``xswu/HPSv2``); open_clip i
 4 to 32 frames (options ``fps``, ``max_frames``), at most 448x448 pixels per frame — enough for every CLIP
 processor, which resizes to 224 or 336 px anyway. Each frame then goes through the model's own image
 preprocessing: the checkpoint's ``CLIPImageProcessor`` (resize the short side, centre-crop, normalise) for
-the transformers models, HPSv2's letterbox (:func:`reward.clip_encoders.letterbox`) for ``hpsv2``. Prompts go through the
-model's tokenizer, truncated to its 77 positions (75 prompt tokens between start and end), as every CLIP
-scorer does. Frames of ``batch_size`` videos go through the image tower in one forward pass.
+the transformers models, HPSv2's letterbox (:func:`reward.clip_encoders.letterbox`) for ``hpsv2``. Prompts go
+through the model's tokenizer, truncated to its 77 positions (75 prompt tokens between start and end), as
+every CLIP scorer does. Frames of ``batch_size`` videos go through the image tower in one forward pass.
 
 **Scores** (``cos`` = cosine of the L2-normalised image and text embeddings, computed in float32):
 
@@ -38,7 +38,7 @@ import functools
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -133,8 +133,6 @@ class FrameWiseReward:
         skip_invalid: bool,
         decode_limits: DecodeLimits,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.name, self.encoder, self.frame_score, self.uses_prompt = name, encoder, frame_score, uses_prompt
         self.spec, self.batch_size, self.skip_invalid, self.decode_limits = spec, batch_size, skip_invalid, decode_limits
 
@@ -184,20 +182,36 @@ def load_aesthetic_head(path: Path, input_dim: int) -> AestheticHead:
     return head.eval()
 
 
-def _placement(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+class _Settings(NamedTuple):
+    """The options every CLIP scorer shares, checked before any weights load."""
+
+    spec: VideoSpec
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int
+    skip_invalid: bool
+    decode_limits: DecodeLimits
+
+
+def _settings(
+    *, fps: float, max_frames: int, batch_size: int, device: str | torch.device | None,
+    dtype: str | torch.dtype | None, skip_invalid: bool, decode_limits: DecodeLimits | Mapping[str, Any] | None,
+) -> _Settings:
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(decode_limits, Mapping):
+        decode_limits = DecodeLimits(**decode_limits)
     resolved = torch.device(device) if device is not None else default_device()
-    return resolved, torch_dtype(dtype, resolved)
+    return _Settings(frame_spec(fps, max_frames), resolved, torch_dtype(dtype, resolved), batch_size, skip_invalid,
+                     decode_limits or DecodeLimits())
 
 
 def _frame_reward(
-    name: str, encoder: FrameEncoder, frame_score: FrameScore, *, uses_prompt: bool = True, fps: float,
-    max_frames: int, batch_size: int, skip_invalid: bool, decode_limits: DecodeLimits | Mapping[str, Any] | None,
+    name: str, encoder: FrameEncoder, frame_score: FrameScore, settings: _Settings, *, uses_prompt: bool = True
 ) -> FrameWiseReward:
-    if isinstance(decode_limits, Mapping):
-        decode_limits = DecodeLimits(**decode_limits)
     return FrameWiseReward(
-        name, encoder, frame_score, uses_prompt=uses_prompt, spec=frame_spec(fps, max_frames),
-        batch_size=batch_size, skip_invalid=skip_invalid, decode_limits=decode_limits or DecodeLimits(),
+        name, encoder, frame_score, uses_prompt=uses_prompt, spec=settings.spec, batch_size=settings.batch_size,
+        skip_invalid=settings.skip_invalid, decode_limits=settings.decode_limits,
     )
 
 
@@ -221,10 +235,10 @@ def clip_score(
     """Prompt-frame agreement of a CLIP model: ``formula`` ``clipscore`` (2.5 * max(cos, 0)) or ``cosine``."""
     if formula not in CLIP_SCORE_FORMULAS:
         raise ConfigError(f"clip_score formula must be one of {sorted(CLIP_SCORE_FORMULAS)}, got {formula!r}")
-    device, dtype = _placement(device, dtype)
-    encoder = load_hf_clip(path, revision=revision, processor_path=None, device=device, dtype=dtype)
-    return _frame_reward("clip_score", encoder, CLIP_SCORE_FORMULAS[formula], fps=fps, max_frames=max_frames,
-                         batch_size=batch_size, skip_invalid=skip_invalid, decode_limits=decode_limits)
+    settings = _settings(fps=fps, max_frames=max_frames, batch_size=batch_size, device=device, dtype=dtype,
+                         skip_invalid=skip_invalid, decode_limits=decode_limits)
+    encoder = load_hf_clip(path, revision=revision, processor_path=None, device=settings.device, dtype=settings.dtype)
+    return _frame_reward("clip_score", encoder, CLIP_SCORE_FORMULAS[formula], settings)
 
 
 @register_reward("pickscore")
@@ -245,12 +259,13 @@ def pickscore(
     """PickScore: ``scale`` * logit_scale.exp() * cos; ``processor_path: null`` takes the processor from ``path``."""
     if not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"pickscore scale must be a positive number (flow_grpo: 1/26), got {scale}")
-    device, dtype = _placement(device, dtype)
-    encoder = load_hf_clip(path, revision=revision, processor_path=processor_path, device=device, dtype=dtype)
+    settings = _settings(fps=fps, max_frames=max_frames, batch_size=batch_size, device=device, dtype=dtype,
+                         skip_invalid=skip_invalid, decode_limits=decode_limits)
+    encoder = load_hf_clip(
+        path, revision=revision, processor_path=processor_path, device=settings.device, dtype=settings.dtype
+    )
     factor = scale * float(encoder.model.logit_scale.detach().exp())
-    return _frame_reward("pickscore", encoder, functools.partial(scaled_cosine, factor=factor), fps=fps,
-                         max_frames=max_frames, batch_size=batch_size, skip_invalid=skip_invalid,
-                         decode_limits=decode_limits)
+    return _frame_reward("pickscore", encoder, functools.partial(scaled_cosine, factor=factor), settings)
 
 
 @register_reward("hpsv2")
@@ -270,11 +285,11 @@ def hpsv2(
 ) -> FrameWiseReward:
     """HPSv2(.1): cos of an open_clip model. ``path``: the weights file, or a folder / hub id holding
     ``weights_file``; ``architecture``: an open_clip model name or a JSON config file."""
-    device, dtype = _placement(device, dtype)
-    weights = resolve_weights_file(path, weights_file, revision=revision, file_option="weights_file")
-    encoder = load_open_clip(weights, architecture=architecture, device=device, dtype=dtype)
-    return _frame_reward("hpsv2", encoder, cosine, fps=fps, max_frames=max_frames, batch_size=batch_size,
+    settings = _settings(fps=fps, max_frames=max_frames, batch_size=batch_size, device=device, dtype=dtype,
                          skip_invalid=skip_invalid, decode_limits=decode_limits)
+    weights = resolve_weights_file(path, weights_file, revision=revision, file_option="weights_file")
+    encoder = load_open_clip(weights, architecture=architecture, device=settings.device, dtype=settings.dtype)
+    return _frame_reward("hpsv2", encoder, cosine, settings)
 
 
 @register_reward("aesthetic")
@@ -294,10 +309,10 @@ def aesthetic(
 ) -> FrameWiseReward:
     """LAION aesthetic score of each frame. ``path``: the CLIP backbone; ``head``: the MLP's weights file
     (``.pth`` or ``.safetensors``), or a folder / hub id holding ``head_file``."""
-    device, dtype = _placement(device, dtype)
-    encoder = load_hf_clip(path, revision=revision, processor_path=None, device=device, dtype=dtype)
+    settings = _settings(fps=fps, max_frames=max_frames, batch_size=batch_size, device=device, dtype=dtype,
+                         skip_invalid=skip_invalid, decode_limits=decode_limits)
+    encoder = load_hf_clip(path, revision=revision, processor_path=None, device=settings.device, dtype=settings.dtype)
     head_weights = resolve_weights_file(head, head_file, revision=None, file_option="head_file")
-    mlp = load_aesthetic_head(head_weights, encoder.embed_dim).to(device)
-    return _frame_reward("aesthetic", encoder, functools.partial(aesthetic_scores, head=mlp), uses_prompt=False,
-                         fps=fps, max_frames=max_frames, batch_size=batch_size, skip_invalid=skip_invalid,
-                         decode_limits=decode_limits)
+    mlp = load_aesthetic_head(head_weights, encoder.embed_dim).to(settings.device)
+    scores = functools.partial(aesthetic_scores, head=mlp)
+    return _frame_reward("aesthetic", encoder, scores, settings, uses_prompt=False)

@@ -224,6 +224,14 @@ def test_bad_options_are_refused(files):
         build_reward(entry("pickscore", files, dtype="int8"))
 
 
+def test_frame_sampling_follows_the_fps_and_max_frames_options(files):
+    model = build_reward(entry("clip_score", files, fps=4.0, max_frames=6))
+    assert (model.spec.fps, model.spec.min_frames, model.spec.max_frames) == (4.0, 4, 6)
+    assert len(load_video(files["video_b"], model.spec).frames) == 6  # 16 frames at 4 fps, capped at 6
+    with pytest.raises(ConfigError, match="fps / max_frames"):
+        build_reward(entry("clip_score", files, max_frames=1))
+
+
 def test_unreadable_video_raises_or_is_reported(files, tmp_path):
     broken = truncated_clip(tmp_path / "broken.mp4")
     with pytest.raises(ValueError, match="broken.mp4"):
