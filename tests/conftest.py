@@ -52,6 +52,23 @@ def tiny_descore_dir(tiny_qwen3_vl_dir, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """A registry entry per zoo reward model, each over a tiny random-weight checkpoint in its upstream layout."""
+    from reward.tiny_clip import TINY_CLIP, save_aesthetic_head, save_hf_clip, save_open_clip_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-zoo")
+    clip = save_hf_clip(root / "clip")
+    hps, hps_config = save_open_clip_checkpoint(root / "hps" / "HPS_v2.1_compressed.pt")
+    return {
+        "clip_score": {"name": "clip_score", "path": str(clip)},
+        "pickscore": {"name": "pickscore", "path": str(clip), "processor_path": None},
+        "hpsv2": {"name": "hpsv2", "path": str(hps), "architecture": str(hps_config)},
+        "aesthetic": {"name": "aesthetic", "path": str(clip),
+                      "head": str(save_aesthetic_head(root / "aesthetic-model.pth", TINY_CLIP.projection_dim))},
+    }
+
+
+@pytest.fixture(scope="session")
 def visual_pairs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(train.csv, eval.csv) of the synthetic task whose answer is in the pixels (and the CoTs)."""
     root = tmp_path_factory.mktemp("visual-pairs")

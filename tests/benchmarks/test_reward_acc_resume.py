@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import reward.jobs as jobs
 from benchmarks.synthetic import make_photo_benchmark
@@ -22,13 +23,14 @@ from reward.score_output import partial_path
 from ..conftest import REPO_ROOT
 
 
-def _entries(folder: Path, descore: Path) -> list[Path]:
+def _entries(folder: Path, descore: Path, zoo: dict) -> list[Path]:
     """The reward YAMLs: DeScore writing a CoT first (the slow one, so the kill lands inside it), DeScore's
-    one-forward mode, and a sanity reward."""
+    one-forward mode, a sanity reward and a zoo model (a tiny HPSv2 in its upstream layout)."""
     entries = {
         "descore_cot.yaml": f"name: descore\npath: {descore}\nbatch_size: 1\ngeneration: {{max_new_tokens: 24}}\n",
         "descore_fast.yaml": f"name: descore_no_cot\npath: {descore}\nlabel: descore-fast\n",
         "smooth.yaml": "name: temporal_smoothness\n",
+        "hpsv2.yaml": yaml.safe_dump(zoo["hpsv2"]),
     }
     for name, text in entries.items():
         (folder / name).write_text(text)
@@ -50,9 +52,9 @@ def _results(output: Path) -> dict:
     return results
 
 
-def test_killed_run_resumes_to_the_uninterrupted_table(tiny_descore_dir, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_uninterrupted_table(tiny_descore_dir, tiny_zoo, tmp_path, monkeypatch):
     data = make_photo_benchmark(tmp_path / "bench", pairs=6, ties=2, frames=8)
-    rewards = [str(path) for path in _entries(tmp_path, tiny_descore_dir)]
+    rewards = [str(path) for path in _entries(tmp_path, tiny_descore_dir, tiny_zoo)]
 
     def argv(output: Path) -> list[str]:
         return ["bench", "reward-acc", "--reward", *rewards, "--data", str(data), "--output_dir", str(output),
@@ -85,4 +87,4 @@ def test_killed_run_resumes_to_the_uninterrupted_table(tiny_descore_dir, tmp_pat
     uninterrupted = tmp_path / "uninterrupted"
     assert main(argv(uninterrupted)) == 0
     assert _results(killed) == _results(uninterrupted)
-    assert (killed / "results.md").read_text().count("\n| ") == 4  # the header and three rewards
+    assert (killed / "results.md").read_text().count("\n| ") == 5  # the header and four rewards
