@@ -4,16 +4,19 @@ options, and every configuration error."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
 import decord
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from reward import build_reward
 from reward.errors import ConfigError, VideoDecodeError
+from reward.jobs import ScoreConfig, run_score
 from reward.judge_rating import ChoiceProbabilities, RatingScale, answer_tokens, combine_orders
 from reward.tiny_models import build_tiny_tokenizer
 from reward.video import VideoFrames, load_video
@@ -233,3 +236,18 @@ def test_default_video_spec_follows_the_processor(tiny_qwen3_vl_dir, tiny_qwen2_
     for path, factor in ((tiny_qwen3_vl_dir, 32), (tiny_qwen2_5_vl_dir, 28)):
         spec = judge_video_spec(AutoProcessor.from_pretrained(path))
         assert (spec.fps, spec.max_pixels, spec.min_pixels, spec.pixel_factor) == (2.0, 200_704, 128 * factor**2, factor)
+
+
+def test_descore_reward_score_runs_the_judge_from_yaml(tiny_qwen3_vl_dir, clips, tmp_path):
+    entry = {"name": "vlm_judge", "path": str(tiny_qwen3_vl_dir), "device": "cpu", "video_spec": SPEC,
+             "questions": {"match": QUESTION, "looks": "Rate its looks: {answers}"}, "min_rating_mass": 0.0}
+    reward_file = tmp_path / "judge.yaml"
+    reward_file.write_text(yaml.safe_dump(entry))
+    output = tmp_path / "scores.jsonl"
+    run_score(ScoreConfig(reward=str(reward_file), video=[str(c) for c in clips], prompt=PROMPTS, output=str(output)))
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    direct = judge(tiny_qwen3_vl_dir, questions=entry["questions"], min_rating_mass=0.0).score(clips, PROMPTS).items
+    assert [(r["reward"], r["sub_scores"], r["parse_ok"]) for r in records] == [(i.reward, i.sub_scores, True) for i in direct]
+    reward_file.write_text(yaml.safe_dump(entry | {"mode": "pairwise", "questions": {"q": QUESTION}}))
+    with pytest.raises(ConfigError, match="it only compares pairs of videos"):
+        run_score(ScoreConfig(reward=str(reward_file), video=[str(clips[0])], prompt=PROMPTS[:1], output=str(tmp_path / "p.jsonl")))
