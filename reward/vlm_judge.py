@@ -285,7 +285,7 @@ class VlmJudge:
         low = {name: round(mass, 6) for name, mass in masses.items() if mass < self.min_rating_mass}
         if not low:
             return None
-        return (f"the answer tokens {list(self.rubric.labels)} got probability mass {low} (question: mass), "
+        return (f"the answer tokens {list(self.rubric.labels)} got probability mass {low}, "
                 f"below min_rating_mass {self.min_rating_mass}: the judge is not answering on the scale")
 
     # ----- pairwise -------------------------------------------------------------------------------------

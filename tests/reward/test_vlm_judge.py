@@ -120,6 +120,9 @@ def test_a_judge_below_min_rating_mass_fails_instead_of_scoring(tiny_qwen3_vl_di
     assert silent.items[0].sub_scores["overall_rating_mass"] < 0.5  # the ratings are still reported
     answering = judge(tiny_qwen3_vl_dir, min_rating_mass=0.0).score(clips[:2], PROMPTS[:2])
     assert all(item.ok and item.parse_ok for item in answering.items) and answering.parse_failure_rate == 0.0
+    (pair,) = judge(tiny_qwen3_vl_dir, mode="pairwise", min_rating_mass=0.5).compare(clips[:1], clips[1:2], PROMPTS[:1])
+    assert pair.decision is None and math.isnan(pair.prob_a) and "'A first'" in pair.parse_error
+    assert pair.orders[0].mass < 0.5 and pair.error is None
 
 
 def test_word_labels_from_the_registry(tiny_qwen3_vl_dir, clips):
