@@ -73,6 +73,21 @@ def encode(
     """
     if len(texts) != len(videos):
         raise ValueError(f"got {len(texts)} texts for {len(videos)} videos")
+    return encode_video_groups(processor, texts, [[video] for video in videos], padding_side=padding_side)
+
+
+def encode_video_groups(
+    processor: ProcessorMixin,
+    texts: Sequence[str],
+    video_groups: Sequence[Sequence[SampledVideo]],
+    *,
+    padding_side: Literal["left", "right"] = "right",
+) -> BatchFeature:
+    """As :func:`encode`, for texts with several video placeholders each (e.g. a pairwise judge's two clips):
+    ``video_groups[i]`` holds text ``i``'s videos in the order of its placeholders."""
+    if len(texts) != len(video_groups):
+        raise ValueError(f"got {len(texts)} texts for {len(video_groups)} video groups")
+    videos = [video for group in video_groups for video in group]
     return processor(
         text=list(texts),
         videos=[video.frames for video in videos],
