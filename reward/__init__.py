@@ -13,6 +13,7 @@ from typing import Any
 
 from .base import RewardModel, RewardOutput, ScoredItem, build_reward, register_reward, registered_rewards
 from . import sanity  # noqa: F401  (registers the sanity-check rewards)
+from . import videoreward  # noqa: F401  (registers videoreward)
 from .scoring import DeScoreReward
 from .video import DecodeLimits, VideoFrames, VideoSpec, load_video, probe_video
 
