@@ -168,7 +168,7 @@ class VideoRewardModel(nn.Module):
 
 def load_videoreward(
     folder: Path, *, step: int | None = None, base_model: str | None = None, dtype: torch.dtype = torch.float32
-) -> tuple[VideoRewardModel, Any, VideoRewardConfig]:
+) -> tuple[VideoRewardModel, Any]:
     """Rebuild VideoAlign's model from a checkpoint folder: base Qwen2-VL + reward tokens + trained tensors.
 
     The processor and weights of the base come from ``base_model`` (a folder or hub id) or else the config's
@@ -192,7 +192,7 @@ def load_videoreward(
     _load_weights(backbone, head, tensors, folder=folder)
     backbone = _merge_lora(backbone, tensors.lora, config, folder=folder)
     token_ids = processor.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
-    return VideoRewardModel(backbone.eval(), head, token_ids).eval(), processor, config
+    return VideoRewardModel(backbone.eval(), head, token_ids).eval(), processor
 
 
 def _load_weights(backbone: nn.Module, head: nn.Linear, tensors: CheckpointTensors, *, folder: Path) -> None:
@@ -298,27 +298,29 @@ class VideoReward:
         if step is not None and (not isinstance(step, int) or step < 0):
             raise ConfigError(f"step must be a checkpoint step (an integer >= 0), got {step!r}")
         self.template = rubric_template(template)
-        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(decode_limits, Mapping):
+            try:
+                decode_limits = DecodeLimits(**decode_limits)
+            except TypeError as error:
+                raise ConfigError(f"decode_limits: {error}") from error
+        self.decode_limits = decode_limits or DecodeLimits()
         folder = _checkpoint_folder(path, revision)
-        self.model, self.processor, config = load_videoreward(
-            folder, step=step, base_model=base_model, dtype=_resolve_dtype(dtype, self.device)
-        )
+        config = VideoRewardConfig.read(folder)  # checked before the weights load
         if normalize and config.statistics is None:
             raise ConfigError(f"{folder}/model_config.json has no inference_config to normalise with; pass normalize: false")
-        self.model.to(self.device)
         self.statistics = config.statistics if normalize else None
         self.spec = sampling_spec(config, video_spec)
         self.dimension, self.batch_size, self.skip_invalid, self.progress = dimension, batch_size, skip_invalid, progress
-        self.decode_limits = DecodeLimits(**decode_limits) if isinstance(decode_limits, Mapping) else decode_limits or DecodeLimits()
-
-    def rubric(self, prompt: str) -> str:
-        """The user text after the video: the rubric with ``prompt`` in its TA section."""
-        if any(token in prompt for token in SPECIAL_TOKENS):
-            raise ValueError(f"prompt {prompt!r} contains a reward token ({', '.join(SPECIAL_TOKENS)})")
-        return self.template.replace("{prompt}", prompt)
+        self.model, self.processor = load_videoreward(
+            folder, step=step, base_model=base_model, dtype=_resolve_dtype(dtype, self.device)
+        )
+        self.model.to(self.device)
 
     def chat_text(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": self.rubric(prompt)}]}]
+        """One user turn: the video, then the rubric with ``prompt`` in its TA section."""
+        rubric = self.template.replace("{prompt}", prompt)
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": rubric}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     @torch.no_grad()
@@ -331,6 +333,9 @@ class VideoReward:
     def score(self, videos: Sequence[VideoSource], prompts: Sequence[str]) -> RewardOutput:
         if len(videos) != len(prompts):
             raise ValueError(f"got {len(videos)} videos and {len(prompts)} prompts")
+        holding = [index for index, prompt in enumerate(prompts) if any(token in prompt for token in SPECIAL_TOKENS)]
+        if holding:
+            raise ValueError(f"prompts {holding} contain a reward token ({', '.join(SPECIAL_TOKENS)}); remove it")
         items: list[ScoredItem | None] = [None] * len(videos)
         starts = range(0, len(videos), self.batch_size)
         for start in tqdm(starts, desc="scoring (videoreward)", disable=not self.progress):

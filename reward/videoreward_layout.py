@@ -266,7 +266,8 @@ def save_tiny_qwen2_vl(directory: Path, sizes: Qwen2VLSizes = Qwen2VLSizes(), *,
     text = {
         "vocab_size": len(tokenizer), "hidden_size": sizes.hidden_size, "intermediate_size": sizes.intermediate_size,
         "num_hidden_layers": sizes.layers, "num_attention_heads": sizes.heads, "num_key_value_heads": sizes.kv_heads,
-        "max_position_embeddings": 32768, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None,
+        "max_position_embeddings": 32768, "bos_token_id": None,
+        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
         "rope_parameters": {"rope_type": "default", "rope_theta": sizes.rope_theta,
                             "mrope_section": [head_dim // 2 - 3 * quarter, quarter + quarter // 2, quarter + quarter // 2]},
     }

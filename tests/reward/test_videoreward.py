@@ -20,7 +20,7 @@ from reward.errors import CheckpointError, ConfigError, VideoDecodeError
 from reward.inputs import encode
 from reward.video import VideoFrames, load_video
 from reward.videoreward import DEFAULT_TEMPLATE, sequential_positions
-from reward.videoreward_layout import save_tiny_videoreward
+from reward.videoreward_layout import find_checkpoint, save_tiny_videoreward
 from tests.reward.helpers import small_clip
 
 PROMPT = "a red square moving left"
@@ -192,6 +192,7 @@ def test_a_template_file_scores_like_the_same_template_string(scorer, checkpoint
     ({"template": "{prompt} <|VQ_reward|> <|VQ_reward|> <|TA_reward|>"}, r"<\|VQ_reward\|> appears 2 times; <\|MQ_reward"),
     ({"video_spec": {"frames": 4}}, "unknown VideoSpec keys"),
     ({"video_spec": {"fps": -1}}, "fps must be a positive number"),
+    ({"decode_limits": {"max_seconds": 3}}, "decode_limits: .*max_seconds"),
     ({"calibrate": True}, "does not take options"),
 ])
 def test_bad_options_raise_config_errors(checkpoints, options, message):
@@ -200,8 +201,8 @@ def test_bad_options_raise_config_errors(checkpoints, options, message):
 
 
 def test_a_prompt_holding_a_reward_token_is_refused(scorer, clips):
-    with pytest.raises(ValueError, match="contains a reward token"):
-        scorer.score([clips[0]], ["a square <|TA_reward|>"])
+    with pytest.raises(ValueError, match=r"prompts \[1\] contain a reward token"):
+        scorer.score([clips[0]] * 2, [PROMPT, "a square <|TA_reward|>"])
 
 
 def test_unreadable_videos_fail_alone_with_skip_invalid(checkpoints, clips, tmp_path):
@@ -256,3 +257,10 @@ def test_missing_and_unexpected_tensors_are_named(checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match=r"missing \['model.language_model.norm.weight'\], "
                                               r"unexpected \['extra_head.weight'\]"):
         build_reward({"name": "videoreward", "path": str(folder), "device": "cpu"})
+
+
+def test_the_highest_step_is_the_default_and_a_step_picks_its_folder(tmp_path):
+    for name in ("checkpoint-2", "checkpoint-10", "checkpoint-best", "runs"):
+        (tmp_path / name).mkdir()
+    assert find_checkpoint(tmp_path) == tmp_path / "checkpoint-10"  # by number, not by name
+    assert find_checkpoint(tmp_path, 2) == tmp_path / "checkpoint-2"
