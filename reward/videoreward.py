@@ -232,10 +232,12 @@ def _merge_lora(backbone: nn.Module, lora: Mapping[str, tuple[torch.Tensor, torc
 
     modules = dict(backbone.named_modules())
     unknown = sorted(name for name in lora if not isinstance(modules.get(name), nn.Linear))
-    wrong_rank = sorted(name for name, (down, _) in lora.items() if down.shape[0] != config.lora_rank)
-    if unknown or wrong_rank:
-        raise CheckpointError(f"{folder}: LoRA layers not linear layers of the base {unknown}; "
-                              f"rank other than lora_r={config.lora_rank} {wrong_rank}")
+    rank = config.lora_rank
+    misshapen = sorted(name for name, (down, up) in lora.items() if name not in unknown and (
+        tuple(down.shape) != (rank, modules[name].in_features) or tuple(up.shape) != (modules[name].out_features, rank)))
+    if unknown or misshapen:
+        raise CheckpointError(f"{folder}: LoRA layers that are not linear layers of the base: {unknown}; "
+                              f"LoRA layers not of rank lora_r={rank} or of another layer's size: {misshapen}")
     peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, use_rslora=config.use_rslora,
                              target_modules=sorted(lora), lora_dropout=0.0, bias="none")
     wrapped = get_peft_model(backbone, peft_config)

@@ -264,3 +264,16 @@ def test_the_highest_step_is_the_default_and_a_step_picks_its_folder(tmp_path):
         (tmp_path / name).mkdir()
     assert find_checkpoint(tmp_path) == tmp_path / "checkpoint-10"  # by number, not by name
     assert find_checkpoint(tmp_path, 2) == tmp_path / "checkpoint-2"
+
+
+def test_lora_that_does_not_match_peft_lora_config_is_refused(checkpoints, tmp_path):
+    folder = _copy(checkpoints, "adapter", tmp_path)
+    config = json.loads((folder / "model_config.json").read_text())
+    config["peft_lora_config"]["lora_r"] = 8
+    (folder / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"not of rank lora_r=8 .*layers\.0\.mlp\.down_proj"):
+        build_reward({"name": "videoreward", "path": str(folder), "device": "cpu"})
+    config["peft_lora_config"]["lora_enable"] = False
+    (folder / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="lora_enable is False but the checkpoint holds 14 LoRA layers"):
+        build_reward({"name": "videoreward", "path": str(folder), "device": "cpu"})
