@@ -14,6 +14,7 @@ from typing import Any
 from .base import RewardModel, RewardOutput, ScoredItem, build_reward, register_reward, registered_rewards
 from . import sanity  # noqa: F401  (registers the sanity-check rewards)
 from . import clip_scorers  # noqa: F401  (registers clip_score, pickscore, hpsv2, aesthetic)
+from . import videoreward  # noqa: F401  (registers videoreward)
 from . import vlm_judge  # noqa: F401  (registers vlm_judge)
 from .scoring import DeScoreReward
 from .video import DecodeLimits, VideoFrames, VideoSpec, load_video, probe_video
