@@ -213,16 +213,25 @@ def check_model_source(name: str | Path, *, what: str, ask_hub: bool = False, re
         raise ConfigError(f"{what}: {text} does not exist (and is not a hub id of the form owner/name)")
     if not ask_hub and os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
         return
-    from huggingface_hub import try_to_load_from_cache
-
-    # config.json: a transformers model; model_index.json: a diffusers pipeline; descore_config.json: a DeScore
-    # checkpoint (an adapter checkpoint has no config.json).
-    cached = ("config.json", "model_index.json", "descore_config.json")
-    if any(isinstance(try_to_load_from_cache(text, file, revision=revision), str) for file in cached):
+    if _in_hub_cache(text, revision):
         return
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise ConfigError(f"{what}: {text} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set")
     _ask_hub(text, what=what)
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    """Whether the hub cache holds files of ``repo_id`` at ``revision`` (a branch or tag resolved through the
+    cache's refs, or a commit). Any file counts: not every repository has a config.json (VideoReward's
+    model_config.json, HPSv2's single .pt file)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    ref = folder / "refs" / (revision or "main")
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = folder / "snapshots" / commit if commit else None
+    return snapshot is not None and snapshot.is_dir() and any(snapshot.iterdir())
 
 
 def _ask_hub(repo_id: str, *, what: str) -> None:

@@ -52,9 +52,11 @@ def tiny_descore_dir(tiny_qwen3_vl_dir, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
-def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """A registry entry per zoo reward model, each over a tiny random-weight checkpoint in its upstream layout."""
+def tiny_zoo(tiny_qwen3_vl_dir, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """A registry entry per zoo reward model, each over a tiny random-weight checkpoint in its upstream layout
+    (the VLM judge: the tiny Qwen3-VL, with small frames)."""
     from reward.tiny_clip import TINY_CLIP, save_aesthetic_head, save_hf_clip, save_open_clip_checkpoint
+    from reward.videoreward_layout import save_tiny_videoreward
 
     root = tmp_path_factory.mktemp("tiny-zoo")
     clip = save_hf_clip(root / "clip")
@@ -65,6 +67,8 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         "hpsv2": {"name": "hpsv2", "path": str(hps), "architecture": str(hps_config)},
         "aesthetic": {"name": "aesthetic", "path": str(clip),
                       "head": str(save_aesthetic_head(root / "aesthetic-model.pth", TINY_CLIP.projection_dim))},
+        "videoreward": {"name": "videoreward", "path": str(save_tiny_videoreward(root / "videoreward")), "dimension": "TA"},
+        "vlm_judge": {"name": "vlm_judge", "path": str(tiny_qwen3_vl_dir), "video_spec": TINY_SPEC.to_dict()},
     }
 
 

@@ -197,3 +197,15 @@ def test_offline_mode_from_the_environment_of_a_fresh_process(checkpoint, clips,
     assert "offline mode is on (HF_HUB_OFFLINE=1)" in result.stderr
     expected = no_cot_rewards(checkpoint, clips)
     assert [json.loads(line)["reward"] for line in output.read_text().splitlines()] == expected.tolist()
+
+
+def test_a_cached_repository_without_config_json_loads_offline(tiny_zoo, clips, offline_cache):
+    """VideoReward's repository has model_config.json and checkpoint-N/, no config.json: the offline check
+    finds it in the cache all the same, and it scores by hub id exactly like the folder."""
+    folder = tiny_zoo["videoreward"]["path"]
+    add_to_hub_cache(Path(folder), offline_cache, "descore-tests/tiny-videoreward", FIRST_COMMIT)
+    by_folder = reward.build_reward({"name": "videoreward", "path": folder}).score(clips, PROMPTS).rewards
+    by_id = reward.build_reward({"name": "videoreward", "path": "descore-tests/tiny-videoreward"}).score(clips, PROMPTS)
+    assert torch.isfinite(by_folder).all() and torch.equal(by_id.rewards, by_folder)
+    with pytest.raises(ConfigError, match="descore-tests/tiny-videoreward is neither a local folder nor in the hub cache"):
+        reward.build_reward({"name": "videoreward", "path": "descore-tests/tiny-videoreward", "revision": "v2"})
