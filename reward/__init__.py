@@ -13,6 +13,8 @@ from typing import Any
 
 from .base import RewardModel, RewardOutput, ScoredItem, build_reward, register_reward, registered_rewards
 from . import sanity  # noqa: F401  (registers the sanity-check rewards)
+from .calibration import Calibration, read_calibration
+from .composite import CompositeReward
 from .scoring import DeScoreReward
 from .video import DecodeLimits, VideoFrames, VideoSpec, load_video, probe_video
 
@@ -24,6 +26,8 @@ def load(path: str | Path, *, cot: bool = True, **options: Any) -> DeScoreReward
 
 
 __all__ = [
+    "Calibration",
+    "CompositeReward",
     "DeScoreReward",
     "DecodeLimits",
     "RewardModel",
@@ -35,6 +39,7 @@ __all__ = [
     "load",
     "load_video",
     "probe_video",
+    "read_calibration",
     "register_reward",
     "registered_rewards",
 ]
