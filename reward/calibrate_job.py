@@ -89,9 +89,11 @@ def run_calibrate(config: CalibrateConfig) -> CalibrationSummary:
     summary = run_score(ScoreConfig(reward=config.reward, data=config.data, output=str(output / SCORES),
                                     skip_invalid=True, batch_size=config.batch_size))
     records = [json.loads(line) for line in (output / SCORES).read_text(encoding="utf-8").splitlines()]
-    failures = [{"video": r["video"], "prompt": r["prompt"], "error": r.get("error")} for r in records if r["reward"] is None]
+    failures = [{"video": record["video"], "prompt": record["prompt"], "error": record.get("error")}
+                for record in records if record["reward"] is None]
     if failures:
-        logger.warning("%d of %d item(s) could not be scored; they are left out of the stats", len(failures), len(records))
+        logger.warning("%d of %d item(s) could not be scored; they are left out of the stats",
+                       len(failures), len(records))
     source = {
         "data": _data_identity(config.data),
         "items": {"scored": len(records) - len(failures), "failed": len(failures),
@@ -116,7 +118,8 @@ def calibration_of(records: list[dict[str, Any]], entry: RewardEntry, *, source:
     values = dimension_values(records)
     if not values["reward"]:
         errors = "; ".join(str(record.get("error")) for record in records[:3])
-        raise DataError(f"none of the {len(records)} item(s) got a reward, so there is nothing to calibrate on ({errors})")
+        raise DataError(f"none of the {len(records)} item(s) got a reward, so there is nothing to calibrate on "
+                        f"({errors})")
     return Calibration(
         dimensions={name: DimensionStats.of(numbers) for name, numbers in values.items()},
         reward={"label": entry.label, "entry": entry.entry, "identity": reward_identity(entry.entry)},

@@ -170,8 +170,10 @@ def read_calibration(path: str | Path) -> Calibration:
     for key, kind in (("reward", dict), ("source", dict), ("dimensions", dict)):
         if not isinstance(payload.get(key), kind) or not payload[key]:
             raise ConfigError(f"calibration file {path}: '{key}' must be a non-empty mapping")
-    if "identity" not in payload["reward"]:
-        raise ConfigError(f"calibration file {path}: 'reward' has no 'identity' (what model the stats describe)")
+    identity = payload["reward"].get("identity")
+    if not isinstance(identity, dict) or not isinstance(identity.get("entry"), dict) or "fingerprint" not in identity:
+        raise ConfigError(f"calibration file {path}: 'reward.identity' must map 'entry' (the reward entry the stats "
+                          f"describe) and 'fingerprint', got {identity!r}")
     dimensions = {name: DimensionStats.from_json(stats, where=f"{path}: dimensions.{name}")
                   for name, stats in payload["dimensions"].items()}
     return Calibration(dimensions=dimensions, reward=payload["reward"], source=payload["source"])

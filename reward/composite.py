@@ -132,21 +132,21 @@ class CompositeReward:
     def score(self, videos: Sequence[VideoSource], prompts: Sequence[str]) -> RewardOutput:
         if len(videos) != len(prompts):
             raise ValueError(f"got {len(videos)} videos and {len(prompts)} prompts")
-        outputs = [model.score(videos, prompts).items for model in self.models]
-        raw = {term.label: [item.reward if item.ok else math.nan for item in items]
-               for term, items in zip(self.terms, outputs)}
+        per_term = {term.label: model.score(videos, prompts).items for term, model in zip(self.terms, self.models)}
+        raw = {label: [item.reward if item.ok else math.nan for item in scored] for label, scored in per_term.items()}
         normalized = {term.label: self._normalize(term, raw[term.label]) for term in self.terms}
-        items = []
+        combined = []
         for index in range(len(videos)):
-            failures = [f"term {term.label!r}: {items[index].error or 'no reward'}"
-                        for term, items in zip(self.terms, outputs) if not items[index].ok]
-            total = math.nan if failures else math.fsum(term.weight * normalized[term.label][index] for term in self.terms)
+            failures = [f"term {label!r}: {scored[index].error or 'no reward'}"
+                        for label, scored in per_term.items() if not scored[index].ok]
+            weighted = [term.weight * normalized[term.label][index] for term in self.terms]
+            total = math.nan if failures else math.fsum(weighted)
             sub_scores = {}
-            for term in self.terms:
-                sub_scores[f"{term.label}/raw"] = _or_none(raw[term.label][index])
-                sub_scores[f"{term.label}/normalized"] = _or_none(normalized[term.label][index])
-            items.append(ScoredItem(reward=total, sub_scores=sub_scores, error="; ".join(failures) or None))
-        return RewardOutput(items)
+            for label in per_term:
+                sub_scores[f"{label}/raw"] = _or_none(raw[label][index])
+                sub_scores[f"{label}/normalized"] = _or_none(normalized[label][index])
+            combined.append(ScoredItem(reward=total, sub_scores=sub_scores, error="; ".join(failures) or None))
+        return RewardOutput(combined)
 
     def _normalize(self, term: CompositeTerm, values: list[float]) -> list[float]:
         if term.normalize == "zscore":

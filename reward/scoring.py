@@ -134,7 +134,8 @@ class DeScoreReward:
             return None
         calibration = read_calibration(folder / CALIBRATION_FILE)
         recorded = calibration.reward["identity"]["entry"]
-        same_generation = not self.use_cot or GenerationSettings(**(recorded.get("generation") or {})) == self.generation
+        generation = GenerationSettings(**(recorded.get("generation") or {}))
+        same_generation = not self.use_cot or generation == self.generation
         if recorded.get("name") != self.name or not same_generation:
             logger.warning("%s: its calibration stats were computed as %s, not as %s with %s; not using them",
                            folder, recorded, self.name, self.generation)

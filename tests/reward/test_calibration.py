@@ -121,7 +121,10 @@ def test_a_calibration_file_round_trips(tmp_path):
     ("{not json", r"is not valid JSON"),
     ('{"format_version": 7}', r"format_version 7 is not 1"),
     ('{"format_version": 1, "reward": {"identity": {}}, "source": {"a": 1}}', r"'dimensions' must be a non-empty mapping"),
-    ('{"format_version": 1, "reward": {"identity": {}}, "source": {"a": 1}, "dimensions": {"reward": {"count": 2}}}',
+    ('{"format_version": 1, "reward": {"label": "x"}, "source": {"a": 1}, "dimensions": {"reward": {}}}',
+     r"'reward.identity' must map 'entry' \(the reward entry the stats describe\) and 'fingerprint', got None"),
+    ('{"format_version": 1, "reward": {"identity": {"entry": {}, "fingerprint": null}}, "source": {"a": 1}, '
+     '"dimensions": {"reward": {"count": 2}}}',
      r"dimensions.reward: expected the keys \['count', 'mean', 'std', 'min', 'max', 'quantiles'\], found \['count'\]"),
 ])
 def test_a_bad_calibration_file_is_refused_naming_it(content, message, tmp_path):
@@ -188,7 +191,7 @@ def test_calibrate_refuses_bad_arguments_before_scoring(reference, tmp_path):
 
 
 def test_calibration_of_another_reward_is_refused_runtime_options_aside(reference, tmp_path):
-    index, good = reference
+    index, _ = reference
     run_calibrate(CalibrateConfig(reward=str(entry_file(tmp_path, "name: temporal_smoothness\n")), data=str(index),
                                   output_dir=str(tmp_path / "calib")))
     path = str(tmp_path / "calib" / CALIBRATION_FILE)
@@ -228,6 +231,12 @@ def test_a_descore_checkpoint_carries_its_stats(checkpoint, reference, tmp_path)
     chosen = build_reward({"name": "descore_no_cot", "path": str(model), "device": "cpu", "calibration": explicit})
     assert chosen.calibration.dimensions == read_calibration(explicit).dimensions != summary.calibration.dimensions
     assert load(model, cot=True, device="cpu").calibration is None  # computed without CoT: not this mode's stats
+    composite = build_reward({"name": "composite", "terms": [
+        {"name": "descore_no_cot", "path": str(model), "device": "cpu", "normalize": "zscore", "weight": 2.0}]})
+    raw = scorer.score(good[:2], ["prompt 0", "prompt 1"]).rewards.tolist()
+    stats = summary.calibration.stats()
+    assert [item.reward for item in composite.score(good[:2], ["prompt 0", "prompt 1"]).items] == pytest.approx(
+        [2.0 * (value - stats.mean) / stats.std for value in raw], abs=1e-6)
 
     export = run_export(ExportConfig(model=str(model), output_dir=str(tmp_path / "export")))
     assert (export / CALIBRATION_FILE).read_bytes() == before
