@@ -21,15 +21,29 @@ from pathlib import Path
 from typing import Any
 
 from .base import check_reward_entry
-from .calibration import CALIBRATION_FILE, Calibration, DimensionStats, dimension_values, read_calibration, \
-    reward_identity, write_calibration
+from .calibration import (
+    CALIBRATION_FILE,
+    Calibration,
+    DimensionStats,
+    dimension_values,
+    read_calibration,
+    reward_identity,
+    write_calibration,
+)
 from .entry_file import RewardEntry, read_reward_entry
 from .errors import ConfigError, DataError
 from .jobs import ScoreConfig, run_score
 from .modeling import MANIFEST_NAME
+from .run_record import (
+    RUN_CONFIG,
+    check_output_directory,
+    check_same_run,
+    code_commit,
+    file_sha256,
+    library_versions,
+    write_run_config,
+)
 from .score_report import _number, _table  # the number and table format of `reward score`'s report
-from .run_record import RUN_CONFIG, check_output_directory, check_same_run, code_commit, file_sha256, \
-    library_versions, write_run_config
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from reward.calibration import (
     read_calibration,
     write_calibration,
 )
-from reward.errors import ConfigError
+from reward.errors import ConfigError, DataError
 from reward.jobs import ExportConfig, run_export
 from reward.run_record import RunMismatchError
 from reward.sanity import FrameStatisticReward
@@ -188,6 +188,14 @@ def test_calibrate_refuses_bad_arguments_before_scoring(reference, tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"already holds files this command did not write"):
         CalibrateConfig(reward=str(reward), data=str(index), output_dir=str(tmp_path / "taken"))
+
+
+def test_nothing_to_calibrate_on_is_an_error_naming_the_failures(tmp_path):
+    index = write_index(tmp_path, [truncated_clip(tmp_path / "corrupt.mp4")])
+    reward = entry_file(tmp_path, "name: brightness\n")
+    with pytest.raises(DataError, match=r"none of the 1 item\(s\) got a reward, .*\(cannot read video .*corrupt.mp4"):
+        run_calibrate(CalibrateConfig(reward=str(reward), data=str(index), output_dir=str(tmp_path / "calib")))
+    assert not (tmp_path / "calib" / CALIBRATION_FILE).exists()
 
 
 def test_calibration_of_another_reward_is_refused_runtime_options_aside(reference, tmp_path):
