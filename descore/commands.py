@@ -49,6 +49,12 @@ def _report_score(summary: Any) -> str:
     return format_score_report(summary)
 
 
+def _report_calibration(summary: Any) -> str:
+    from reward.calibrate_job import format_calibration_report
+
+    return format_calibration_report(summary)
+
+
 def _report_train(metrics: dict[str, float]) -> str:
     return "\n".join(f"{key}: {value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("accuracy"))
 
@@ -86,6 +92,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("reward", "export"): Command(
         "Export a merged checkpoint: HF/vLLM backbone + DeScore head and manifest",
         ("reward.jobs:ExportConfig",), "reward.jobs:run_export", lambda path: f"wrote {path}"),
+    ("reward", "calibrate"): Command(
+        "Score a reference set with one reward and write its calibration stats (mean, std, quantiles)",
+        ("reward.calibrate_job:CalibrateConfig",), "reward.calibrate_job:run_calibrate", _report_calibration),
     ("tune", "grpo"): Command(
         "GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
         (_POLICY, _RUN, _GRPO), "generator_rl.grpo:run_grpo", _report_tuning),

@@ -16,6 +16,8 @@ from . import sanity  # noqa: F401  (registers the sanity-check rewards)
 from . import clip_scorers  # noqa: F401  (registers clip_score, pickscore, hpsv2, aesthetic)
 from . import videoreward  # noqa: F401  (registers videoreward)
 from . import vlm_judge  # noqa: F401  (registers vlm_judge)
+from .calibration import Calibration, read_calibration
+from .composite import CompositeReward
 from .scoring import DeScoreReward
 from .video import DecodeLimits, VideoFrames, VideoSpec, load_video, probe_video
 
@@ -27,6 +29,8 @@ def load(path: str | Path, *, cot: bool = True, **options: Any) -> DeScoreReward
 
 
 __all__ = [
+    "Calibration",
+    "CompositeReward",
     "DeScoreReward",
     "DecodeLimits",
     "RewardModel",
@@ -38,6 +42,7 @@ __all__ = [
     "load",
     "load_video",
     "probe_video",
+    "read_calibration",
     "register_reward",
     "registered_rewards",
 ]

@@ -62,7 +62,11 @@ class RewardOutput:
 
 @runtime_checkable
 class RewardModel(Protocol):
-    """Scores videos (paths or in-memory frames) against their prompts."""
+    """Scores videos (paths or in-memory frames) against their prompts.
+
+    :func:`build_reward` also gives every model a ``calibration`` attribute: the stats of its entry's
+    ``calibration:`` file (:class:`reward.calibration.Calibration`), those a DeScore checkpoint carries, or None.
+    """
 
     name: str
 
@@ -99,6 +103,7 @@ def check_reward_entry(entry: Mapping[str, Any]) -> None:
     """
     options = dict(entry)
     name = options.pop("name", None)
+    calibration = options.pop("calibration", None)  # reserved for every model: read by build_reward
     if name not in _REGISTRY:
         raise ConfigError(f"unknown reward model {name!r}; registered: {registered_rewards()}")
     accepted = inspect.signature(_REGISTRY[name]).parameters
@@ -106,20 +111,38 @@ def check_reward_entry(entry: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise ConfigError(f"reward model {name!r} does not take options {unknown}; it takes {sorted(accepted)}")
+    check_options = getattr(_REGISTRY[name], "check_options", None)  # a model that holds entries (composite)
+    if check_options is not None:
+        check_options(options)
     if options.get("path") is not None:
         from .run_record import check_model_source
 
         check_model_source(
             options["path"], what=f"reward model {name!r} path", ask_hub=True, revision=options.get("revision")
         )
+    if calibration is not None:
+        from .calibration import entry_calibration
+
+        entry_calibration(entry)
 
 
 def build_reward(entry: Mapping[str, Any]) -> RewardModel:
     """Instantiate a reward model from a config entry: ``{"name": ..., **options}``.
 
+    The option ``calibration: path/to/calibration.json`` is taken by every model: the built model's
+    ``calibration`` attribute holds those stats (they win over any a DeScore checkpoint carries), else what the
+    model found itself, else None.
+
     Raises:
-        ConfigError: as :func:`check_reward_entry`.
+        ConfigError: as :func:`check_reward_entry`; a calibration file of another reward.
     """
+    from .calibration import entry_calibration
+
     check_reward_entry(entry)
     options = dict(entry)
-    return _REGISTRY[options.pop("name")](**options)
+    options.pop("calibration", None)
+    model = _REGISTRY[options.pop("name")](**options)
+    calibration = entry_calibration(entry)
+    if calibration is not None or not hasattr(model, "calibration"):
+        model.calibration = calibration
+    return model

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from . import score_output
 from .base import RewardModel, ScoredItem, build_reward, check_reward_entry
+from .calibration import CALIBRATION_FILE
 from .checkpoint import ModelSource, resolve_model_source
 from .data import PreferencePair, is_video_index, read_preferences, read_video_index
 from .entry_file import RewardEntry, read_reward_entry
@@ -478,4 +479,6 @@ def run_export(config: ExportConfig) -> Path:
         "versions": library_versions(),
         "commit": code_commit(),
     }
-    return DeScoreModel.from_pretrained(source.folder, dtype=config.dtype).export_merged(config.output_dir, record=record)
+    carried = [path for path in [source.folder / CALIBRATION_FILE] if path.is_file()]  # the stats travel with it
+    model = DeScoreModel.from_pretrained(source.folder, dtype=config.dtype)
+    return model.export_merged(config.output_dir, record=record, files=carried)

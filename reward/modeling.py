@@ -15,6 +15,8 @@ Checkpoint directory (``save_pretrained`` / ``from_pretrained``)::
     config.json + model*.safetensors           when the backbone is merged (a plain HF checkpoint), or
     adapter_config.json + adapter_model.safetensors   a peft adapter over ``base_model``
     descore_export.json          only in an export (:meth:`DeScoreModel.export_merged`): what it came from
+    calibration.json             optional: score stats (``descore reward calibrate --save_to_checkpoint``),
+                                 copied into an export
 
 A checkpoint is named by a local folder or a hub id (``owner/name``, fetched once into the hub cache; a local
 folder of that name wins), resolved in one place: :func:`reward.checkpoint.resolve_model_source`.
@@ -33,10 +35,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import safetensors.torch
 import torch
@@ -358,7 +361,9 @@ class DeScoreModel(nn.Module):
             self.backbone = self.backbone.merge_and_unload()
         return self
 
-    def export_merged(self, directory: str | Path, *, record: dict[str, Any] | None = None) -> Path:
+    def export_merged(
+        self, directory: str | Path, *, record: dict[str, Any] | None = None, files: Sequence[Path] = ()
+    ) -> Path:
         """Atomically write the merged model as a folder that both kinds of loader open.
 
         HF and vLLM loaders (``AutoModelForImageTextToText``, ``vllm.LLM``) read the plain backbone in it:
@@ -366,11 +371,13 @@ class DeScoreModel(nn.Module):
         sit beside them (:data:`HEAD_NAME`, :data:`MANIFEST_NAME`), so :meth:`from_pretrained` and
         ``reward.load`` score with the export alone. ``record`` (what was exported, by whom) is written to
         :data:`EXPORT_MARKER` inside the same atomic write, so a folder is marked as an export exactly when the
-        export is complete.
+        export is complete. ``files`` (e.g. the checkpoint's ``calibration.json``) are copied in beside them.
         """
         self.merge_lora_()
         with atomic_directory(directory) as staging:
             self.save_pretrained(staging)
+            for file in files:
+                shutil.copyfile(file, staging / file.name)
             (staging / EXPORT_MARKER).write_text(json.dumps(record or {}, indent=2, sort_keys=True) + "\n")
         return Path(directory)
 

@@ -19,6 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .base import RewardOutput, ScoredItem, register_reward
+from .calibration import CALIBRATION_FILE, Calibration, read_calibration
+from .checkpoint import resolve_model_source
 from .errors import ConfigError, VideoDecodeError
 from .inputs import encode, generation_text, scoring_text
 from .modeling import DeScoreModel
@@ -79,6 +81,10 @@ class DeScoreReward:
         device, dtype: where and in which dtype to load the backbone (default: CUDA if present, bf16 there).
         decode_limits: what one video file may cost to decode (:class:`reward.video.DecodeLimits`, or its
             fields as a mapping, e.g. from a reward entry in YAML); default: the defaults.
+
+    ``calibration`` holds the stats the checkpoint carries (its ``calibration.json``, written by ``descore
+    reward calibrate --save_to_checkpoint``) when they were computed in this mode (CoT or not) with these CoT
+    settings, else None; an entry's ``calibration:`` replaces them (:func:`reward.base.build_reward`).
     """
 
     def __init__(
@@ -102,9 +108,11 @@ class DeScoreReward:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else default_device()
+        folder = None
         if model is None:
+            folder = resolve_model_source(path, revision=revision).folder
             model = DeScoreModel.from_pretrained(
-                path, revision=revision, dtype=default_dtype(dtype, self.device), attn_implementation=attn_implementation
+                folder, dtype=default_dtype(dtype, self.device), attn_implementation=attn_implementation
             )
         self.model = model.to(self.device).eval()
         self.use_cot = use_cot
@@ -118,6 +126,21 @@ class DeScoreReward:
         self.skip_invalid = skip_invalid
         self.progress = progress
         self.name = "descore" if use_cot else "descore_no_cot"
+        self.calibration = self._carried_calibration(folder) if folder is not None else None
+
+    def _carried_calibration(self, folder: Path) -> Calibration | None:
+        """The checkpoint's own stats, if they describe this mode (and, with CoT, these decoding settings)."""
+        if not (folder / CALIBRATION_FILE).is_file():
+            return None
+        calibration = read_calibration(folder / CALIBRATION_FILE)
+        recorded = calibration.reward["identity"]["entry"]
+        generation = GenerationSettings(**(recorded.get("generation") or {}))
+        same_generation = not self.use_cot or generation == self.generation
+        if recorded.get("name") != self.name or not same_generation:
+            logger.warning("%s: its calibration stats were computed as %s, not as %s with %s; not using them",
+                           folder, recorded, self.name, self.generation)
+            return None
+        return calibration
 
     def score(
         self,
