@@ -9,6 +9,11 @@ counted. Writes ``results.json`` (every number with its protocol), ``results.md`
 ``results.png`` (a bar chart) into ``output_dir``, which also holds ``run_config.json``: the benchmark the
 folder measures. Another benchmark, dimension or video root in the same folder is refused; rewards may be
 added or dropped between runs.
+
+A judge that only compares two videos (``vlm_judge`` with ``mode: pairwise``) is asked once per distinct pair
+instead; its verdicts are cached the same way in ``scores/<label>.pairs.jsonl`` (``video`` is video A). Its
+margin is log P(A better) − log P(B better), and its row adds the direct three-way accuracy of its A / B / tie
+answers — the protocol to quote for a judge whose margins are not scores.
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from reward import score_output
+from reward.base import build_reward
 from reward.checkpoint import atomic_file
-from reward.entry_file import read_reward_entry
+from reward.entry_file import RewardEntry, read_reward_entry
 from reward.errors import ConfigError
 from reward.jobs import ScoreConfig, run_score
 from reward.run_record import check_output_directory, check_same_run, file_sha256, write_run_config
 
-from .preference_accuracy import Accuracy, accuracy_with_ties, accuracy_without_ties
+from .preference_accuracy import Accuracy, accuracy_with_ties, accuracy_without_ties, three_way_accuracy
 from .preference_data import VIDEOGEN_DIMENSIONS, Benchmark, BenchmarkFormat, read_benchmark
 
 logger = logging.getLogger(__name__)
@@ -78,6 +86,7 @@ class RewardRow:
     with_ties_exact: Accuracy | None
     with_ties_videoalign: Accuracy | None
     without_ties: Accuracy | None
+    three_way: Accuracy | None
     pairs_scored: int
     pairs_failed: int
     parse_failure_rate: float | None
@@ -134,7 +143,10 @@ def _write_index(path: Path, bench: Benchmark) -> Path:
 
 
 def _measure(config: RewardAccuracyConfig, reward_file: str, index: Path, bench: Benchmark) -> RewardRow:
-    label = read_reward_entry(reward_file).label
+    entry = read_reward_entry(reward_file)
+    if entry.entry.get("mode") == "pairwise":
+        return _judge_pairs(config, entry, index.parent / "scores" / f"{entry.label}.pairs.jsonl", bench)
+    label = entry.label
     scores = index.parent / "scores" / f"{label}.jsonl"
     scores.parent.mkdir(exist_ok=True)
     started = time.perf_counter()
@@ -157,16 +169,77 @@ def score_row(label: str, bench: Benchmark, records: dict[tuple[str, str], dict[
             margins.append(np.float32(a) - np.float32(b))
     parsed = [record["parse_ok"] for record in records.values() if record.get("parse_ok") is not None]
     scored = len(labels)
+    return _row(label, bench, labels, margins, None, parse_failure_rate=1 - sum(parsed) / len(parsed) if parsed else None,
+                seconds_per_video=seconds_per_video)
+
+
+def _row(label: str, bench: Benchmark, labels: list[int], margins: list[np.float32], decisions: list[int] | None, *,
+         parse_failure_rate: float | None, seconds_per_video: float | None) -> RewardRow:
+    scored = len(labels)
     return RewardRow(
         label=label,
         with_ties_exact=accuracy_with_ties(labels, margins, "exact") if scored else None,
         with_ties_videoalign=accuracy_with_ties(labels, margins, "videoalign") if scored else None,
         without_ties=accuracy_without_ties(labels, margins) if any(labels) else None,
+        three_way=three_way_accuracy(labels, decisions) if decisions and scored else None,
         pairs_scored=scored,
         pairs_failed=len(bench.pairs) - scored,
-        parse_failure_rate=1 - sum(parsed) / len(parsed) if parsed else None,
+        parse_failure_rate=parse_failure_rate,
         seconds_per_video=seconds_per_video,
     )
+
+
+def _pair_key(video_a: str, video_b: str, prompt: str) -> tuple[str, str, str]:
+    return video_a, video_b, prompt
+
+
+def _judge_pairs(config: RewardAccuracyConfig, entry: RewardEntry, cache: Path, bench: Benchmark) -> RewardRow:
+    """A pairwise judge's row: each distinct (A, B, prompt) judged once, verdicts appended to ``cache`` as they
+    come (the score file format of ``descore reward score``, so a killed run resumes and other settings are
+    refused); unreadable videos are failed pairs."""
+    cache.parent.mkdir(exist_ok=True)
+    settings = {"reward": entry.settings()}
+    earlier = {_pair_key(r["video"], r["video_b"], r["prompt"]): r
+               for r in score_output.earlier_records(cache, settings, overwrite=False)}
+    wanted = list(dict.fromkeys(_pair_key(p.video_a, p.video_b, p.prompt) for p in bench.pairs))
+    records = {key: earlier[key] for key in wanted if key in earlier and "error" not in earlier[key]}
+    pending = [key for key in wanted if key not in records]
+    score_output.start(cache, settings, overwrite=False)
+    started = time.perf_counter()
+    if pending:
+        judge = build_reward({"skip_invalid": True} | entry.entry)
+        with score_output.appending(cache) as handle:
+            for start in tqdm(range(0, len(pending), config.batch_size), desc=f"judging ({entry.label})"):
+                batch = pending[start : start + config.batch_size]
+                verdicts = judge.compare(*(list(column) for column in zip(*batch)))
+                lines = [_verdict_record(key, verdict) for key, verdict in zip(batch, verdicts)]
+                score_output.append_records(handle, lines)
+                records |= dict(zip(batch, lines))
+    seconds = _timing(cache, time.perf_counter() - started, 2 * len(pending))
+    score_output.finish(cache, [records[key] for key in wanted])
+    judged = [(pair, records[_pair_key(pair.video_a, pair.video_b, pair.prompt)]) for pair in bench.pairs]
+    judged = [(pair, record) for pair, record in judged if record["margin"] is not None]
+    failed_to_parse = sum(record.get("parse_error") is not None for record in records.values())
+    return _row(entry.label, bench, [pair.label for pair, _ in judged], [np.float32(r["margin"]) for _, r in judged],
+                [r["decision"] for _, r in judged], parse_failure_rate=failed_to_parse / len(records),
+                seconds_per_video=seconds)
+
+
+def _verdict_record(key: tuple[str, str, str], verdict: Any) -> dict[str, Any]:
+    """One cached verdict (a :class:`reward.judge_rating.PairJudgement`); failed ones keep their reason."""
+    video_a, video_b, prompt = key
+    record = {"video": video_a, "video_b": video_b, "prompt": prompt, "prob_a": _finite(verdict.prob_a),
+              "prob_b": _finite(verdict.prob_b), "prob_tie": verdict.prob_tie,
+              "margin": _finite(verdict.margin), "decision": verdict.decision}
+    if verdict.parse_error is not None:
+        record["parse_error"] = verdict.parse_error
+    if verdict.error is not None:
+        record["error"] = verdict.error
+    return record
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _timing(scores: Path, seconds: float, videos: int) -> float | None:
@@ -194,11 +267,11 @@ def _percent(accuracy: Accuracy | None) -> str:
 
 def markdown_table(info: dict[str, Any], rows: list[RewardRow]) -> str:
     """The side-by-side table; accuracies in percent, protocols named in the header."""
-    header = ("| reward | with ties (exact) | with ties (VideoAlign) | without ties | pairs | failed pairs "
-              "| parse failures | s / video |\n|---|---|---|---|---|---|---|---|")
+    header = ("| reward | with ties (exact) | with ties (VideoAlign) | without ties | three-way (direct) | pairs "
+              "| failed pairs | parse failures | s / video |\n|---|---|---|---|---|---|---|---|---|")
     lines = [
         f"| {row.label} | {_percent(row.with_ties_exact)} | {_percent(row.with_ties_videoalign)} "
-        f"| {_percent(row.without_ties)} | {row.pairs_scored} | {row.pairs_failed} "
+        f"| {_percent(row.without_ties)} | {_percent(row.three_way)} | {row.pairs_scored} | {row.pairs_failed} "
         f"| {'-' if row.parse_failure_rate is None else f'{100 * row.parse_failure_rate:.1f} %'} "
         f"| {'-' if row.seconds_per_video is None else f'{row.seconds_per_video:.3g}'} |"
         for row in rows
@@ -216,12 +289,14 @@ def plot_accuracies(path: Path, rows: list[RewardRow], *, title: str) -> Path:
 
     protocols = (("with ties (exact)", "with_ties_exact"), ("with ties (VideoAlign)", "with_ties_videoalign"),
                  ("without ties", "without_ties"))
+    if any(row.three_way for row in rows):
+        protocols += (("three-way (direct)", "three_way"),)
     figure = Figure(figsize=(1.8 + 1.6 * len(rows), 3.4), dpi=110)
     axes = figure.add_subplot()
     width = 0.8 / len(protocols)
     for offset, (name, attribute) in enumerate(protocols):
         values = [getattr(row, attribute).value * 100 if getattr(row, attribute) else math.nan for row in rows]
-        axes.bar(np.arange(len(rows)) + (offset - 1) * width, values, width, label=name)
+        axes.bar(np.arange(len(rows)) + (offset - (len(protocols) - 1) / 2) * width, values, width, label=name)
     axes.set_xticks(np.arange(len(rows)), [row.label for row in rows])
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)

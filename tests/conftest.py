@@ -69,6 +69,8 @@ def tiny_zoo(tiny_qwen3_vl_dir, tmp_path_factory: pytest.TempPathFactory) -> dic
                       "head": str(save_aesthetic_head(root / "aesthetic-model.pth", TINY_CLIP.projection_dim))},
         "videoreward": {"name": "videoreward", "path": str(save_tiny_videoreward(root / "videoreward")), "dimension": "TA"},
         "vlm_judge": {"name": "vlm_judge", "path": str(tiny_qwen3_vl_dir), "video_spec": TINY_SPEC.to_dict()},
+        "composite": {"name": "composite", "terms": [{"name": "clip_score", "path": str(clip), "normalize": "rank"},
+                                                     {"name": "brightness", "weight": 0.5}]},
     }
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import reward.jobs as jobs
+from benchmarks.preference_accuracy import accuracy_without_ties
 from benchmarks.reward_accuracy import RewardAccuracyConfig
 from descore.cli import main, run_cli
 from reward.errors import ConfigError
@@ -45,8 +47,8 @@ def test_two_rewards_side_by_side_then_resumed(benchmark, tmp_path, monkeypatch,
             "--data", str(benchmark / "pairs.csv"), "--output_dir", str(tmp_path / "out")]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| brightness | 100.00 | 100.00 | 100.00 | 3 | 0 | - |" in printed
-    assert "| smooth | 33.33 | 33.33 | 0.00 | 3 | 0 | - |" in printed
+    assert "| brightness | 100.00 | 100.00 | 100.00 | - | 3 | 0 | - |" in printed
+    assert "| smooth | 33.33 | 33.33 | 0.00 | - | 3 | 0 | - |" in printed
     assert "3 pairs, human tie rate 33.3 %, 1 row(s) skipped" in printed
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     smooth = results["rewards"][1]
@@ -79,3 +81,35 @@ def test_labels_must_differ(benchmark):
     with pytest.raises(ConfigError, match="share the label"):
         RewardAccuracyConfig(reward=[str(benchmark / "brightness.yaml"), str(benchmark / "again.yaml")],
                              data=str(benchmark / "pairs.csv"), output_dir="out")
+
+
+def test_a_pairwise_judge_is_asked_once_per_pair_and_reports_three_way_accuracy(tiny_zoo, tmp_path, monkeypatch):
+    """A tiny pairwise vlm_judge on the photo benchmark: its row equals the metrics computed here from its own
+    compare() verdicts, and a second run reads every verdict from the cache instead of building the judge."""
+    import benchmarks.reward_accuracy as reward_accuracy
+    from benchmarks.preference_accuracy import three_way_accuracy
+    from benchmarks.preference_data import read_benchmark
+    from benchmarks.synthetic import make_photo_benchmark
+    from reward import build_reward
+
+    data = make_photo_benchmark(tmp_path / "bench", pairs=3, ties=1, frames=8)
+    entry = tiny_zoo["vlm_judge"] | {"mode": "pairwise", "tie_label": "0"}
+    (tmp_path / "judge.yaml").write_text(yaml.safe_dump(entry | {"label": "judge"}))
+    argv = ["bench", "reward-acc", "--reward", str(tmp_path / "judge.yaml"), "--data", str(data),
+            "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 0
+
+    pairs = read_benchmark(data).pairs
+    verdicts = build_reward(entry).compare([p.video_a for p in pairs], [p.video_b for p in pairs], [p.prompt for p in pairs])
+    labels = [p.label for p in pairs]
+    (row,) = json.loads((tmp_path / "out" / "results.json").read_text())["rewards"]
+    assert row["three_way"]["value"] == three_way_accuracy(labels, [v.decision for v in verdicts]).value
+    assert row["three_way"]["protocol"] == "three-way (direct A / B / tie answers)"
+    margins = [np.float32(v.margin) for v in verdicts]
+    assert row["without_ties"]["value"] == accuracy_without_ties(labels, margins).value
+    cached = [json.loads(line) for line in (tmp_path / "out" / "scores" / "judge.pairs.jsonl").read_text().splitlines()]
+    assert [r["prob_a"] for r in cached] == pytest.approx([v.prob_a for v in verdicts], abs=1e-6)
+
+    monkeypatch.setattr(reward_accuracy, "build_reward", lambda entry: pytest.fail("the judge was built again"))
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rewards"][0]["three_way"] == row["three_way"]

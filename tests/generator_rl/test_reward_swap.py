@@ -14,7 +14,7 @@ from descore.cli import run_cli
 from ..wandb_records import history_rows
 from .helpers import RECIPES
 
-ZOO = ["videoreward", "vlm_judge", "clip_score", "pickscore", "hpsv2", "aesthetic"]
+ZOO = ["videoreward", "vlm_judge", "clip_score", "pickscore", "hpsv2", "aesthetic", "composite"]
 
 
 @pytest.mark.parametrize("name", ZOO)
