@@ -168,7 +168,6 @@ def score_row(label: str, bench: Benchmark, records: dict[tuple[str, str], dict[
             labels.append(pair.label)
             margins.append(np.float32(a) - np.float32(b))
     parsed = [record["parse_ok"] for record in records.values() if record.get("parse_ok") is not None]
-    scored = len(labels)
     return _row(label, bench, labels, margins, None, parse_failure_rate=1 - sum(parsed) / len(parsed) if parsed else None,
                 seconds_per_video=seconds_per_video)
 

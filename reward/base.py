@@ -10,14 +10,19 @@ YAML alone.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
+from tqdm.auto import tqdm
 
-from .errors import ConfigError
-from .video import VideoSource
+from .errors import ConfigError, VideoDecodeError
+from .video import DecodeLimits, SampledVideo, VideoSource, VideoSpec, load_video
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,37 @@ class RewardModel(Protocol):
     name: str
 
     def score(self, videos: Sequence[VideoSource], prompts: Sequence[str]) -> RewardOutput: ...
+
+
+def sampled_batches(
+    videos: Sequence[VideoSource],
+    spec: VideoSpec,
+    limits: DecodeLimits,
+    *,
+    batch_size: int,
+    skip_invalid: bool,
+    items: list[ScoredItem | None],
+    progress: str | None = None,
+) -> Iterator[list[tuple[int, SampledVideo]]]:
+    """``videos`` sampled by ``spec``, ``batch_size`` at a time, as ``(index, clip)`` lists — decoded batch by
+    batch, so a long list of clips never sits in memory at once.
+
+    With ``skip_invalid`` a video that cannot be read becomes a failed item in ``items`` (NaN reward, its error)
+    and is left out of its batch (a batch left empty is not yielded); otherwise its :class:`VideoDecodeError`
+    propagates. ``progress`` is the description of a progress bar over batches (None: no bar).
+    """
+    for start in tqdm(range(0, len(videos), batch_size), desc=progress, disable=progress is None):
+        loaded = []
+        for index in range(start, min(start + batch_size, len(videos))):
+            try:
+                loaded.append((index, load_video(videos[index], spec, limits=limits)))
+            except VideoDecodeError as error:
+                if not skip_invalid:
+                    raise
+                logger.warning("skipping item %d: %s", index, error)
+                items[index] = ScoredItem(reward=math.nan, error=str(error))
+        if loaded:
+            yield loaded
 
 
 RewardFactory = Callable[..., RewardModel]

@@ -35,7 +35,6 @@ every CLIP scorer does. Frames of ``batch_size`` videos go through the image tow
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -43,7 +42,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .base import RewardOutput, ScoredItem, register_reward
+from .base import RewardOutput, ScoredItem, register_reward, sampled_batches
 from .clip_encoders import (
     FrameEncoder,
     load_hf_clip,
@@ -53,11 +52,10 @@ from .clip_encoders import (
     resolve_weights_file,
     torch_dtype,
 )
-from .errors import ConfigError, VideoDecodeError
+from .errors import ConfigError
 from .scoring import default_device
-from .video import DecodeLimits, SampledVideo, VideoSource, VideoSpec, load_video
+from .video import DecodeLimits, VideoSource, VideoSpec
 
-logger = logging.getLogger(__name__)
 
 CLIPSCORE_WEIGHT = 2.5  # Hessel et al. 2021, eq. 1
 MIN_FRAMES = 4
@@ -140,11 +138,8 @@ class FrameWiseReward:
         if len(videos) != len(prompts):
             raise ValueError(f"got {len(videos)} videos and {len(prompts)} prompts")
         items: list[ScoredItem | None] = [None] * len(videos)
-        for start in range(0, len(videos), self.batch_size):
-            loaded = [(index, clip) for index in range(start, min(start + self.batch_size, len(videos)))
-                      if (clip := self._load(videos[index], index, items)) is not None]
-            if not loaded:
-                continue
+        for loaded in sampled_batches(videos, self.spec, self.decode_limits, batch_size=self.batch_size,
+                                      skip_invalid=self.skip_invalid, items=items):
             per_frame = self.frame_scores([clip.frames for _, clip in loaded], [prompts[i] for i, _ in loaded])
             for (index, _), scores in zip(loaded, per_frame):
                 sub_scores = {"frame_min": float(scores.min()), "frame_max": float(scores.max())}
@@ -162,16 +157,6 @@ class FrameWiseReward:
             per_video = self.encoder.encode_texts(prompts)
             texts = per_video.repeat_interleave(torch.tensor(counts, device=per_video.device), dim=0)
         return list(self.frame_score(images, texts).float().cpu().split(counts))
-
-    def _load(self, source: VideoSource, index: int, items: list[ScoredItem | None]) -> SampledVideo | None:
-        try:
-            return load_video(source, self.spec, limits=self.decode_limits)
-        except VideoDecodeError as error:
-            if not self.skip_invalid:
-                raise
-            logger.warning("skipping item %d: %s", index, error)
-            items[index] = ScoredItem(reward=math.nan, error=str(error))
-            return None
 
 
 def load_aesthetic_head(path: Path, input_dim: int) -> AestheticHead:

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from .base import RewardOutput, ScoredItem, register_reward
+from .base import RewardOutput, ScoredItem, register_reward, sampled_batches
 from .calibration import CALIBRATION_FILE, Calibration, read_calibration
 from .checkpoint import resolve_model_source
-from .errors import ConfigError, VideoDecodeError
+from .errors import ConfigError
 from .inputs import encode, generation_text, scoring_text
 from .modeling import DeScoreModel
 from .prompts import JudgeText, judge_text, parse_judge_answer
-from .video import DecodeLimits, SampledVideo, VideoSource, load_video
+from .video import DecodeLimits, SampledVideo, VideoSource
 
 logger = logging.getLogger(__name__)
 
@@ -161,12 +159,10 @@ class DeScoreReward:
         cots = list(cots) if cots is not None else [None] * count
         instructions = list(instructions) if instructions is not None else [None] * count
         items: list[ScoredItem | None] = [None] * count
-        # Decode batch by batch: a long list of clips never sits in memory at once.
-        for start in tqdm(range(0, count, self.batch_size), desc=f"scoring ({self.name})", disable=not self.progress):
-            loaded = [(index, clip) for index in range(start, min(start + self.batch_size, count))
-                      if (clip := self._load(videos[index], index, items)) is not None]
-            if not loaded:
-                continue
+        batches = sampled_batches(videos, self.model.video_spec, self.decode_limits, batch_size=self.batch_size,
+                                  skip_invalid=self.skip_invalid, items=items,
+                                  progress=f"scoring ({self.name})" if self.progress else None)
+        for loaded in batches:
             indices = [index for index, _ in loaded]
             clips = [clip for _, clip in loaded]
             judges = [judge_text(prompts[i], instructions[i]) for i in indices]
@@ -181,16 +177,6 @@ class DeScoreReward:
             for index, reward, cot in zip(indices, rewards.tolist(), chunk_cots):
                 items[index] = _scored(reward, cot if self.use_cot else None)
         return RewardOutput(items=items)
-
-    def _load(self, source: VideoSource, index: int, items: list[ScoredItem | None]) -> SampledVideo | None:
-        try:
-            return load_video(source, self.model.video_spec, limits=self.decode_limits)
-        except VideoDecodeError as error:
-            if not self.skip_invalid:
-                raise
-            logger.warning("skipping item %d: %s", index, error)
-            items[index] = ScoredItem(reward=math.nan, error=str(error))
-            return None
 
     @torch.no_grad()
     def generate_cots(self, judges: Sequence[JudgeText], videos: Sequence[SampledVideo]) -> list[str]:

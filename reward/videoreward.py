@@ -22,26 +22,22 @@ Higher is better. docs/reward_zoo/videoreward.md lists the options and where thi
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .base import RewardOutput, ScoredItem, register_reward
-from .errors import CheckpointError, ConfigError, VideoDecodeError
+from .base import RewardOutput, ScoredItem, register_reward, sampled_batches
+from .errors import CheckpointError, ConfigError
 from .inputs import encode
-from .video import DecodeLimits, SampledVideo, VideoSource, VideoSpec, load_video
+from .video import DecodeLimits, SampledVideo, VideoSource, VideoSpec
 from .videoreward_layout import (
     DIMENSIONS, EMBED_KEY, HEAD_KEY, SPECIAL_TOKENS, CheckpointTensors, HeadStatistics, VideoRewardConfig,
     find_checkpoint, read_checkpoint,
 )
 
-logger = logging.getLogger(__name__)
 
 REWARD_NAMES: tuple[str, ...] = (*DIMENSIONS, "Overall")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -339,27 +335,14 @@ class VideoReward:
         if holding:
             raise ValueError(f"prompts {holding} contain a reward token ({', '.join(SPECIAL_TOKENS)}); remove it")
         items: list[ScoredItem | None] = [None] * len(videos)
-        starts = range(0, len(videos), self.batch_size)
-        for start in tqdm(starts, desc="scoring (videoreward)", disable=not self.progress):
-            loaded = [(i, clip) for i in range(start, min(start + self.batch_size, len(videos)))
-                      if (clip := self._load(videos[i], i, items)) is not None]
-            if not loaded:
-                continue
+        for loaded in sampled_batches(videos, self.spec, self.decode_limits, batch_size=self.batch_size,
+                                      skip_invalid=self.skip_invalid, items=items,
+                                      progress="scoring (videoreward)" if self.progress else None):
             table = self.scores([clip for _, clip in loaded], [prompts[i] for i, _ in loaded])
             for (index, _), row in zip(loaded, table.tolist()):
                 sub_scores = dict(zip(REWARD_NAMES, row))
                 items[index] = ScoredItem(reward=sub_scores[self.dimension], sub_scores=sub_scores)
         return RewardOutput(items=items)
-
-    def _load(self, source: VideoSource, index: int, items: list[ScoredItem | None]) -> SampledVideo | None:
-        try:
-            return load_video(source, self.spec, limits=self.decode_limits)
-        except VideoDecodeError as error:
-            if not self.skip_invalid:
-                raise
-            logger.warning("skipping item %d: %s", index, error)
-            items[index] = ScoredItem(reward=math.nan, error=str(error))
-            return None
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

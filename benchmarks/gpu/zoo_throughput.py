@@ -178,8 +178,6 @@ def measure_model(name: str, config: ZooBenchmarkConfig, scratch: Path, clips: l
         result.load_seconds = load_seconds
         logger.info("%s, batch %d: %s", name, batch_size, result)
         results.append(result)
-    del model
-    release_memory(device)
     return results
 
 
@@ -198,6 +196,7 @@ def run(config: ZooBenchmarkConfig) -> dict[str, Any]:
         for name in config.models:
             try:
                 report["measurements"] += [asdict(m) for m in measure_model(name, config, Path(scratch), clips)]
+                release_memory(device)  # the model is gone with measure_model's frame
             except Exception:  # one model's failure must not hide the others' numbers
                 logger.exception("%s failed", name)
                 report["errors"].append(f"{name}: {traceback.format_exc(limit=3)}")
