@@ -109,12 +109,7 @@ def make_preference_set(
             "cot_a": _cot(colour, direction, good=a_wins),
             "cot_b": _cot(colour, direction, good=not a_wins),
         })
-    path = directory / file_name
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_rows(directory / file_name, rows)
 
 
 PHOTO_PROMPT = "a slow, steady camera pan across a portrait photograph of a woman in uniform"
@@ -180,7 +175,11 @@ def make_photo_benchmark(
         for name, clip in zip(names, (clip_a, clip_b)):
             write_video(directory / name, clip, fps, lossless=True)
         rows.append({"prompt": PHOTO_PROMPT, "video_a": names[0], "video_b": names[1], "label": label})
-    path = directory / file_name
+    return write_rows(directory / file_name, rows)
+
+
+def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    """A CSV with the first row's keys as header."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
