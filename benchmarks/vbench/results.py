@@ -40,7 +40,7 @@ NORMALIZATION: dict[str, tuple[float, float]] = {
 QUALITY_WEIGHTS: dict[str, float] = {"dynamic_degree": 0.5}
 # VBench's seven quality dimensions; the partial score names how many of them it covers.
 VBENCH_QUALITY_DIMENSIONS = (*DIMENSIONS, "motion_smoothness")
-PARTIAL_QUALITY_LABEL = "partial quality ({count} of VBench's 7 quality dimensions; not VBench's Quality score)"
+PARTIAL_QUALITY_LABEL = "partial quality ({count} of VBench's {total} quality dimensions; not VBench's Quality score)"
 
 
 def aggregate(dimension: str, scores: Sequence[VideoScore]) -> float:
@@ -55,7 +55,10 @@ def aggregate(dimension: str, scores: Sequence[VideoScore]) -> float:
 
 
 def normalized(dimension: str, value: float) -> float:
-    """(value − Min)/(Max − Min) with VBench's constants (:data:`NORMALIZATION`)."""
+    """(value − Min)/(Max − Min) with VBench's constants (:data:`NORMALIZATION`). VBench's
+    ``cal_final_score.py`` also multiplies by the dimension's weight here (dynamic degree ×0.5); we keep the
+    weight out, so a normalised dynamic degree is still the fraction of dynamic videos, and apply it in
+    :func:`partial_quality` only."""
     low, high = NORMALIZATION[dimension]
     return (value - low) / (high - low)
 
@@ -70,7 +73,7 @@ def partial_quality(normalized_scores: Mapping[str, float]) -> float | None:
 
 
 def partial_quality_label(dimensions: Sequence[str]) -> str:
-    return PARTIAL_QUALITY_LABEL.format(count=len(dimensions))
+    return PARTIAL_QUALITY_LABEL.format(count=len(dimensions), total=len(VBENCH_QUALITY_DIMENSIONS))
 
 
 def video_entry(dimension: str, video: str, score: VideoScore) -> dict[str, Any]:
