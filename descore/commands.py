@@ -59,6 +59,12 @@ def _report_train(metrics: dict[str, float]) -> str:
     return "\n".join(f"{key}: {value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("accuracy"))
 
 
+def _report_vbench(result: Any) -> str:
+    from benchmarks.vbench.job import format_report
+
+    return format_report(result)
+
+
 def _report_tuning(result: Any) -> str:
     """A GrpoResult or FlowDpoResult in a few lines: resume point, reward trend, skipped steps, the LoRA."""
     lines = [f"resumed from step {result.resumed_from_step}"] if result.resumed_from_step else []
@@ -112,6 +118,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         "Preference accuracy of several reward models on one benchmark (with / without ties), cached and resumable",
         ("benchmarks.reward_accuracy:RewardAccuracyConfig",), "benchmarks.reward_accuracy:run_reward_accuracy",
         lambda report: f"{report.table}\n\nwrote {report.output_dir / 'results.json'}, results.md, results.png"),
+    ("bench", "vbench"): Command(
+        "VBench's quality dimensions of a folder of videos (our implementation or the official package), resumable",
+        ("benchmarks.vbench.job:VBenchConfig",), "benchmarks.vbench.job:run_vbench", _report_vbench),
     ("demo",): Command(
         "Tiny end-to-end run on CPU (tiny models, synthetic data, training, scoring)",
         ("benchmarks.demo:DemoConfig",), "benchmarks.demo:run_demo", str),
