@@ -17,9 +17,9 @@
 (:func:`reward.clip_encoders.read_state_dict`). A CLIP ``.pt`` file must be a TorchScript zip archive (checked
 before anything is read), and is read by ``torch.jit.load``, as open_clip's ``load_openai_model`` and OpenAI's
 ``clip.load`` do: TorchScript's own deserializer restores TorchScript modules and tensors only and never
-imports or calls Python objects. We take its state dict and never call the archive's code. open_clip's
-``load_openai_model`` itself is not used, because it falls back to a plain ``torch.load`` for a file that is
-not a TorchScript archive.
+imports or calls Python objects (code in an archive is TorchScript, run by TorchScript's interpreter). We take
+the state dict and call none of the archive's methods. open_clip's ``load_openai_model`` itself is not used,
+because it falls back to a plain ``torch.load`` for a file that is not a TorchScript archive.
 
 Each extractor takes images already resized and normalised (the metric functions do VBench's preprocessing)
 and returns raw float32 features; the metrics L2-normalise them. Writers of random weights in the same layouts

@@ -153,7 +153,8 @@ def required_fields(dimensions: Sequence[str]) -> list[str]:
     """The ``Extractors`` fields the dimensions need, in :data:`WEIGHT_FILES` order."""
     from .metrics import Extractors
 
-    needed = {field for dimension in dimensions for field in Extractors.required(dimension)}
+    empty = Extractors(**dict.fromkeys(WEIGHT_FILES))  # works whether ``required`` is static or per instance
+    needed = {field for dimension in dimensions for field in empty.required(dimension)}
     return [field for field in WEIGHT_FILES if field in needed]
 
 
@@ -200,7 +201,7 @@ def load_extractors(
     loaded = {field: loaders[field](weight_path(weights_dir, field)) for field in fields}
     if "clip_l14" in loaded and "aesthetic_head" in loaded:
         _check_head_fits(loaded["clip_l14"].output_dim, loaded["aesthetic_head"].input_dim, weights_dir)
-    return Extractors(**loaded)
+    return Extractors(**{**dict.fromkeys(WEIGHT_FILES), **loaded})
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
