@@ -15,7 +15,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -34,6 +34,9 @@ from .backbones import (
     write_dino,
     write_openai_clip,
 )
+
+if TYPE_CHECKING:
+    from .metrics import Extractors
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +187,7 @@ def _loaders(device: torch.device, dtype: torch.dtype | None) -> dict[str, Calla
 def load_extractors(
     weights_dir: Path, dimensions: Sequence[str], *, device: str | torch.device,
     dtype: str | torch.dtype | None = None,
-) -> Any:
+) -> Extractors:
     """An ``Extractors`` holding what ``dimensions`` need, loaded from ``weights_dir`` (the rest None).
 
     ``dtype`` applies to DINO and the CLIP towers; None runs each as VBench does (DINO fp32; CLIP in OpenAI's
