@@ -252,6 +252,19 @@ def test_clip_features_are_open_clips_encode_image(tiny_dir, field, patch):
     assert features.dtype == torch.float32 and features.shape == (3, width)
 
 
+def test_clip_bfloat16_is_open_clips_bf16_precision(tiny_dir):
+    import open_clip
+
+    path = weight_path(tiny_dir, "clip_b32")
+    encoder = load_openai_clip_image_tower(path, patch_size=32, device=CPU, dtype=torch.bfloat16)
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    reference = open_clip.load_openai_model(str(path), precision="bf16", device="cpu")
+    with torch.no_grad():
+        expected = reference.encode_image(images.to(torch.bfloat16)).float()
+    assert encoder.dtype == torch.bfloat16
+    torch.testing.assert_close(encoder(images), expected)
+
+
 def test_clip_refuses_other_files(tiny_dir, tmp_path):
     with pytest.raises(CheckpointError, match="patch 32, expected patch 14"):
         load_openai_clip_image_tower(weight_path(tiny_dir, "clip_b32"), patch_size=14, device=CPU)
