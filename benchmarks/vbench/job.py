@@ -35,7 +35,6 @@ from reward.run_record import (
     check_output_directory,
     check_same_run,
     code_commit,
-    file_sha256,
     library_versions,
     write_run_config,
 )
@@ -51,15 +50,6 @@ JOB = cache.JOB
 RUN_RECORD = "run_config.json"
 PYTHON_VARIABLE = "DESCORE_VBENCH_PYTHON"
 EXTRA_LIBRARIES = ("torchvision", "timm", "open_clip_torch", "decord", "av")
-# The weight file of each extractor inside --weights: VBench's own cache layout ($VBENCH_CACHE_DIR).
-WEIGHT_FILES: dict[str, str] = {
-    "dino": "dino_model/dino_vitbase16_pretrain.pth",
-    "clip_b32": "clip_model/ViT-B-32.pt",
-    "clip_l14": "clip_model/ViT-L-14.pt",
-    "aesthetic_head": "aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth",
-    "musiq": "pyiqa_model/musiq_spaq_ckpt-358bb6af.pth",
-    "raft": "raft_model/models/raft-things.pth",
-}
 
 
 @dataclass
@@ -203,28 +193,27 @@ def load_weights(config: VBenchConfig, device: torch.device) -> Extractors:
     return load_extractors(Path(config.weights), config.dimensions, device=device)
 
 
-def weight_digests(weights: Path, dimensions: list[str]) -> dict[str, str]:
-    """sha256 of every weight file the dimensions read (relative path -> digest)."""
-    digests = {}
-    for dimension in dimensions:
-        for extractor in Extractors.required(dimension):
-            path = weights / WEIGHT_FILES[extractor]
-            if not path.is_file():
-                raise ConfigError(f"{dimension} needs {path} (the {extractor} weights; layout: docs/vbench/harness.md)")
-            digests[WEIGHT_FILES[extractor]] = file_sha256(path)
-    return digests
+def weight_digests(weights: Path, dimensions: list[str]) -> dict[str, dict[str, Any]]:
+    """Every weight file the dimensions read (relative path -> its sha256 and whether it is the published file);
+    a missing file fails here, naming where to get it (:mod:`benchmarks.vbench.weights`)."""
+    from .weights import check_weights, required_fields
+
+    return {str(Path(record.path).relative_to(weights)): {"sha256": record.sha256, "published": record.published}
+            for record in check_weights(weights, required_fields(dimensions))}
 
 
-def dimension_settings(dimension: str, *, backend: str, digests: dict[str, str]) -> dict[str, dict[str, Any]]:
+def dimension_settings(dimension: str, *, backend: str, digests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """What decides a dimension's numbers (recorded beside its cache; a re-run must match). Batch size and
     device are left out: they change nothing beyond float rounding."""
-    files = {WEIGHT_FILES[extractor] for extractor in Extractors.required(dimension)}
+    from .weights import WEIGHT_FILES
+
+    files = {WEIGHT_FILES[extractor].relative_path for extractor in Extractors.required(dimension)}
     return {"measure": {"dimension": dimension, "backend": backend,
-                        "weights": {path: digest for path, digest in sorted(digests.items()) if path in files}}}
+                        "weights": {path: file["sha256"] for path, file in sorted(digests.items()) if path in files}}}
 
 
 def measure(config: VBenchConfig, videos: list[str], *, output: Path, extractors: Extractors,
-            digests: dict[str, str], device: torch.device) -> dict[str, dict[str, VideoScore]]:
+            digests: dict[str, dict[str, Any]], device: torch.device) -> dict[str, dict[str, VideoScore]]:
     """Every (video, dimension) score, from the cache or measured now and appended to it."""
     caches = {dimension: cache.cache_path(output, dimension) for dimension in config.dimensions}
     scores = {dimension: cache.open_cache(path, dimension_settings(dimension, backend="kit", digests=digests))
@@ -266,7 +255,7 @@ def official_scores(config: VBenchConfig, videos: list[str], *, output: Path) ->
 
 
 def write_results(config: VBenchConfig, videos: list[str], *, scores: dict[str, dict[str, VideoScore]],
-                  digests: dict[str, str], output: Path, device: torch.device | None) -> VBenchResult:
+                  digests: dict[str, dict[str, Any]], output: Path, device: torch.device | None) -> VBenchResult:
     """Aggregate, normalise, and write ``{name}_eval_results.json`` and ``results.json``."""
     aggregates = {dimension: aggregate(dimension, list(per_video.values())) for dimension, per_video in scores.items()}
     normalised = {dimension: normalized(dimension, value) for dimension, value in aggregates.items()}
@@ -280,7 +269,7 @@ def write_results(config: VBenchConfig, videos: list[str], *, scores: dict[str, 
         "normalized": normalised,
         "partial_quality": {"value": partial, "label": partial_quality_label(config.dimensions),
                             "dimensions": config.dimensions},
-        "weights": {"folder": str(Path(config.weights).resolve()), "sha256": digests},
+        "weights": {"folder": str(Path(config.weights).resolve()), "files": digests},
         "settings": {"imaging_preprocessing": "longer", "frames": "all, native resolution, container fps",
                      "batch_size": config.batch_size, "device": None if device is None else str(device)},
         "versions": library_versions() | _extra_versions(),

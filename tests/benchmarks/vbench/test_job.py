@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.vbench.job import WEIGHT_FILES, VBenchConfig, format_report, run_vbench
+from benchmarks.vbench.job import VBenchConfig, format_report, run_vbench
+from benchmarks.vbench.weights import WEIGHT_FILES
 from benchmarks.vbench.metrics import Extractors
 from reward.errors import ConfigError, DataError
 from reward.run_record import RunMismatchError
@@ -37,7 +38,8 @@ CUT_VALUE = 5.8 / 7  # 3 red then 5 blue frames, cos(red, blue) = 3/5 (worked ou
 
 
 def stand_in_weights(folder: Path) -> Path:
-    for name, relative in WEIGHT_FILES.items():
+    for name, file in WEIGHT_FILES.items():
+        relative = file.relative_path
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_bytes(f"stand-in {name} weights".encode())
     return folder
@@ -102,8 +104,9 @@ def test_all_six_dimensions_end_to_end(clips, weights, tmp_path):
     assert layout["imaging_quality"][1][0]["video_results"] == 50.0
 
     summary = json.loads((tmp_path / "base" / "results.json").read_text())
-    assert summary["weights"]["sha256"] == {
-        relative: hashlib.sha256((weights / relative).read_bytes()).hexdigest() for relative in WEIGHT_FILES.values()}
+    assert summary["weights"]["files"] == {
+        file.relative_path: {"sha256": hashlib.sha256((weights / file.relative_path).read_bytes()).hexdigest(),
+                             "published": False if file.sha256 else None} for file in WEIGHT_FILES.values()}
     assert summary["partial_quality"]["value"] == result.partial_quality
     assert "not VBench's Quality" in summary["partial_quality"]["label"]
     assert summary["videos"]["count"] == 3 and "torch" in summary["versions"]
@@ -162,7 +165,7 @@ def test_other_weights_are_refused_and_a_new_dimension_is_added(clips, weights, 
                       extractors=Extractors(dino=dino, clip_b32=clip))
     assert (dino.calls, clip.calls) == (0, 3) and set(both.aggregate) == {"subject_consistency", "background_consistency"}
 
-    (weights / WEIGHT_FILES["dino"]).write_bytes(b"other weights")
+    (weights / WEIGHT_FILES["dino"].relative_path).write_bytes(b"other weights")
     with pytest.raises(RunMismatchError, match=r"(?s)subject_consistency\.jsonl was measured with other settings.*"
                                                r"dino_model/dino_vitbase16_pretrain\.pth"):
         run_vbench(config(clips, weights, output, dimensions=["subject_consistency"]), extractors=Extractors(dino=encoder()))
@@ -226,8 +229,8 @@ def test_official_backend_needs_an_interpreter(tmp_path, monkeypatch):
 def test_missing_inputs_are_named(clips, weights, tmp_path):
     with pytest.raises(ConfigError, match=r"no extractor for raft, which --dimensions dynamic_degree need"):
         run_vbench(config(clips, weights, tmp_path / "a", dimensions=["dynamic_degree"]), extractors=Extractors())
-    (weights / WEIGHT_FILES["raft"]).unlink()
-    with pytest.raises(ConfigError, match=r"dynamic_degree needs .*raft_model/models/raft-things\.pth"):
+    (weights / WEIGHT_FILES["raft"].relative_path).unlink()
+    with pytest.raises(ConfigError, match=r"lacks 1 file.*raft_model/models/raft-things\.pth \(download the zip"):
         run_vbench(config(clips, weights, tmp_path / "b", dimensions=["dynamic_degree"]),
                    extractors=Extractors(raft=ShiftFlow()))
     (tmp_path / "empty").mkdir()
