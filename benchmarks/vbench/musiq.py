@@ -308,6 +308,8 @@ def musiq_size_of(state: dict[str, torch.Tensor], where: str | Path) -> MusiqSiz
     if outputs != 1:
         raise CheckpointError(f"{where}: the head has {outputs} outputs; VBench's MUSIQ is the one-output MOS "
                               "regressor (SPAQ), not a score-distribution head such as AVA's")
+    if hidden % HEAD_DIM:
+        raise CheckpointError(f"{where}: hidden size {hidden} is not a multiple of the {HEAD_DIM}-channel heads")
     if scales != len(LONGER_SIDES) + 1:
         raise CheckpointError(f"{where}: {scales} scale embeddings; MUSIQ here uses {len(LONGER_SIDES) + 1} "
                               f"(longer sides {LONGER_SIDES} and the native image)")
