@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from benchmarks.vbench.musiq import (
-    REAL_MUSIQ, TINY_MUSIQ, MultiScalePatches, cut_patches, hashed_positions, load_musiq, multiscale_patches,
+    REAL_MUSIQ, TINY_MUSIQ, Attention, MultiScalePatches, StandardizedConv2d, cut_patches, hashed_positions, load_musiq, multiscale_patches,
     musiq_size_of, resize_longer_side, write_random_musiq,
 )
 from reward.errors import CheckpointError, ConfigError
@@ -121,6 +122,33 @@ def test_score_is_a_finite_scalar_and_padding_tokens_are_ignored(tiny_musiq_file
     batch = torch.cat([image, image.flip(-1)])
     torch.testing.assert_close(model(batch), torch.cat([score, model(image.flip(-1))]), rtol=0, atol=1e-5)
     assert not torch.equal(model(batch)[0], model(batch)[1])
+
+
+def test_attention_equals_torch_multihead_attention_on_the_valid_tokens():
+    """Against ``nn.MultiheadAttention`` with the same projections (scaled dot product over 2 heads of 64): equal
+    for every real token, and a padded key (masked) changes nothing for them."""
+    torch.manual_seed(0)
+    attention, reference = Attention(128, heads=2), nn.MultiheadAttention(128, 2, batch_first=True)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]))
+        reference.in_proj_bias.copy_(torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]))
+        reference.out_proj.load_state_dict(attention.out.state_dict())
+        tokens, valid = torch.randn(1, 7, 128), torch.tensor([[True] * 5 + [False] * 2])
+        expected, _ = reference(tokens[:, :5], tokens[:, :5], tokens[:, :5])
+        torch.testing.assert_close(attention(tokens, valid)[:, :5], expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(attention(tokens[:, :5], valid[:, :5]), expected, rtol=0, atol=1e-5)
+
+
+def test_standardized_conv_ignores_the_filter_scale_and_keeps_same_size():
+    """Each filter is standardised before use, so a * w + b (per filter, a > 0) convolves the same (up to the
+    1e-5 added to the std); "SAME" padding gives ceil(32 / 2) = 16 outputs per side for the 7x7/2 root conv."""
+    torch.manual_seed(0)
+    conv, scaled = StandardizedConv2d(3, 64, 7, stride=2, bias=False), StandardizedConv2d(3, 64, 7, stride=2, bias=False)
+    with torch.no_grad():
+        scaled.weight.copy_(conv.weight * torch.rand(64, 1, 1, 1).add(0.5) + torch.randn(64, 1, 1, 1))
+        patches = torch.randn(2, 3, 32, 32)
+        assert conv(patches).shape == (2, 64, 16, 16)
+        torch.testing.assert_close(scaled(patches), conv(patches), rtol=1e-3, atol=1e-3)
 
 
 def test_module_prefix_is_accepted(tiny_musiq_file, tmp_path):
