@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class VBenchBenchmarkConfig:
     device: str = field(default="cuda", metadata={"help": "Torch device to benchmark on."})
-    tiny: bool = field(default=False, metadata={"help": "Tiny extractors and 9-frame 48x80 clips: a CPU smoke test."})
+    tiny: bool = field(default=False, metadata={"help": "Tiny extractors and 9-frame 128x160 clips: a CPU smoke test."})
     dimensions: list[str] = field(default_factory=lambda: list(DIMENSIONS), metadata={"help": f"From {DIMENSIONS}."})
     repeats: int = field(default=3, metadata={"help": "Timed videos per dimension (median reported)."})
     batch_size: int = field(default=32, metadata={"help": "Frames per encoder forward (VBench: 32 for aesthetic)."})
@@ -70,7 +70,7 @@ class VBenchBenchmarkConfig:
     @property
     def clip_shape(self) -> tuple[int, int, int]:
         """(frames, height, width) of the input clips."""
-        return (9, 48, 80) if self.tiny else (81, 480, 832)
+        return (9, 128, 160) if self.tiny else (81, 480, 832)  # RAFT needs 128 px at least
 
 
 @dataclass
