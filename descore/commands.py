@@ -72,13 +72,19 @@ def _report_tuning(result: Any) -> str:
     return "\n".join([*lines, f"LoRA: {result.final}"])
 
 
+def _report_comparison(report: Any) -> str:
+    """Where the report of ``bench compare`` / ``bench ablate`` is."""
+    files = report.files
+    return f"wrote {files.markdown}, {files.html.name}, {files.json.name}, {files.deltas_png.name}"
+
+
 _POLICY, _RUN = "generator_rl.config:PolicyConfig", "generator_rl.config:RunConfig"
 _GRPO, _FLOW_DPO = "generator_rl.grpo:GrpoConfig", "generator_rl.flow_dpo:FlowDpoConfig"
 
 GROUPS: dict[str, str] = {
     "reward": "Train, score and export DeScore reward models",
     "tune": "Post-train Wan-2.1 with reward models: GRPO, Flow-DPO, sampling, doctor",
-    "bench": "Measure reward models: preference accuracy on benchmarks, side by side",
+    "bench": "Measure reward models and tuned generators: preference accuracy, base vs tuned, reward ablations",
 }
 
 # (group, command) -> job; a one-word key is a command without a group
@@ -112,6 +118,13 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         "Preference accuracy of several reward models on one benchmark (with / without ties), cached and resumable",
         ("benchmarks.reward_accuracy:RewardAccuracyConfig",), "benchmarks.reward_accuracy:run_reward_accuracy",
         lambda report: f"{report.table}\n\nwrote {report.output_dir / 'results.json'}, results.md, results.png"),
+    ("bench", "compare"): Command(
+        "Base vs tuned LoRAs on a prompt suite: rewards and VBench, paired deltas with bootstrap CIs, report",
+        (_POLICY, "benchmarks.compare:CompareConfig"), "benchmarks.compare:run_compare", _report_comparison),
+    ("bench", "ablate"): Command(
+        "Train one LoRA per reward (GRPO / Flow-DPO, same recipe), compare them all, flag reward hacking",
+        ("benchmarks.ablate:AblateConfig", "benchmarks.compare:CompareConfig"), "benchmarks.ablate:run_ablate",
+        _report_comparison),
     ("demo",): Command(
         "Tiny end-to-end run on CPU (tiny models, synthetic data, training, scoring)",
         ("benchmarks.demo:DemoConfig",), "benchmarks.demo:run_demo", str),
