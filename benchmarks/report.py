@@ -113,7 +113,7 @@ def report_blocks(comparison: Comparison, *, record: Mapping[str, Any], provenan
     suite, seeds = record["suite"], record["seeds"]
     blocks: list[Block] = [
         ("h1", "Ablation: reward models compared" if comparison.trained_on is not None else "Base vs tuned"),
-        ("p", f"{suite['prompts']} prompts ({suite['source']}) × {suite["videos_per_prompt"]} seed(s) per prompt; "
+        ("p", f"{suite['prompts']} prompts ({suite['source']}) × {suite['videos_per_prompt']} seed(s) per prompt; "
               f"{seeds['scheme']}, base seed {seeds['seed']}. Metrics: {', '.join(comparison.metrics)}."),
         ("p", f"Δ = tuned − base: the mean over prompts of the difference of per-prompt means (over seeds), with a "
               f"paired percentile-bootstrap 95% interval over prompts ({comparison.resamples} resamples, seed "
