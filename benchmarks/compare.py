@@ -96,7 +96,7 @@ class CompareConfig:
                                         "e.g. name=descore_no_cot,path=runs/descore/final."})
     vbench_dimensions: list[str] = field(
         default_factory=lambda: list(VBENCH_DIMENSIONS),
-        metadata={"help": f"VBench dimensions to measure ({', '.join(VBENCH_DIMENSIONS)}); [] for rewards only."})
+        metadata={"help": f"VBench dimensions to measure ({', '.join(VBENCH_DIMENSIONS)}); `vbench_dimensions: []` in a recipe: rewards only."})
     vbench_weights: str | None = field(
         default=None, metadata={"help": "Folder of the VBench weights in VBench's cache layout (docs/vbench/)."})
     vbench_backend: Literal["kit", "official"] = field(
@@ -146,8 +146,9 @@ class CompareConfig:
         if unknown:
             raise ConfigError(f"--vbench_dimensions {unknown} unknown; choose from {', '.join(VBENCH_DIMENSIONS)}")
         if self.vbench_dimensions and (self.vbench_weights is None or not Path(self.vbench_weights).is_dir()):
-            raise ConfigError(f"--vbench_weights {self.vbench_weights} is not a folder; VBench dimensions need the weights "
-                              "folder (docs/vbench/), or pass --vbench_dimensions [] to measure with rewards only")
+            raise ConfigError(f"--vbench_weights {self.vbench_weights} is not a folder; VBench dimensions need the "
+                              "weights folder (docs/vbench/), or set `vbench_dimensions: []` in the recipe to measure "
+                              "with rewards only")
         if self.vbench_backend not in VBENCH_BACKENDS:
             raise ConfigError(f"--vbench_backend must be one of {', '.join(VBENCH_BACKENDS)}, got {self.vbench_backend!r}")
 

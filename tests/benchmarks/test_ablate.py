@@ -60,7 +60,7 @@ def test_tiny_ablation_trains_compares_and_skips_finished_runs(tmp_path, monkeyp
     markdown = (output / "report.md").read_text()
     matrix = markdown.split("## Cross-evaluation matrix")[1].split("## Reward hacking")[0]
     assert "| model | jpeg | smooth | bright |" in matrix
-    assert f"| grpo-smooth (trained on smooth) |" in matrix and f"{TRAINED_MARK} {_delta(report, 'grpo-smooth', 'smooth')}" in matrix
+    assert "| grpo-smooth (trained on smooth) |" in matrix and f"{TRAINED_MARK} {_delta(report, 'grpo-smooth', 'smooth')}" in matrix
     before = {name: (output / name).read_text() for name in ("report.md", "report.json")}
 
     def no_training(*args, **kwargs):
@@ -167,7 +167,7 @@ def test_the_shipped_recipes_load(tmp_path):
     ablate, compare = TrlParser([AblateConfig, CompareConfig]).parse_args_and_config(
         ["--config", str(RECIPES / "tiny_ablate.yaml"), "--output_dir", str(tmp_path)])
     assert [term.label for term in ablate.train_rewards] == ["smooth", "bright"] and compare.loras is None
-    (policy, run, grpo), = [parse_recipe(ablate.grpo_recipe, [PolicyConfig, RunConfig, GrpoConfig], ablate.train_overrides)]
+    policy, run, _ = parse_recipe(ablate.grpo_recipe, [PolicyConfig, RunConfig, GrpoConfig], ablate.train_overrides)
     assert run.max_steps == 2 and policy.num_steps == 2
     weights = tmp_path / "weights"
     weights.mkdir()
