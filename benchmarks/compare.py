@@ -226,7 +226,7 @@ def compare_models(
 ) -> CompareReport:
     """Steps 1-5 into the claimed ``output``. An ablation passes the reward each LoRA was trained on
     (``trained_on``: label -> metric) and those rewards as ``extra_rewards`` (scored like ``rewards``)."""
-    rewards = [*compare.rewards, *(term for term in extra_rewards if term.label not in {t.label for t in compare.rewards})]
+    rewards = merged_rewards(compare.rewards, extra_rewards)
     models = [Model(BASE, None), *(Model(label, lora) for label, lora in zip(compare.model_labels(), compare.loras or []))]
     suite = prompt_suite(compare, output)
     videos = {model.label: sample_model(policy_args, compare, suite, model, output) for model in models}
@@ -248,6 +248,17 @@ def compare_models(
                                              for i in range(min(compare.grid_prompts, len(suite.prompts)))]
                                for model in models})
     return CompareReport(comparison, files, output)
+
+
+def merged_rewards(rewards: Sequence[RewardTerm], extra: Sequence[RewardTerm]) -> list[RewardTerm]:
+    """``rewards`` then the ``extra`` ones not among them; one label naming two different entries is refused."""
+    merged = {term.label: term for term in rewards}
+    for term in extra:
+        if term.label in merged and merged[term.label].entry != term.entry:
+            raise ConfigError(f"reward label {term.label} names two entries, {merged[term.label].entry} and {term.entry}; "
+                              "give one of them another label")
+        merged.setdefault(term.label, term)
+    return list(merged.values())
 
 
 # ----- step 1: the prompt suite ------------------------------------------------------------------------------

@@ -17,12 +17,13 @@ from trl import TrlParser
 
 import benchmarks.ablate as ablate_module
 from benchmarks.ablate import AblateConfig, parse_recipe, run_ablate, sampling_policy, training_plans
-from benchmarks.compare import CompareConfig, summarise
+from benchmarks.compare import CompareConfig, merged_rewards, summarise
 from benchmarks.report import HACKED_MARK, TRAINED_MARK, ablation_blocks, to_markdown
 from descore.cli import main
 from generator_rl.checkpoint import LORA_WEIGHTS
 from generator_rl.config import PolicyConfig, RunConfig
 from generator_rl.grpo import GrpoConfig
+from generator_rl.rewards import RewardTerm
 from reward.errors import ConfigError
 from reward.run_record import RunMismatchError
 
@@ -40,19 +41,26 @@ def one_thread():
 
 
 def test_tiny_ablation_trains_compares_and_skips_finished_runs(tmp_path, monkeypatch, one_thread):
-    output = tmp_path / "ablation"
-    argv = ["bench", "ablate", "--config", "tiny_ablate", "--output_dir", str(output)]
+    """Two rewards x two trainers (tiny_grpo, tiny_flow_dpo), two steps each, then one comparison of all; three
+    prompts for training and comparison keep it short."""
+    prompts, output = tmp_path / "prompts.txt", tmp_path / "ablation"
+    prompts.write_text("a red square moving left\na blue ball bouncing\nwaves in slow motion\n")
+    overrides = ["max_steps=2", "num_steps=2", "guidance_scale=1.0", "save_steps=1", "sample_steps=0", "report_to=none",
+                 f"prompts={prompts}"]
+    argv = ["bench", "ablate", "--config", "tiny_ablate", "--train_overrides", *overrides, "--prompts", str(prompts),
+            "--output_dir", str(output)]
     assert main(argv) == 0
-    runs = {name: output / "runs" / name for name in ("grpo-smooth", "grpo-bright")}
-    for name, run in runs.items():
-        record = json.loads((run / "final" / "run_config.json").read_text())["config"]
-        assert (run / "final" / LORA_WEIGHTS).is_file() and record["run"]["max_steps"] == 2  # the shared budget
-        assert [term["name"] for term in record["grpo"]["rewards"]] == [{"grpo-smooth": "temporal_smoothness",
-                                                                         "grpo-bright": "brightness"}[name]]
+    trained_on = {"grpo-smooth": "smooth", "grpo-bright": "bright", "flow-dpo-smooth": "smooth", "flow-dpo-bright": "bright"}
+    names = {"smooth": "temporal_smoothness", "bright": "brightness"}
+    for run, reward in trained_on.items():
+        record = json.loads((output / "runs" / run / "final" / "run_config.json").read_text())["config"]
+        assert (output / "runs" / run / "final" / LORA_WEIGHTS).is_file() and record["run"]["max_steps"] == 2
+        algorithm = record["grpo" if run.startswith("grpo") else "dpo"]
+        assert [term["name"] for term in algorithm["rewards"]] == [names[reward]]  # only the reward differs
     report = json.loads((output / "report.json").read_text())
     assert report["metrics"] == ["jpeg", "smooth", "bright"]  # held-out rewards, then every training reward
-    assert report["ablation"]["trained_on"] == {"grpo-smooth": "smooth", "grpo-bright": "bright"}
-    for model, trained in report["ablation"]["trained_on"].items():
+    assert report["ablation"]["trained_on"] == trained_on
+    for model, trained in trained_on.items():
         deltas = report["deltas"][model]
         expected = [metric for metric in report["metrics"] if metric != trained and deltas[metric]["high"] < 0] \
             if deltas[trained]["low"] > 0 else []
@@ -60,20 +68,21 @@ def test_tiny_ablation_trains_compares_and_skips_finished_runs(tmp_path, monkeyp
     markdown = (output / "report.md").read_text()
     matrix = markdown.split("## Cross-evaluation matrix")[1].split("## Reward hacking")[0]
     assert "| model | jpeg | smooth | bright |" in matrix
-    assert "| grpo-smooth (trained on smooth) |" in matrix and f"{TRAINED_MARK} {_delta(report, 'grpo-smooth', 'smooth')}" in matrix
+    assert "| flow-dpo-smooth (trained on smooth) |" in matrix
+    assert f"{TRAINED_MARK} {_delta(report, 'grpo-bright', 'bright')}" in matrix
     before = {name: (output / name).read_text() for name in ("report.md", "report.json")}
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setitem(ablate_module.TRAINERS, "grpo", (GrpoConfig, no_training, "tune-grpo", "grpo"))
+    for trainer, (config, _, job, group) in list(ablate_module.TRAINERS.items()):
+        monkeypatch.setitem(ablate_module.TRAINERS, trainer, (config, no_training, job, group))
     assert main(argv) == 0
     assert {name: (output / name).read_text() for name in before} == before
 
-    # A longer budget is not finished: that run resumes (here: would train), the others are not looked at again.
+    # A longer budget is not finished: the first run resumes (here: would train again).
     with pytest.raises(AssertionError, match="a finished run was trained again"):
-        main([*argv, "--train_overrides", "max_steps=3", "num_steps=2", "guidance_scale=1.0", "prompts_per_step=1",
-              "group_size=4", "rollout_batch_size=4", "save_steps=1", "sample_steps=0", "report_to=none"])
+        main([*argv, "--train_overrides", "max_steps=3", *overrides[1:]])
 
 
 def _delta(report: dict, model: str, metric: str) -> str:
@@ -180,3 +189,10 @@ def test_the_shipped_recipes_load(tmp_path):
     values = yaml.safe_load((RECIPES / "ablate_rewards.yaml").read_text())
     assert ablate.trainers == values["trainers"] and ablate.train_overrides == values["train_overrides"]
     assert compare.vbench_dimensions == values["vbench_dimensions"] and compare.rewards == []
+
+
+def test_a_label_may_not_name_two_rewards():
+    held_out, trained = RewardTerm({"name": "brightness", "label": "r"}), RewardTerm({"name": "temporal_smoothness", "label": "r"})
+    with pytest.raises(ConfigError, match="reward label r names two entries"):
+        merged_rewards([held_out], [trained])
+    assert merged_rewards([held_out], [RewardTerm({"name": "brightness", "label": "r"})]) == [held_out]
