@@ -129,7 +129,7 @@ def run_ablate(ablate: AblateConfig, compare: CompareConfig) -> CompareReport:
                           extra_rewards=list(terms.values()))
 
 
-def parse_recipe(recipe: str, types: list[type], overrides: list[str]) -> tuple:
+def parse_recipe(recipe: str, types: list[type], *, overrides: list[str]) -> tuple:
     """A recipe through the CLI's rules (YAML defaults, ``--key value`` overrides, unknown keys fail)."""
     from trl import TrlParser
 
@@ -153,7 +153,8 @@ def training_plans(ablate: AblateConfig, runs: Path) -> list[TrainingPlan]:
     for trainer in ablate.trainers:
         algorithm_type = TRAINERS[trainer][0]
         overrides = [*(ablate.train_overrides or []), f"output_dir={runs / trainer}"]
-        policy, run, algorithm = parse_recipe(ablate.recipe(trainer), [PolicyConfig, RunConfig, algorithm_type], overrides)
+        policy, run, algorithm = parse_recipe(ablate.recipe(trainer), [PolicyConfig, RunConfig, algorithm_type],
+                                              overrides=overrides)
         for term in ablate.train_rewards:
             name = f"{trainer}-{term.label}"
             plans.append(TrainingPlan(name, trainer, term, policy, dataclasses.replace(run, output_dir=str(runs / name)),

@@ -36,7 +36,7 @@ import yaml
 
 from generator_rl.config import PolicyConfig, read_prompts
 from generator_rl.rewards import RewardTerm
-from generator_rl.sample import SEED_STRIDE, SampleConfig, Sampler, run_sample
+from generator_rl.sample import INDEX, SEED_STRIDE, SampleConfig, Sampler, run_sample
 from generator_rl.tiny_wan import resolve_prompt_file
 from reward.base import check_reward_entry
 from reward.checkpoint import atomic_file
@@ -229,24 +229,15 @@ def compare_models(
     rewards = merged_rewards(compare.rewards, extra_rewards)
     models = [Model(BASE, None), *(Model(label, lora) for label, lora in zip(compare.model_labels(), compare.loras or []))]
     suite = prompt_suite(compare, output)
-    videos = {model.label: sample_model(policy_args, compare, suite, model, output) for model in models}
-    values = {model.label: {} for model in models}
-    for model in models:
-        index = output / "samples" / model.label / "index.csv"
-        for term in rewards:
-            values[model.label][term.label] = reward_values(term, index, videos[model.label], output / "scores" / model.label,
-                                                            batch_size=compare.batch_size)
-        if compare.vbench_dimensions:
-            per_video = vbench_per_video(index, compare, output / "vbench" / model.label)
-            for dimension in compare.vbench_dimensions:
-                values[model.label][dimension] = vbench_values(per_video, videos[model.label], dimension, suite)
+    videos = {model.label: sample_model(policy_args, compare, suite=suite, model=model, output=output) for model in models}
+    values = {label: evaluate(compare, rewards, suite=suite, videos=paths, output=output, label=label)
+              for label, paths in videos.items()}
     metrics = [term.label for term in rewards] + list(compare.vbench_dimensions)
-    comparison = summarise(values, models=[model.label for model in models], metrics=metrics, compare=compare,
-                           trained_on=trained_on)
-    files = write_report(output, comparison, record=_record(policy_args, compare, suite, models, rewards, job),
-                         grid={model.label: [(suite.prompts[i], videos[model.label][i][0])
-                                             for i in range(min(compare.grid_prompts, len(suite.prompts)))]
-                               for model in models})
+    comparison = summarise(values, models=list(videos), metrics=metrics, compare=compare, trained_on=trained_on)
+    shown = range(min(compare.grid_prompts, len(suite.prompts)))
+    grid = {label: [(suite.prompts[i], paths[i][0]) for i in shown] for label, paths in videos.items()}
+    record = _record(policy_args, compare, suite=suite, models=models, rewards=rewards, job=job)
+    files = write_report(output, comparison, record=record, grid=grid)
     return CompareReport(comparison, files, output)
 
 
@@ -302,7 +293,7 @@ def vbench_suite(full_info: Path, dimensions: Sequence[str]) -> dict[str, tuple[
 # ----- step 2: sampling ----------------------------------------------------------------------------------------
 
 
-def sample_model(policy_args: PolicyConfig, compare: CompareConfig, suite: PromptSuite, model: Model,
+def sample_model(policy_args: PolicyConfig, compare: CompareConfig, *, suite: PromptSuite, model: Model,
                  output: Path) -> list[list[Path]]:
     """The model's videos, ``[prompt][k]``, sampled by ``tune sample`` (only those not on disk yet)."""
     paths = run_sample(policy_args, SampleConfig(
@@ -322,7 +313,20 @@ def seed_of(compare: CompareConfig, prompt_index: int, k: int) -> int:
 # ----- step 3: evaluation --------------------------------------------------------------------------------------
 
 
-def reward_values(term: RewardTerm, index: Path, videos: list[list[Path]], scores: Path, *, batch_size: int) -> np.ndarray:
+def evaluate(compare: CompareConfig, rewards: Sequence[RewardTerm], *, suite: PromptSuite, videos: list[list[Path]],
+             output: Path, label: str) -> dict[str, np.ndarray]:
+    """Metric -> (P, K) values of one model's videos: every reward, then every VBench dimension."""
+    index = output / "samples" / label / INDEX
+    values = {term.label: reward_values(term, index, videos=videos, scores=output / "scores" / label,
+                                        batch_size=compare.batch_size) for term in rewards}
+    if compare.vbench_dimensions:
+        per_video = vbench_per_video(index, compare, output=output / "vbench" / label)
+        values |= {dimension: vbench_values(per_video, videos, dimension=dimension, suite=suite)
+                   for dimension in compare.vbench_dimensions}
+    return values
+
+
+def reward_values(term: RewardTerm, index: Path, *, videos: list[list[Path]], scores: Path, batch_size: int) -> np.ndarray:
     """(P, K) rewards of the videos, NaN where scoring failed; cached in ``scores/<label>.jsonl``."""
     scores.mkdir(parents=True, exist_ok=True)
     entry_file = scores / f"{term.label}.reward.yaml"
@@ -338,7 +342,7 @@ def reward_values(term: RewardTerm, index: Path, videos: list[list[Path]], score
     return _grid(videos, lambda path: rewards.get(path.resolve(), math.nan))
 
 
-def vbench_per_video(index: Path, compare: CompareConfig, output: Path) -> dict[str, dict[str, float]]:
+def vbench_per_video(index: Path, compare: CompareConfig, *, output: Path) -> dict[str, dict[str, float]]:
     """VBench's per-video values (absolute path -> dimension -> value) from the harness (benchmarks/vbench/),
     imported here so a rewards-only comparison never loads it."""
     from benchmarks.vbench.job import VBenchConfig, run_vbench
@@ -349,7 +353,7 @@ def vbench_per_video(index: Path, compare: CompareConfig, output: Path) -> dict[
     return result.per_video
 
 
-def vbench_values(per_video: Mapping[str, Mapping[str, float]], videos: list[list[Path]], dimension: str,
+def vbench_values(per_video: Mapping[str, Mapping[str, float]], videos: list[list[Path]], *, dimension: str,
                   suite: PromptSuite) -> np.ndarray:
     """(P, K) values of one dimension on its aggregate's scale; NaN where the harness gave none, and — with a
     VBench suite that lists prompts for this dimension — on the prompts VBench does not list for it."""
@@ -395,7 +399,7 @@ def _mean(values: np.ndarray) -> float | None:
 # ----- step 5: what the report records -------------------------------------------------------------------------
 
 
-def _record(policy_args: PolicyConfig, compare: CompareConfig, suite: PromptSuite, models: list[Model],
+def _record(policy_args: PolicyConfig, compare: CompareConfig, *, suite: PromptSuite, models: list[Model],
             rewards: Sequence[RewardTerm], job: str) -> dict[str, Any]:
     """The settings, models, suite and seeds the numbers come from (versions and commit are added by the report)."""
     return {

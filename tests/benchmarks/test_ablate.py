@@ -176,7 +176,8 @@ def test_the_shipped_recipes_load(tmp_path):
     ablate, compare = TrlParser([AblateConfig, CompareConfig]).parse_args_and_config(
         ["--config", str(RECIPES / "tiny_ablate.yaml"), "--output_dir", str(tmp_path)])
     assert [term.label for term in ablate.train_rewards] == ["smooth", "bright"] and compare.loras is None
-    policy, run, _ = parse_recipe(ablate.grpo_recipe, [PolicyConfig, RunConfig, GrpoConfig], ablate.train_overrides)
+    policy, run, _ = parse_recipe(ablate.grpo_recipe, [PolicyConfig, RunConfig, GrpoConfig],
+                                  overrides=ablate.train_overrides)
     assert run.max_steps == 2 and policy.num_steps == 2
     weights = tmp_path / "weights"
     weights.mkdir()

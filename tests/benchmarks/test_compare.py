@@ -167,11 +167,11 @@ def test_a_vbench_dimension_is_measured_on_its_own_prompts(tmp_path):
     per_video = {str(path): {"subject_consistency": 0.9, "imaging_quality": 60.0} for seeds in videos for path in seeds}
     suite = PromptSuite(["a", "b", "c"], tmp_path / "p.txt",
                         [("subject_consistency",), ("imaging_quality",), ("subject_consistency", "imaging_quality")])
-    subject = vbench_values(per_video, videos, "subject_consistency", suite)
+    subject = vbench_values(per_video, videos, dimension="subject_consistency", suite=suite)
     np.testing.assert_array_equal(subject, [[0.9, 0.9], [np.nan, np.nan], [0.9, 0.9]])
-    np.testing.assert_allclose(vbench_values(per_video, videos, "imaging_quality", suite), [[np.nan] * 2, [0.6] * 2, [0.6] * 2])
+    np.testing.assert_allclose(vbench_values(per_video, videos, dimension="imaging_quality", suite=suite), [[np.nan] * 2, [0.6] * 2, [0.6] * 2])
     user_file = PromptSuite(["a", "b", "c"], tmp_path / "p.txt", None)
-    assert np.isfinite(vbench_values(per_video, videos, "subject_consistency", user_file)).all()
+    assert np.isfinite(vbench_values(per_video, videos, dimension="subject_consistency", suite=user_file)).all()
 
 
 # ----- settings ---------------------------------------------------------------------------------------------------
