@@ -167,6 +167,13 @@ def ablation_blocks(comparison: Comparison) -> list[Block]:
     ]
 
 
+def summary_table(comparison: Comparison) -> str:
+    """Δ [95% CI] of every tuned model (rows) on every metric (columns): what the command prints at the end."""
+    rows = [[model, *(delta_text(comparison.deltas[model][metric]) for metric in comparison.metrics)]
+            for model in comparison.models[1:]]
+    return to_markdown([("table", [f"Δ vs {comparison.models[0]}", *comparison.metrics], rows)]).rstrip("\n")
+
+
 def report_data(comparison: Comparison, *, record: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
     """report.json: every number (NaN as null) and what produced it."""
     def finite(values: np.ndarray) -> list[float | None]:

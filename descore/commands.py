@@ -73,9 +73,11 @@ def _report_tuning(result: Any) -> str:
 
 
 def _report_comparison(report: Any) -> str:
-    """Where the report of ``bench compare`` / ``bench ablate`` is."""
+    """The deltas of ``bench compare`` / ``bench ablate`` and where the full report is."""
+    from benchmarks.report import summary_table
+
     files = report.files
-    return f"wrote {files.markdown}, {files.html.name}, {files.json.name}, {files.deltas_png.name}"
+    return f"{summary_table(report.comparison)}\n\nwrote {files.markdown}, {files.html.name}, {files.json.name}"
 
 
 _POLICY, _RUN = "generator_rl.config:PolicyConfig", "generator_rl.config:RunConfig"
