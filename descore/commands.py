@@ -78,13 +78,21 @@ def _report_tuning(result: Any) -> str:
     return "\n".join([*lines, f"LoRA: {result.final}"])
 
 
+def _report_comparison(report: Any) -> str:
+    """The deltas of ``bench compare`` / ``bench ablate`` and where the full report is."""
+    from benchmarks.report import summary_table
+
+    files = report.files
+    return f"{summary_table(report.comparison)}\n\nwrote {files.markdown}, {files.html.name}, {files.json.name}"
+
+
 _POLICY, _RUN = "generator_rl.config:PolicyConfig", "generator_rl.config:RunConfig"
 _GRPO, _FLOW_DPO = "generator_rl.grpo:GrpoConfig", "generator_rl.flow_dpo:FlowDpoConfig"
 
 GROUPS: dict[str, str] = {
     "reward": "Train, score and export DeScore reward models",
     "tune": "Post-train Wan-2.1 with reward models: GRPO, Flow-DPO, sampling, doctor",
-    "bench": "Measure reward models: preference accuracy on benchmarks, side by side",
+    "bench": "Measure reward models and tuned generators: preference accuracy, base vs tuned, reward ablations",
 }
 
 # (group, command) -> job; a one-word key is a command without a group
@@ -121,6 +129,13 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("bench", "vbench"): Command(
         "VBench's quality dimensions of a folder of videos (our implementation or the official package), resumable",
         ("benchmarks.vbench.job:VBenchConfig",), "benchmarks.vbench.job:run_vbench", _report_vbench),
+    ("bench", "compare"): Command(
+        "Base vs tuned LoRAs on a prompt suite: rewards and VBench, paired deltas with bootstrap CIs, report",
+        (_POLICY, "benchmarks.compare:CompareConfig"), "benchmarks.compare:run_compare", _report_comparison),
+    ("bench", "ablate"): Command(
+        "Train one LoRA per reward (GRPO / Flow-DPO, same recipe), compare them all, flag reward hacking",
+        ("benchmarks.ablate:AblateConfig", "benchmarks.compare:CompareConfig"), "benchmarks.ablate:run_ablate",
+        _report_comparison),
     ("demo",): Command(
         "Tiny end-to-end run on CPU (tiny models, synthetic data, training, scoring)",
         ("benchmarks.demo:DemoConfig",), "benchmarks.demo:run_demo", str),

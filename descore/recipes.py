@@ -1,7 +1,7 @@
 """The recipes shipped with the kit: ``--config tiny_grpo`` names one of them.
 
 A wheel installs the repository's ``configs/`` folder as ``descore/configs``; a source checkout (or an
-editable install) reads ``configs/`` beside this package. Only job recipes (``reward/``, ``generator/``)
+editable install) reads ``configs/`` beside this package. Only job recipes (``reward/``, ``generator/``, ``bench/``)
 resolve as ``--config`` names; the ``accelerate/`` files are for ``accelerate launch --config_file PATH``
 and ``descore recipes`` prints their paths. Nothing here imports torch, so the lookup costs nothing on the
 command line.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
-JOB_FOLDERS = ("reward", "generator")
+JOB_FOLDERS = ("reward", "generator", "bench")
 LAUNCH_FOLDERS = ("accelerate",)
 
 
