@@ -45,6 +45,7 @@ from reward.jobs import ScoreConfig, run_score
 from reward.run_record import check_output_directory, check_same_run, resolved_config, write_run_config
 
 from . import statistics
+from .vbench.metrics import DIMENSIONS
 from .report import Comparison, ReportFiles, write_report
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,6 @@ logger = logging.getLogger(__name__)
 JOB = "bench compare"
 RUN_RECORD = "run_config.json"
 BASE = "base"
-# VBench's names of the dimensions the harness measures (benchmarks/vbench/).
-VBENCH_DIMENSIONS = ("subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
-                     "dynamic_degree", "temporal_flickering")
 # VBench's per-video imaging_quality is the MUSIQ score (0-100); its aggregate divides by 100. The report shows
 # every dimension on its aggregate's scale.
 VBENCH_PER_VIDEO_SCALE = {"imaging_quality": 0.01}
@@ -78,7 +76,7 @@ class CompareConfig:
         default=None, metadata={"help": "Path of VBench_full_info.json (shipped in the `vbench` package's folder): the "
                                         "suite is every prompt VBench lists for one of --prompt_dimensions."})
     prompt_dimensions: list[str] = field(
-        default_factory=lambda: list(VBENCH_DIMENSIONS),
+        default_factory=lambda: list(DIMENSIONS),
         metadata={"help": "With --vbench_prompts: the VBench dimensions whose prompt lists make the suite."})
     loras: list[str] | None = field(
         default=None, metadata={"help": "Tuned LoRA folders (diffusers format, e.g. runs/grpo/final), each compared "
@@ -95,8 +93,8 @@ class CompareConfig:
         default=None, metadata={"help": "Reward models that score every video (registry entries, optional label), "
                                         "e.g. name=descore_no_cot,path=runs/descore/final."})
     vbench_dimensions: list[str] = field(
-        default_factory=lambda: list(VBENCH_DIMENSIONS),
-        metadata={"help": f"VBench dimensions to measure ({', '.join(VBENCH_DIMENSIONS)}); `vbench_dimensions: []` in a recipe: rewards only."})
+        default_factory=lambda: list(DIMENSIONS),
+        metadata={"help": f"VBench dimensions to measure ({', '.join(DIMENSIONS)}); `vbench_dimensions: []` in a recipe: rewards only."})
     vbench_weights: str | None = field(
         default=None, metadata={"help": "Folder of the VBench weights in VBench's cache layout (docs/vbench/)."})
     vbench_backend: Literal["kit", "official"] = field(
@@ -142,9 +140,9 @@ class CompareConfig:
                 raise ConfigError(f"reward {term.label}: weight only applies to a training mix; remove it here")
             check_reward_entry(term.entry)
         check_labels([term.label for term in self.rewards] + list(self.vbench_dimensions), what="metric")
-        unknown = sorted(set(self.vbench_dimensions) - set(VBENCH_DIMENSIONS))
+        unknown = sorted(set(self.vbench_dimensions) - set(DIMENSIONS))
         if unknown:
-            raise ConfigError(f"--vbench_dimensions {unknown} unknown; choose from {', '.join(VBENCH_DIMENSIONS)}")
+            raise ConfigError(f"--vbench_dimensions {unknown} unknown; choose from {', '.join(DIMENSIONS)}")
         if self.vbench_dimensions and (self.vbench_weights is None or not Path(self.vbench_weights).is_dir()):
             raise ConfigError(f"--vbench_weights {self.vbench_weights} is not a folder; VBench dimensions need the "
                               "weights folder (docs/vbench/), or set `vbench_dimensions: []` in the recipe to measure "

@@ -92,7 +92,7 @@ _GRPO, _FLOW_DPO = "generator_rl.grpo:GrpoConfig", "generator_rl.flow_dpo:FlowDp
 GROUPS: dict[str, str] = {
     "reward": "Train, score and export DeScore reward models",
     "tune": "Post-train Wan-2.1 with reward models: GRPO, Flow-DPO, sampling, doctor",
-    "bench": "Measure reward models and tuned generators: preference accuracy, base vs tuned, reward ablations",
+    "bench": "Measure reward models and tuned generators: preference accuracy, VBench, base vs tuned, reward ablations",
 }
 
 # (group, command) -> job; a one-word key is a command without a group

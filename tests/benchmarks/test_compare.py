@@ -5,6 +5,7 @@ are refused before anything loads, and the shipped recipes load."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -223,3 +224,27 @@ def test_the_shipped_recipes_load(tmp_path, tiny_lora):
     policy, compare = TrlParser([PolicyConfig, CompareConfig]).parse_args_and_config(
         ["--config", str(RECIPES / "tiny_compare.yaml"), "--output_dir", str(tmp_path / "tiny")])
     assert compare.lossless and [term.label for term in compare.rewards] == ["temporal_smoothness", "brightness"]
+
+
+def test_vbench_dimensions_join_the_report(tiny_lora, tmp_path, one_thread):
+    """The VBench harness measures every sampled video with random weights in VBench's layout; the report's
+    per-prompt numbers are the means of the harness's per-video values (dynamic degree is left out: torchvision's
+    RAFT needs frames of 128 px, the tiny Wan writes 32)."""
+    from benchmarks.vbench.weights import write_random_weights
+
+    weights = write_random_weights(tmp_path / "weights", size="tiny")
+    dimensions = ["subject_consistency", "aesthetic_quality", "temporal_flickering"]
+    output = tmp_path / "compare"
+    assert main(["bench", "compare", "--config", "tiny_compare", "--loras", str(tiny_lora), "--output_dir", str(output),
+                 "--vbench_dimensions", *dimensions, "--vbench_weights", str(weights), "--rewards", "name=brightness"]) == 0
+    report = json.loads((output / "report.json").read_text())
+    with (output / "samples" / "base" / "index.csv").open() as handle:
+        prompts = list(dict.fromkeys(row["prompt"] for row in csv.DictReader(handle)))  # the suite's order
+    for model in ("base", "tuned"):
+        layout = json.loads((output / "vbench" / model / f"{model}_eval_results.json").read_text())
+        assert list(layout) == dimensions
+        for dimension in dimensions:
+            per_video = {Path(r["video_path"]).name: r["video_results"] for r in layout[dimension][1]}
+            expected = [np.mean([per_video[f"{prompt}-{k}.mp4"] for k in range(2)]) for prompt in prompts]
+            np.testing.assert_allclose(report["per_prompt"][model][dimension], expected, rtol=1e-12)
+    assert all(dimension in (output / "report.md").read_text() for dimension in dimensions)
