@@ -105,6 +105,8 @@ class CompareConfig:
                                      metadata={"help": "Bootstrap resamples of the prompts."})
     bootstrap_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap (the report is reproducible)."})
     grid_prompts: int = field(default=4, metadata={"help": "Prompts shown in the frame grid (video 0 of each)."})
+    note: str | None = field(default=None, metadata={"help": "A line shown first in every form of the report (the "
+                                                           "demo marks its smoke run so)."})
     output_dir: str | None = field(default=None, metadata={"help": "Samples, score caches and the report."})
 
     def __post_init__(self) -> None:

@@ -13,8 +13,16 @@ Generator side:
 4. GRPO with the ``tiny_grpo`` recipe (``tiny:wan``, ``tiny:prompts``; temporal-smoothness sanity reward + the
    tiny DeScore of step 2 in its no-CoT mode, plugged in from the registry unchanged);
 5. Flow-DPO with the ``tiny_flow_dpo`` recipe;
-6. sample base and tuned videos with the same seeds and report the sanity reward of each;
-7. print the reward curves as sparklines and save them as ``curves.png``.
+6. print the reward curves as sparklines and save them as ``curves.png``.
+
+Measuring the gain (``descore bench``):
+7. ``bench compare`` (the ``tiny_compare`` recipe): base, GRPO and Flow-DPO sampled with the same seeds, measured
+   with sanity rewards and five VBench dimensions through the harness, with random-weight extractors written in
+   VBench's own file layout (dynamic degree is left out: torchvision's RAFT needs frames of 128 px, the tiny Wan
+   writes 32); paired deltas with bootstrap intervals, report.md / report.html / report.json and plots;
+8. ``bench ablate`` (the ``tiny_ablate`` recipe): GRPO and Flow-DPO trained on two sanity rewards, compared, with
+   the cross-evaluation matrix and the reward-hacking flags.
+Both reports say on their first line that they are a smoke run: tiny random-weight models measure nothing.
 
 Every run resumes, so the demo run again in the same folder finishes at once and prints the same report: the
 curves are read back from what the runs wrote (GRPO's ``rollouts.jsonl``, the demo's ``flow_dpo_metrics.json``).
@@ -31,17 +39,22 @@ from descore.recipes import resolve_recipe
 from generator_rl.config import PolicyConfig, RunConfig, read_prompts
 from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo
 from generator_rl.grpo import GrpoConfig, run_grpo
-from generator_rl.sample import SampleConfig, run_sample
-from reward import build_reward
 from reward.checkpoint import atomic_file
 from reward.cold_start import ColdStartConfig, run
 from reward.jobs import ScoreConfig, run_score
 
+from .ablate import AblateConfig, run_ablate
+from .compare import CompareConfig, run_compare
 from .curves import Curve, curve_line, grpo_reward_curve, plot_curves
+from .report import summary_table
 from .synthetic import make_preference_set
 
 FLOW_DPO_METRICS = "flow_dpo_metrics.json"
 CURVES_PNG = "curves.png"
+SMOKE_NOTE = ("Smoke run: tiny random-weight models and random-weight VBench extractors (descore demo). It shows "
+              "that every step runs; the numbers say nothing about video quality.")
+DEMO_VBENCH = ["subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
+               "temporal_flickering"]
 
 
 @dataclass
@@ -58,14 +71,16 @@ def _parse(types: list, recipe: str, overrides: dict[str, object]) -> tuple:
 
     argv = ["--config", str(resolve_recipe(recipe))]
     for key, value in overrides.items():
-        argv += [f"--{key}", str(value)]
+        argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
     return TrlParser(types).parse_args_and_config(argv)
 
 
 def run_demo(config: DemoConfig) -> str:
     root = Path(config.output_dir)
     lines = _reward_part(root, config)
-    lines += _generator_part(root, config)
+    generator_lines, policy, loras = _generator_part(root, config)
+    lines += generator_lines
+    lines += _bench_part(root, policy, loras)
     return "\n".join(lines)
 
 
@@ -88,7 +103,7 @@ def _reward_part(root: Path, config: DemoConfig) -> list[str]:
     return lines
 
 
-def _generator_part(root: Path, config: DemoConfig) -> list[str]:
+def _generator_part(root: Path, config: DemoConfig) -> tuple[list[str], PolicyConfig, dict[str, str]]:
     descore = f"name=descore_no_cot,path={root / 'cold_start' / 'final'},weight=0.01,device=cpu"
     policy, grpo_run, grpo = _parse([PolicyConfig, RunConfig, GrpoConfig], "tiny_grpo",
                                     {"output_dir": root / "grpo", "report_to": config.report_to})
@@ -101,19 +116,37 @@ def _generator_part(root: Path, config: DemoConfig) -> list[str]:
     curves = {"GRPO mean reward": grpo_reward_curve(root / "grpo" / "rollouts.jsonl")}
     curves |= _flow_dpo_curves(root / FLOW_DPO_METRICS, dpo_history, max_steps=dpo_run.max_steps)
     plot_curves(root / CURVES_PNG, curves)
-    smoothness = build_reward({"name": "temporal_smoothness"})
-    scores = {}
-    for name, lora in (("base", None), ("grpo", grpo_final), ("flow_dpo", dpo_final)):
-        videos = run_sample(policy, SampleConfig(prompts=grpo_run.prompts, output_dir=str(root / "samples" / name),
-                                                 lora=lora, seed=10_000, videos_per_prompt=2, device="cpu"))
-        scores[name] = float(smoothness.score(videos, [""] * len(videos)).rewards.mean())
-    width, prompts = max(len(label) for label in curves), len(read_prompts(grpo_run.prompts))
-    return [
+    width = max(len(label) for label in curves)
+    lines = [
         "[generator] reward curves (smoothness + 0.01 x tiny DeScore for GRPO):",
         *(f"            {curve_line(label.ljust(width), curve)}" for label, curve in curves.items()),
         f"            plotted in {root / CURVES_PNG}",
-        f"[generator] temporal smoothness of new samples ({prompts} prompts x 2, same seeds): "
-        + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()),
+    ]
+    return lines, policy, {"grpo": grpo_final, "flow_dpo": dpo_final}
+
+
+def _bench_part(root: Path, policy: PolicyConfig, loras: dict[str, str]) -> list[str]:
+    """Base vs the two tuned LoRAs (sampled with the training recipe's policy settings), then the ablation."""
+    from reward.model_source import build_once
+
+    from .vbench.weights import write_random_weights
+
+    weights = build_once((root / "vbench_weights").absolute(), lambda folder: write_random_weights(folder, size="tiny"))
+    _, compare = _parse([PolicyConfig, CompareConfig], "tiny_compare", {
+        "loras": list(loras.values()), "labels": list(loras), "output_dir": root / "compare",
+        "vbench_dimensions": DEMO_VBENCH, "vbench_weights": weights, "note": SMOKE_NOTE})
+    comparison = run_compare(policy, compare)
+    ablate, ablate_compare = _parse([AblateConfig, CompareConfig], "tiny_ablate",
+                                    {"output_dir": root / "ablate", "note": SMOKE_NOTE})
+    ablation = run_ablate(ablate, ablate_compare)
+    flagged = sorted(model for model, fell in ablation.comparison.hacking.items() if fell)
+    return [
+        f"[bench] base vs tuned ({len(read_prompts(compare.prompts))} prompts x {compare.videos_per_prompt} seeds; smoke "
+        "run: random-weight models and VBench extractors), delta [95% CI]:",
+        *(f"        {line}" for line in summary_table(comparison.comparison).splitlines()),
+        f"        report: {comparison.files.html}",
+        f"[bench] reward ablation ({len(ablation.comparison.models) - 1} runs): reward hacking flagged for "
+        f"{', '.join(flagged) if flagged else 'no run'}; report: {ablation.files.html}",
     ]
 
 

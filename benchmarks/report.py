@@ -110,9 +110,10 @@ def delta_text(delta: PairedDelta | None) -> str:
 
 def report_blocks(comparison: Comparison, *, record: Mapping[str, Any], provenance: Mapping[str, Any],
                   images: Sequence[str]) -> list[Block]:
-    suite, seeds = record["suite"], record["seeds"]
+    suite, seeds, note = record["suite"], record["seeds"], record["config"]["compare"].get("note")
     blocks: list[Block] = [
         ("h1", "Ablation: reward models compared" if comparison.trained_on is not None else "Base vs tuned"),
+        *([("p", note)] if note else []),
         ("p", f"{suite['prompts']} prompts ({suite['source']}) × {suite['videos_per_prompt']} seed(s) per prompt; "
               f"{seeds['scheme']}, base seed {seeds['seed']}. Metrics: {', '.join(comparison.metrics)}."),
         ("p", f"Δ = tuned − base: the mean over prompts of the difference of per-prompt means (over seeds), with a "
