@@ -1,0 +1,1 @@
+"""VBench's quality dimensions, our own implementation (docs/vbench/)."""
