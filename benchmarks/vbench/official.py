@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from benchmarks.vbench.official_driver import DINO_WEIGHTS, IMPORT_FAILED
+from benchmarks.vbench.official_driver import DINO_REPO, DINO_WEIGHTS, IMPORT_FAILED
 from reward.errors import ConfigError, VideoDecodeError
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,6 @@ DRIVER = Path(__file__).with_name("official_driver.py")
 VIDEO_SUFFIXES = (".mp4", ".gif")  # what VBench's custom_input mode picks up from a folder
 LOG_TAIL_LINES = 25
 DINO_FILE = "dino_model/dino_vitbase16_pretrain.pth"
-DINO_REPO_FOLDER = "dino_model/facebookresearch_dino_main"  # optional: VBench's clone of DINO's hub repository
 # Files of the --weights folder (VBench's cache layout) each dimension reads; temporal_flickering needs none.
 WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "subject_consistency": (DINO_FILE,),
@@ -84,8 +83,8 @@ def weight_links(weights_dir: Path, dimensions: Sequence[str]) -> tuple[dict[str
             raise ConfigError(f"weights file {source} is missing (needed by {sorted(dimensions)}); the --weights "
                               f"folder uses VBench's cache layout (docs/vbench/official.md)")
         cache[relative] = str(source.resolve())
-    if DINO_FILE in cache and (weights_dir / DINO_REPO_FOLDER / "hubconf.py").is_file():
-        cache[DINO_REPO_FOLDER] = str((weights_dir / DINO_REPO_FOLDER).resolve())
+    if DINO_FILE in cache and (weights_dir / DINO_REPO / "hubconf.py").is_file():
+        cache[DINO_REPO] = str((weights_dir / DINO_REPO).resolve())
     torch_home = {DINO_WEIGHTS: cache[DINO_FILE]} if DINO_FILE in cache else {}
     return cache, torch_home
 

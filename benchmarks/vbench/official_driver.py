@@ -15,13 +15,13 @@ What it does, in order:
 
 Two model loaders are adapted, both so that a weights file of any size of the same architecture loads (the tiny
 random files of the tests as well as the released ones, for which they build exactly VBench's model):
-- DINO: when the weights folder holds no ``dino_model/facebookresearch_dino_main/hubconf.py`` (VBench clones that
-  GitHub repository; it is on no package index), ``torch.hub.load(..., "dino_vitb16", ...)`` is answered by
-  timm's ``VisionTransformer`` with the DINO state dict (same keys, same pre-norm blocks, LayerNorm eps 1e-6,
-  output = the CLS token after the final norm). The one difference: timm resamples the position embeddings to
-  the patch grid by size, DINO's ``interpolate_pos_encoding`` by a scale factor with a 0.1 offset, so
-  non-square inputs differ in the last digits. Inputs are cut to whole patches first, which is what DINO's
-  stride-16 patch convolution does implicitly. The results record which DINO ran.
+- DINO: VBench loads ``dino_vitb16`` through ``torch.hub`` from a clone of github.com/facebookresearch/dino, which
+  no package index ships. When the weights folder holds that clone (``dino_model/facebookresearch_dino_main/``
+  with ``hubconf.py``, as VBench's own cache does), it is used as is. Otherwise ``torch.hub.load`` of
+  ``dino_vitb16`` is answered by :func:`dino_from_timm`: DINO's forward (``vision_transformer.py``: patch
+  convolution, CLS token, position embeddings interpolated by DINO's scale-factor rule, blocks, final norm, CLS
+  output) on timm's modules holding the DINO state dict. Against DINO's own code on random ViT-B/16 weights it
+  agrees to float32 rounding (docs/vbench/official.md). The results record which one ran.
 - MUSIQ: VBench builds ``pyiqa``'s MUSIQ with its default sizes; the sizes are read from the checkpoint instead
   (hidden width, MLP width, layer count; 64 channels per head as in the released model).
 """
@@ -42,6 +42,7 @@ DINO_ENTRY = "dino_vitb16"
 DINO_WEIGHTS = "hub/checkpoints/dino_vitbase16_pretrain.pth"  # under $TORCH_HOME, where DINO's hubconf reads it
 DINO_REPO = "dino_model/facebookresearch_dino_main"  # under $VBENCH_CACHE_DIR, VBench's local-mode hub folder
 HEAD_DIM = 64  # channels per attention head in DINO ViT-B/16 (768 / 12) and MUSIQ (384 / 6)
+DINO_STAND_IN = "DINO forward on timm modules (no facebookresearch/dino clone in the weights folder)"
 VERSIONED = ("vbench", "torch", "torchvision", "timm", "pyiqa", "openai-clip", "numpy", "opencv-python")
 
 
@@ -64,35 +65,55 @@ def link_videos(folder: Path, videos: list[str]) -> dict[str, str]:
     return names
 
 
+def dino_position_embedding(table, rows: int, columns: int):
+    """DINO's ``interpolate_pos_encoding``: the square grid of patch embeddings resized bicubically by a SCALE
+    FACTOR of (n + 0.1) / grid per axis (the 0.1 guards against floor errors), so the sampling positions differ
+    slightly from resizing to a target size, which is what timm does."""
+    import torch
+    import torch.nn.functional as F
+
+    grid = math.isqrt(table.shape[1] - 1)
+    if rows == columns == grid:
+        return table
+    patches = table[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, scale_factor=((rows + 0.1) / grid, (columns + 0.1) / grid), mode="bicubic")
+    if patches.shape[-2:] != (rows, columns):
+        raise ValueError(f"position grid {tuple(patches.shape[-2:])} != patch grid {(rows, columns)}")
+    return torch.cat([table[:, :1], patches.permute(0, 2, 3, 1).reshape(1, rows * columns, -1)], dim=1)
+
+
 def dino_from_timm(checkpoint: Path):
-    """timm's ViT holding DINO's weights, sized from the state dict, called like DINO's ``VisionTransformer``."""
+    """DINO's ViT forward on timm's modules, sized from the state dict (same keys as DINO's own model)."""
     import torch
     from timm.models.vision_transformer import VisionTransformer
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     width = state["cls_token"].shape[-1]
     patch = state["patch_embed.proj.weight"].shape[-1]
-    grid = math.isqrt(state["pos_embed"].shape[1] - 1)
     depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
     vit = VisionTransformer(
-        img_size=grid * patch, patch_size=patch, embed_dim=width, depth=depth, num_heads=width // HEAD_DIM,
-        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / width, qkv_bias=True, num_classes=0,
-        dynamic_img_size=True,
+        img_size=math.isqrt(state["pos_embed"].shape[1] - 1) * patch, patch_size=patch, embed_dim=width,
+        depth=depth, num_heads=width // HEAD_DIM, mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / width,
+        qkv_bias=True, num_classes=0,
     )
     vit.load_state_dict(state, strict=True)
 
-    class WholePatches(torch.nn.Module):
-        """Drops the rows/columns past the last whole patch, as DINO's strided patch convolution does."""
+    class DinoForward(torch.nn.Module):
+        """Patch convolution (its stride drops the pixels past the last whole patch), CLS token, DINO's
+        position embedding, the blocks, the final norm; returns the CLS token (DINO's ``forward``)."""
 
         def __init__(self) -> None:
             super().__init__()
             self.vit = vit
 
         def forward(self, images):
-            height, width = images.shape[-2:]
-            return self.vit(images[..., : height - height % patch, : width - width % patch])
+            grid = self.vit.patch_embed.proj(images)
+            tokens = grid.flatten(2).transpose(1, 2)
+            tokens = torch.cat([self.vit.cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
+            tokens = tokens + dino_position_embedding(self.vit.pos_embed, grid.shape[-2], grid.shape[-1])
+            return self.vit.norm(self.vit.blocks(tokens))[:, 0]
 
-    return WholePatches().eval()
+    return DinoForward().eval()
 
 
 def answer_dino_from_timm(torch_home: Path) -> None:
@@ -167,7 +188,7 @@ def evaluate(request: dict, scratch: Path) -> dict:
     if "subject_consistency" in request["dimensions"] and not (cache / DINO_REPO / "hubconf.py").is_file():
         (cache / DINO_REPO).mkdir(parents=True, exist_ok=True)  # VBench would `git clone` a missing folder
         answer_dino_from_timm(torch_home)
-        dino = "timm VisionTransformer with the DINO state dict"
+        dino = DINO_STAND_IN
     if "imaging_quality" in request["dimensions"]:
         size_musiq_from_checkpoint()
 

@@ -135,6 +135,28 @@ def test_driver_imports_nothing_of_the_kit():
                      "vbench", "pyiqa"}
 
 
+def test_dino_stand_in_is_timms_vit_at_the_training_size_and_keeps_dinos_grid_elsewhere(tmp_path):
+    """At 224 px the stand-in must equal timm's own forward (same modules, no interpolation); at other sizes the
+    position table is resampled to the patch grid, the CLS row untouched and a constant table still constant."""
+    torch = pytest.importorskip("torch")
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(patch_size=16, embed_dim=64, depth=2, num_heads=1, num_classes=0).eval()
+    torch.save(vit.state_dict(), tmp_path / "dino.pth")
+    dino = official_driver.dino_from_timm(tmp_path / "dino.pth")
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(dino(images), vit(images), rtol=0, atol=1e-6)
+        assert dino(torch.randn(2, 3, 224, 392)).shape == (2, 64)  # 392 = 24 patches + 8 dropped pixels
+    table = torch.randn(1, 1 + 14 * 14, 8)
+    resampled = official_driver.dino_position_embedding(table, 14, 24)
+    assert resampled.shape == (1, 1 + 14 * 24, 8) and torch.equal(resampled[:, 0], table[:, 0])
+    assert official_driver.dino_position_embedding(table, 14, 14) is table
+    constant = torch.full((1, 1 + 14 * 14, 8), 0.25)
+    torch.testing.assert_close(official_driver.dino_position_embedding(constant, 9, 30), torch.full((1, 271, 8), 0.25))
+
+
 # ---- parity comparison -------------------------------------------------------------------------------------------
 
 
@@ -196,11 +218,30 @@ def test_official_vbench_scores_every_dimension_per_video(official_run):
         assert list(values) == list(DIMENSIONS)
         assert values["dynamic_degree"] in (0.0, 1.0)
         assert 0.0 <= values["subject_consistency"] <= 1.0 and 0.0 <= values["background_consistency"] <= 1.0
-        assert values["temporal_flickering"] == pytest.approx(flickering(video), abs=1e-3)
+        assert values["temporal_flickering"] == pytest.approx(flickering(video), abs=1e-6)
     assert per_video[str(videos[0])]["temporal_flickering"] > per_video[str(videos[1])]["temporal_flickering"] + 0.01
     document = json.loads((output / "results.json").read_text())
     assert document["versions"]["vbench"] == "0.1.5" and document["device"] == "cpu"
-    assert document["dino"] == "timm VisionTransformer with the DINO state dict"
+    assert document["dino"] == official_driver.DINO_STAND_IN
     eval_results = json.loads((output / "official_eval_results.json").read_text())
     assert eval_results["imaging_quality"][0] == pytest.approx(
         sum(per_video[str(video)]["imaging_quality"] for video in videos) / 2 / 100)
+
+
+@needs_official
+def test_official_temporal_flickering_matches_an_independent_computation(tmp_path):
+    """The one dimension without weights: quick, and its value is computable here."""
+    videos = make_videos(tmp_path / "videos")
+    per_video = run_official(videos, tmp_path / "no_weights", ["temporal_flickering"], tmp_path / "out",
+                             python=OFFICIAL_PYTHON, device="cpu")
+    assert per_video == {str(video): {"temporal_flickering": pytest.approx(flickering(video), abs=1e-6)}
+                         for video in videos}
+
+
+@needs_official
+def test_a_broken_weights_file_fails_with_the_log_tail(tmp_path):
+    weights = empty_weights(tmp_path / "weights", ["background_consistency"])
+    (weights / "clip_model/ViT-B-32.pt").write_bytes(b"not a TorchScript archive")
+    with pytest.raises(RuntimeError, match=r"official VBench failed \(exit 1\); full log .*driver.log:\n[\s\S]*clip"):
+        run_official(make_videos(tmp_path / "videos"), weights, ["background_consistency"], tmp_path / "out",
+                     python=OFFICIAL_PYTHON, device="cpu")
