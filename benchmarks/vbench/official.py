@@ -26,6 +26,7 @@ PYTHON_VARIABLE = "DESCORE_VBENCH_PYTHON"
 DRIVER = Path(__file__).with_name("official_driver.py")
 VIDEO_SUFFIXES = (".mp4", ".gif")  # what VBench's custom_input mode picks up from a folder
 LOG_TAIL_LINES = 25
+RESULTS_FILE = "driver_results.json"  # not results.json: the job writes that name into its own output folder
 DINO_FILE = "dino_model/dino_vitbase16_pretrain.pth"
 # Files of the --weights folder (VBench's cache layout) each dimension reads; temporal_flickering needs none.
 WEIGHT_FILES: dict[str, tuple[str, ...]] = {
@@ -56,6 +57,8 @@ def check_python(python: str) -> None:
 
 def check_videos(videos: Sequence[Path]) -> list[str]:
     """Absolute paths of the videos; each must exist and be a kind VBench's custom_input mode reads."""
+    if not videos:
+        raise ConfigError("the official backend got no videos")
     checked = []
     for video in videos:
         if not Path(video).is_file():
@@ -122,7 +125,7 @@ def run_official(videos: Sequence[Path], weights_dir: Path, dimensions: Sequence
 
     ``device`` None lets VBench's interpreter take CUDA when it has it. Writes into ``output_dir``:
     ``request.json``, ``driver.log``, VBench's ``official_full_info.json`` / ``official_eval_results.json`` and
-    ``results.json`` (per-video values, aggregates, library versions, which DINO ran). Nothing is cached: a rerun
+    ``driver_results.json`` (per-video values, aggregates, library versions, which DINO ran). Nothing is cached: a rerun
     evaluates again.
     """
     check_python(python)
@@ -130,7 +133,7 @@ def run_official(videos: Sequence[Path], weights_dir: Path, dimensions: Sequence
     cache_links, torch_links = weight_links(Path(weights_dir), dimensions)
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    results = folder / "results.json"
+    results = folder / RESULTS_FILE
     results.unlink(missing_ok=True)
     request = folder / "request.json"
     request.write_text(json.dumps({

@@ -20,13 +20,14 @@ from benchmarks.vbench import official_driver
 from benchmarks.vbench.official import (
     DRIVER,
     PYTHON_VARIABLE,
+    RESULTS_FILE,
     WEIGHT_FILES,
     check_complete,
     official_python,
     run_official,
     weight_links,
 )
-from benchmarks.vbench.parity import TOLERANCES, compare_backends, format_report
+from benchmarks.vbench.parity import TOLERANCES, compare_backends, format_report, main
 from reward.errors import ConfigError, DataError, VideoDecodeError
 from reward.video import write_video
 
@@ -86,12 +87,15 @@ def test_missing_weights_unknown_dimensions_and_bad_videos_fail_before_running(t
     videos = make_videos(tmp_path / "videos")
     weights = empty_weights(tmp_path / "weights", ["subject_consistency"])
     with pytest.raises(ConfigError, match=r"weights/raft_model/models/raft-things.pth is missing"):
-        run_official(videos, weights, ["subject_consistency", "dynamic_degree"], tmp_path / "out", python=sys.executable)
+        run_official(videos, weights, ["subject_consistency", "dynamic_degree"], tmp_path / "out",
+                     python=sys.executable)
     with pytest.raises(ConfigError, match=r"no dimension \['motion_smoothness'\]"):
         run_official(videos, weights, ["motion_smoothness"], tmp_path / "out", python=sys.executable)
     (tmp_path / "clip.avi").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"reads only .mp4/.gif files.*clip.avi"):
         run_official([tmp_path / "clip.avi"], weights, ["subject_consistency"], tmp_path / "out", python=sys.executable)
+    with pytest.raises(ConfigError, match="got no videos"):
+        run_official([], weights, ["subject_consistency"], tmp_path / "out", python=sys.executable)
     with pytest.raises(VideoDecodeError, match="gone.mp4: no such file"):
         run_official([tmp_path / "gone.mp4"], weights, ["subject_consistency"], tmp_path / "out", python=sys.executable)
     assert not (tmp_path / "out").exists()
@@ -104,7 +108,7 @@ def test_weight_links_follow_vbench_cache_and_dino_hub_layout(tmp_path):
         "dino_model/dino_vitbase16_pretrain.pth": str(weights / "dino_model/dino_vitbase16_pretrain.pth"),
         "pyiqa_model/musiq_spaq_ckpt-358bb6af.pth": str(weights / "pyiqa_model/musiq_spaq_ckpt-358bb6af.pth"),
     }
-    assert torch_home == {"hub/checkpoints/dino_vitbase16_pretrain.pth": cache["dino_model/dino_vitbase16_pretrain.pth"]}
+    assert torch_home == {official_driver.DINO_WEIGHTS: cache["dino_model/dino_vitbase16_pretrain.pth"]}
     assert weight_links(weights, ["temporal_flickering"]) == ({}, {})
     (weights / "dino_model/facebookresearch_dino_main").mkdir()
     (weights / "dino_model/facebookresearch_dino_main/hubconf.py").write_text("")
@@ -129,7 +133,8 @@ def test_driver_reads_vbench_records_back_to_the_callers_paths():
 def test_driver_imports_nothing_of_the_kit():
     """It runs in VBench's interpreter, where the kit is not installed."""
     tree = ast.parse(DRIVER.read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert roots <= {"__future__", "json", "math", "os", "sys", "tempfile", "importlib", "pathlib", "torch", "timm",
                      "vbench", "pyiqa"}
@@ -188,6 +193,18 @@ def test_parity_fails_on_nan_and_on_missing_videos():
         compare_backends(kit, official, ["imaging_quality"], TOLERANCES)
 
 
+def test_parity_script_rejects_unknown_dimensions_and_malformed_tolerances(tmp_path, capsys):
+    base = ["--videos", str(tmp_path), "--weights", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+    assert main([*base, "--dimensions", "subject_consistency", "motion_smoothness"]) == 2
+    assert "unknown dimension(s) ['motion_smoothness']" in capsys.readouterr().err
+    assert main([*base, "--tolerance", "dynamic_degre=0.5"]) == 2
+    assert "unknown dimension(s) ['dynamic_degre']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--tolerance", "imaging_quality"])
+    assert "--tolerance takes DIMENSION=VALUE, got 'imaging_quality'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # ---- the real vbench package, in its own venv ------------------------------------------------------------------
 
 
@@ -220,7 +237,7 @@ def test_official_vbench_scores_every_dimension_per_video(official_run):
         assert 0.0 <= values["subject_consistency"] <= 1.0 and 0.0 <= values["background_consistency"] <= 1.0
         assert values["temporal_flickering"] == pytest.approx(flickering(video), abs=1e-6)
     assert per_video[str(videos[0])]["temporal_flickering"] > per_video[str(videos[1])]["temporal_flickering"] + 0.01
-    document = json.loads((output / "results.json").read_text())
+    document = json.loads((output / RESULTS_FILE).read_text())
     assert document["versions"]["vbench"] == "0.1.5" and document["device"] == "cpu"
     assert document["dino"] == official_driver.DINO_STAND_IN
     eval_results = json.loads((output / "official_eval_results.json").read_text())
