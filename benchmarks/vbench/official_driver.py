@@ -13,7 +13,7 @@ What it does, in order:
 3. Calls ``VBench(...).evaluate(..., mode="custom_input", local=True, dimension_list=...)``.
 4. Maps the per-video records of VBench's ``{name}_eval_results.json`` back to the caller's paths.
 
-Two model loaders are adapted, both so that a weights file of any size of the same architecture loads (the tiny
+Three model loaders are adapted, all so that a weights file of any size of the same architecture loads (the tiny
 random files of the tests as well as the released ones, for which they build exactly VBench's model):
 - DINO: VBench loads ``dino_vitb16`` through ``torch.hub`` from a clone of github.com/facebookresearch/dino, which
   no package index ships. When the weights folder holds that clone (``dino_model/facebookresearch_dino_main/``
@@ -24,6 +24,8 @@ random files of the tests as well as the released ones, for which they build exa
   agrees to float32 rounding (docs/vbench/official.md). The results record which one ran.
 - MUSIQ: VBench builds ``pyiqa``'s MUSIQ with its default sizes; the sizes are read from the checkpoint instead
   (hidden width, MLP width, layer count; 64 channels per head as in the released model).
+- LAION aesthetic head: VBench builds ``nn.Linear(768, 1)``; the input width is read from the file instead
+  (768 for the released head, whose CLIP ViT-L/14 embeds in 768).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ RUN_NAME = "official"
 DINO_ENTRY = "dino_vitb16"
 DINO_WEIGHTS = "hub/checkpoints/dino_vitbase16_pretrain.pth"  # under $TORCH_HOME, where DINO's hubconf reads it
 DINO_REPO = "dino_model/facebookresearch_dino_main"  # under $VBENCH_CACHE_DIR, VBench's local-mode hub folder
+AESTHETIC_HEAD = "sa_0_4_vit_l_14_linear.pth"  # in VBench's aesthetic_model/emb_reader/ folder
 HEAD_DIM = 64  # channels per attention head in DINO ViT-B/16 (768 / 12) and MUSIQ (384 / 6)
 DINO_STAND_IN = "DINO forward on timm modules (no facebookresearch/dino clone in the weights folder)"
 VERSIONED = ("vbench", "torch", "torchvision", "timm", "pyiqa", "openai-clip", "numpy", "opencv-python")
@@ -149,6 +152,20 @@ def size_musiq_from_checkpoint() -> None:
     imaging.MUSIQ = sized_musiq
 
 
+def size_aesthetic_head_from_checkpoint() -> None:
+    """Make VBench's ``get_aesthetic_model(folder)`` build ``Linear(width, 1)`` with the file's width, not 768."""
+    import torch
+    import vbench.aesthetic_quality as aesthetic
+
+    def sized_head(cache_folder: str):
+        state = torch.load(Path(cache_folder) / AESTHETIC_HEAD, map_location="cpu", weights_only=True)
+        head = torch.nn.Linear(state["weight"].shape[1], 1)
+        head.load_state_dict(state)
+        return head.eval()
+
+    aesthetic.get_aesthetic_model = sized_head
+
+
 def versions() -> dict[str, str]:
     """Installed versions of the packages that decide VBench's numbers."""
     found = {"python": sys.version.split()[0]}
@@ -191,6 +208,8 @@ def evaluate(request: dict, scratch: Path) -> dict:
         dino = DINO_STAND_IN
     if "imaging_quality" in request["dimensions"]:
         size_musiq_from_checkpoint()
+    if "aesthetic_quality" in request["dimensions"]:
+        size_aesthetic_head_from_checkpoint()
 
     import vbench
 

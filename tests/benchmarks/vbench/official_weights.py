@@ -40,8 +40,8 @@ def write(folder: Path) -> None:
     dino = VisionTransformer(patch_size=16, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     save(dino.state_dict(), folder / "dino_model/dino_vitbase16_pretrain.pth")
     save_tiny_clip(folder / "clip_model/ViT-B-32.pt", embed_dim=512, patch=32)
-    save_tiny_clip(folder / "clip_model/ViT-L-14.pt", embed_dim=768, patch=14)
-    save(torch.nn.Linear(768, 1).state_dict(), folder / "aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth")
+    save_tiny_clip(folder / "clip_model/ViT-L-14.pt", embed_dim=32, patch=14)  # the released one embeds in 768
+    save(torch.nn.Linear(32, 1).state_dict(), folder / "aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth")
     musiq = MUSIQ(pretrained=False, hidden_size=64, num_heads=1, mlp_dim=128, num_layers=1)
     save(musiq.state_dict(), folder / "pyiqa_model/musiq_spaq_ckpt-358bb6af.pth")
     raft = RAFT(EasyDict(small=False, mixed_precision=False, alternate_corr=False))
