@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -48,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 JOB = cache.JOB
 RUN_RECORD = "run_config.json"
-PYTHON_VARIABLE = "DESCORE_VBENCH_PYTHON"
 EXTRA_LIBRARIES = ("torchvision", "timm", "open_clip_torch", "decord", "av")
 
 
@@ -70,7 +68,7 @@ class VBenchConfig(DecodeLimitConfig):
     batch_size: int = field(default=32, metadata={"help": "Frames per encoder call (DINO, CLIP)."})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu; default: cuda if available."})
     official_python: str | None = field(default=None, metadata={
-        "help": f"Python interpreter that has vbench installed (backend official; default: ${PYTHON_VARIABLE})."})
+        "help": "Python interpreter that has vbench installed (backend official; default: $DESCORE_VBENCH_PYTHON)."})
     name: str | None = field(default=None, metadata={"help": "Results file prefix, {name}_eval_results.json "
                                                              "(default: the output folder's name)."})
 
@@ -93,10 +91,9 @@ class VBenchConfig(DecodeLimitConfig):
         if self.backend == "kit" and self.official_python is not None:
             raise ConfigError("--official_python applies to --backend official only")
         if self.backend == "official":
-            self.official_python = self.official_python or os.environ.get(PYTHON_VARIABLE)
-            if not self.official_python:
-                raise ConfigError(f"--backend official needs --official_python or ${PYTHON_VARIABLE}: an interpreter "
-                                  "with vbench installed (docs/vbench/harness.md)")
+            from .official import official_python
+
+            self.official_python = official_python(self.official_python)
         if self.name is None:
             self.name = Path(self.output_dir).resolve().name
 

@@ -27,16 +27,17 @@ DRIVER = Path(__file__).with_name("official_driver.py")
 VIDEO_SUFFIXES = (".mp4", ".gif")  # what VBench's custom_input mode picks up from a folder
 LOG_TAIL_LINES = 25
 RESULTS_FILE = "driver_results.json"  # not results.json: the job writes that name into its own output folder
+
+
+def dimension_files(dimension: str) -> tuple[str, ...]:
+    """The --weights files (VBench's cache layout, :data:`benchmarks.vbench.weights.WEIGHT_FILES`) a dimension reads."""
+    from .metrics import Extractors
+    from .weights import WEIGHT_FILES
+
+    return tuple(WEIGHT_FILES[field].relative_path for field in Extractors.required(dimension))
+
+
 DINO_FILE = "dino_model/dino_vitbase16_pretrain.pth"
-# Files of the --weights folder (VBench's cache layout) each dimension reads; temporal_flickering needs none.
-WEIGHT_FILES: dict[str, tuple[str, ...]] = {
-    "subject_consistency": (DINO_FILE,),
-    "background_consistency": ("clip_model/ViT-B-32.pt",),
-    "aesthetic_quality": ("clip_model/ViT-L-14.pt", "aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth"),
-    "imaging_quality": ("pyiqa_model/musiq_spaq_ckpt-358bb6af.pth",),
-    "dynamic_degree": ("raft_model/models/raft-things.pth",),
-    "temporal_flickering": (),
-}
 SETUP_HINT = "set up VBench's own venv as docs/vbench/official.md shows"
 
 
@@ -76,11 +77,13 @@ def weight_links(weights_dir: Path, dimensions: Sequence[str]) -> tuple[dict[str
     The --weights layout is VBench's cache layout, so cache links keep their relative paths; DINO's file also goes
     where DINO's hubconf reads it. A missing file is a ConfigError naming it.
     """
-    unknown = sorted(set(dimensions) - set(WEIGHT_FILES))
+    from .metrics import DIMENSIONS
+
+    unknown = sorted(set(dimensions) - set(DIMENSIONS))
     if unknown:
-        raise ConfigError(f"the official backend has no dimension {unknown}; known: {sorted(WEIGHT_FILES)}")
+        raise ConfigError(f"the official backend has no dimension {unknown}; known: {sorted(DIMENSIONS)}")
     cache = {}
-    for relative in sorted({name for dimension in dimensions for name in WEIGHT_FILES[dimension]}):
+    for relative in sorted({name for dimension in dimensions for name in dimension_files(dimension)}):
         source = weights_dir / relative
         if not source.is_file():
             raise ConfigError(f"weights file {source} is missing (needed by {sorted(dimensions)}); the --weights "

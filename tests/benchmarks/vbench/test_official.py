@@ -21,19 +21,19 @@ from benchmarks.vbench.official import (
     DRIVER,
     PYTHON_VARIABLE,
     RESULTS_FILE,
-    WEIGHT_FILES,
     check_complete,
+    dimension_files,
     official_python,
     run_official,
     weight_links,
 )
+from benchmarks.vbench.metrics import DIMENSIONS
 from benchmarks.vbench.parity import TOLERANCES, compare_backends, format_report, main
 from reward.errors import ConfigError, DataError, VideoDecodeError
 from reward.video import write_video
 
 OFFICIAL_PYTHON = os.environ.get(PYTHON_VARIABLE)
 needs_official = pytest.mark.skipif(not OFFICIAL_PYTHON, reason=f"{PYTHON_VARIABLE} (VBench's own venv) is not set")
-DIMENSIONS = tuple(WEIGHT_FILES)
 
 
 def make_videos(folder: Path) -> list[Path]:
@@ -55,7 +55,7 @@ def flickering(video: Path) -> float:
 
 def empty_weights(folder: Path, dimensions) -> Path:
     for dimension in dimensions:
-        for relative in WEIGHT_FILES[dimension]:
+        for relative in dimension_files(dimension):
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
             (folder / relative).write_bytes(b"")
     return folder
