@@ -76,7 +76,7 @@ def write_report(output: Path, comparison: Comparison, *, record: Mapping[str, A
     models, suite and seeds (JSON data); ``grid`` for each model the (prompt, video) pairs shown in the frame
     grid, the same prompts and seed for every model."""
     provenance = {"commit": code_commit(), "versions": versions()}
-    deltas_png = plot_deltas(output / DELTAS_PNG, comparison)
+    deltas_png = plot_deltas(output / DELTAS_PNG, comparison, note=record["config"]["compare"].get("note"))
     frames_png = plot_frames(output / FRAMES_PNG, grid) if any(grid.values()) else None
     images = [path for path in (deltas_png, frames_png) if path is not None]
     blocks = report_blocks(comparison, record=record, provenance=provenance, images=[path.name for path in images])
@@ -257,7 +257,7 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
-def plot_deltas(path: Path, comparison: Comparison) -> Path:
+def plot_deltas(path: Path, comparison: Comparison, *, note: str | None = None) -> Path:
     """One panel per metric: each tuned model's Δ with its 95% interval, and the zero line."""
     from matplotlib.figure import Figure
 
@@ -279,7 +279,8 @@ def plot_deltas(path: Path, comparison: Comparison) -> Path:
         axes.invert_yaxis()
         axes.set_title(metric, fontsize=9)
         axes.tick_params(axis="x", labelsize=7)
-    figure.suptitle("tuned − base, 95% bootstrap interval over prompts", fontsize=9)
+    title = "tuned − base, 95% bootstrap interval over prompts"
+    figure.suptitle(title if not note else f"{note.split('. ')[0]}\n{title}", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
 
