@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from trl import TrlParser
 
@@ -30,14 +29,6 @@ from reward.run_record import RunMismatchError
 from ..conftest import REPO_ROOT
 
 RECIPES = REPO_ROOT / "configs" / "bench"
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_tiny_ablation_trains_compares_and_skips_finished_runs(tmp_path, monkeypatch, one_thread):

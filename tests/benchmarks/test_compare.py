@@ -48,15 +48,6 @@ def tiny_lora(tmp_path_factory) -> Path:
     return save_lora(policy, tmp_path_factory.mktemp("lora") / "tuned" / "final")
 
 
-@pytest.fixture
-def one_thread():
-    """The tiny model samples fastest on one thread when two jobs share two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _videos(folder: Path) -> dict[str, tuple[int, int]]:
     """Finished mp4s (not the sampler's hidden temporary files) by name: inode and modification time."""
     return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in folder.glob("[!.]*.mp4")}
