@@ -22,11 +22,3 @@ def prompt_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.write_text("\n".join(PROMPTS) + "\n")
     return path
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state() -> None:
-    """Each generator job starts with no process-wide accelerate state, as a fresh `descore tune …` process does:
-    a state another test left (e.g. a reward trainer's mixed precision) would make Accelerator(...) refuse."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
