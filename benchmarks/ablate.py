@@ -14,7 +14,7 @@ Steps:
 3. **Comparison.** ``descore bench compare`` on the base model and every final LoRA, with the sampling settings of
    the recipe (all recipes must agree on them), scoring every video with the comparison's ``rewards`` plus every
    training reward. The report adds the cross-evaluation matrix — rows: the reward a model was trained on;
-   columns: every metric — and flags reward hacking (:func:`benchmarks.statistics.hacked_metrics`).
+   columns: every metric — and flags reward hacking (:func:`benchmarks.paired_stats.hacked_metrics`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Steps (``docs/vbench/compare.md``):
    (cached in ``scores/<label>/<reward>.jsonl``, resumable), and by the VBench harness for
    ``vbench_dimensions`` (``vbench/<label>/``). With a VBench suite, a VBench dimension is measured on the
    prompts VBench lists for it (as VBench does); rewards on every prompt.
-4. **Statistics** (:mod:`benchmarks.statistics`): per metric, each model's mean over prompts of its per-prompt
+4. **Statistics** (:mod:`benchmarks.paired_stats`): per metric, each model's mean over prompts of its per-prompt
    means over seeds; tuned − base on the prompts both have, with a paired percentile-bootstrap 95% interval over
    prompts (fixed seed) and the win rate per prompt (a tie counts one half).
 5. **Report** (:mod:`benchmarks.report`): ``report.md``, a self-contained ``report.html``, ``report.json`` with
@@ -44,7 +44,7 @@ from reward.errors import ConfigError, DataError
 from reward.jobs import ScoreConfig, run_score
 from reward.run_record import check_output_directory, check_same_run, resolved_config, write_run_config
 
-from . import statistics
+from . import paired_stats
 from .vbench.metrics import DIMENSIONS
 from .report import Comparison, ReportFiles, write_report
 
@@ -101,7 +101,7 @@ class CompareConfig:
         default="kit", metadata={"help": "kit: our implementation; official: the `vbench` package in its own interpreter."})
     batch_size: int = field(default=4, metadata={"help": "Videos per scoring call."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu for sampling and scoring; default: cuda if available."})
-    bootstrap_resamples: int = field(default=statistics.BOOTSTRAP_RESAMPLES,
+    bootstrap_resamples: int = field(default=paired_stats.BOOTSTRAP_RESAMPLES,
                                      metadata={"help": "Bootstrap resamples of the prompts."})
     bootstrap_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap (the report is reproducible)."})
     grid_prompts: int = field(default=4, metadata={"help": "Prompts shown in the frame grid (video 0 of each)."})
@@ -375,17 +375,17 @@ def _grid(videos: list[list[Path]], value_of) -> np.ndarray:
 def summarise(values: Mapping[str, Mapping[str, np.ndarray]], *, models: list[str], metrics: list[str],
               compare: CompareConfig, trained_on: Mapping[str, str] | None = None) -> Comparison:
     """Per-prompt means, model means, paired deltas against the base and (for an ablation) the hacking flags."""
-    per_prompt = {model: {metric: statistics.prompt_means(values[model][metric]) for metric in metrics} for model in models}
+    per_prompt = {model: {metric: paired_stats.prompt_means(values[model][metric]) for metric in metrics} for model in models}
     means = {model: {metric: _mean(per_prompt[model][metric]) for metric in metrics} for model in models}
     deltas = {
-        model: {metric: statistics.paired_delta(per_prompt[BASE][metric], per_prompt[model][metric],
+        model: {metric: paired_stats.paired_delta(per_prompt[BASE][metric], per_prompt[model][metric],
                                                 resamples=compare.bootstrap_resamples, seed=compare.bootstrap_seed)
                 for metric in metrics}
         for model in models if model != BASE
     }
     hacking = None
     if trained_on is not None:
-        hacking = {model: statistics.hacked_metrics(deltas[model], trained_on=trained_on[model]) for model in deltas}
+        hacking = {model: paired_stats.hacked_metrics(deltas[model], trained_on=trained_on[model]) for model in deltas}
     return Comparison(models=models, metrics=metrics, means=means, deltas=deltas, per_prompt=per_prompt,
                       trained_on=dict(trained_on) if trained_on is not None else None, hacking=hacking,
                       resamples=compare.bootstrap_resamples, bootstrap_seed=compare.bootstrap_seed)

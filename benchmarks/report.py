@@ -24,7 +24,7 @@ from reward.checkpoint import atomic_file
 from reward.decoding import open_reader
 from reward.run_record import code_commit, library_versions
 
-from .statistics import PairedDelta
+from .paired_stats import PairedDelta
 
 MARKDOWN, HTML, JSON = "report.md", "report.html", "report.json"
 DELTAS_PNG, FRAMES_PNG = "deltas.png", "frames.png"

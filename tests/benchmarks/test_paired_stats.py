@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.statistics import PairedDelta, bootstrap_interval, hacked_metrics, paired_delta, prompt_means, win_rate
+from benchmarks.paired_stats import PairedDelta, bootstrap_interval, hacked_metrics, paired_delta, prompt_means, win_rate
 
 
 @pytest.mark.parametrize("value", [0.25, -0.1, 3.0])
@@ -43,7 +43,7 @@ def test_resampling_in_blocks_equals_one_draw(monkeypatch):
     """Large suites are resampled in blocks to bound memory; the blocks draw the same numbers as one array."""
     deltas = np.random.default_rng(2).normal(size=50)
     whole = bootstrap_interval(deltas, resamples=300, seed=9)
-    monkeypatch.setattr("benchmarks.statistics._BLOCK_ELEMENTS", 50 * 7)  # 7 resamples per block
+    monkeypatch.setattr("benchmarks.paired_stats._BLOCK_ELEMENTS", 50 * 7)  # 7 resamples per block
     assert bootstrap_interval(deltas, resamples=300, seed=9) == pytest.approx(whole, abs=0)
 
 
