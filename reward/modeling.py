@@ -263,18 +263,7 @@ class DeScoreModel(nn.Module):
         if processor.tokenizer.convert_tokens_to_ids(manifest.reward_token) != manifest.reward_token_id:
             raise CheckpointError(f"{directory}: the tokenizer's {manifest.reward_token} id differs from the manifest")
         if manifest.backbone_format == "merged":
-            _require_safetensors(directory, "model*.safetensors")
-            backbone, info = AutoModelForImageTextToText.from_pretrained(
-                directory,
-                dtype=dtype,
-                attn_implementation=attn_implementation,
-                output_loading_info=True,
-                use_safetensors=True,
-            )
-            _raise_on_key_mismatch(directory, info.get("missing_keys", []), info.get("unexpected_keys", []))
-            mismatched = info.get("mismatched_keys", [])
-            if mismatched:
-                raise CheckpointError(f"{directory}: weights with mismatched shapes: {mismatched}")
+            backbone = load_plain_backbone(directory, dtype=dtype, attn_implementation=attn_implementation)
         elif manifest.backbone_format == "adapter":
             _require_safetensors(directory, ADAPTER_WEIGHTS)
             base_dir = _checked_base(directory, manifest)
@@ -498,6 +487,21 @@ def add_reward_token(backbone: PreTrainedModel, tokenizer: Any, token: str) -> i
             weight = embedding.weight
             weight[token_id] = weight[:token_id].float().mean(dim=0).to(weight.dtype)
     return token_id
+
+
+def load_plain_backbone(
+    directory: Path, *, dtype: torch.dtype | str = "auto", attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """A plain HF image-text-to-text checkpoint from safetensors, every weight key checked both ways."""
+    _require_safetensors(directory, "model*.safetensors")
+    backbone, info = AutoModelForImageTextToText.from_pretrained(
+        directory, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True, use_safetensors=True
+    )
+    _raise_on_key_mismatch(directory, info.get("missing_keys", []), info.get("unexpected_keys", []))
+    mismatched = info.get("mismatched_keys", [])
+    if mismatched:
+        raise CheckpointError(f"{directory}: weights with mismatched shapes: {mismatched}")
+    return backbone
 
 
 def _raise_on_key_mismatch(where: Path, missing: list[str], unexpected: list[str]) -> None:
