@@ -187,12 +187,7 @@ def run_import_official(config: ImportOfficialConfig) -> Path:
         backbone, processor, base_folder = _cold_start_backbone(config, head_weight)
     else:
         base_folder = Path(config.model).expanduser()
-        backbone, processor = _dual_rl_backbone(base_folder, dtype=config.dtype)
-    if config.tokenizer is not None:
-        check_reward_id(processor.tokenizer, Path(config.tokenizer).expanduser())
-    elif config.stage == "cold_start":
-        logger.warning("no --tokenizer: the <Reward> id %d was not checked against the run's saved tokenizer",
-                       processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN))
+        backbone, processor = _dual_rl_backbone(config, base_folder)
     hidden_size = backbone.config.get_text_config().hidden_size
     if tuple(head_weight.shape) != (1, hidden_size):
         raise CheckpointError(f"{config.head}: the head weight has shape {tuple(head_weight.shape)}, but the model's "
@@ -220,24 +215,30 @@ def _cold_start_backbone(config: ImportOfficialConfig, head_weight: torch.Tensor
 
     base_folder = resolve_model_source(config.base).folder
     processor = AutoProcessor.from_pretrained(base_folder)
+    fresh_base = REWARD_TOKEN not in processor.tokenizer.get_vocab()
+    if fresh_base and config.non_lora is None:
+        raise ConfigError(
+            f"--base {config.base} has no {REWARD_TOKEN} token, so the trained vision tower, merger and "
+            f"{REWARD_TOKEN} row must come from --non_lora (non_lora_state_dict.pth); or pass the checkpoint-N "
+            "folder as --base"
+        )
     backbone = load_plain_backbone(base_folder, dtype=config.dtype)
-    if REWARD_TOKEN not in processor.tokenizer.get_vocab():
-        if config.non_lora is None:
-            raise ConfigError(
-                f"--base {config.base} has no {REWARD_TOKEN} token, so the trained vision tower, merger and "
-                f"{REWARD_TOKEN} row must come from --non_lora (non_lora_state_dict.pth); or pass the checkpoint-N "
-                "folder as --base"
-            )
+    if fresh_base:
         add_reward_token(backbone, processor.tokenizer, REWARD_TOKEN)
     # The official code resizes the embedding to len(tokenizer) (for Qwen3-VL-8B this *shrinks* 151,936 rows).
     backbone.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+    if config.tokenizer is not None:
+        check_reward_id(processor.tokenizer, Path(config.tokenizer).expanduser())
+    else:
+        logger.warning("no --tokenizer: the <Reward> id %d was not checked against the run's saved tokenizer",
+                       processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN))
     if config.non_lora is not None:
         load_non_lora(backbone, Path(config.non_lora).expanduser(), head_weight=head_weight)
     lora_dir = Path(config.lora).expanduser()
     return merge_official_lora(backbone, lora_dir), processor, base_folder
 
 
-def _dual_rl_backbone(folder: Path, *, dtype: str) -> tuple[nn.Module, Any]:
+def _dual_rl_backbone(config: ImportOfficialConfig, folder: Path) -> tuple[nn.Module, Any]:
     """The stage-2 full model; its tokenizer must hold <Reward> inside the embedding."""
     from transformers import AutoProcessor
 
@@ -247,10 +248,12 @@ def _dual_rl_backbone(folder: Path, *, dtype: str) -> tuple[nn.Module, Any]:
                 "and pass the huggingface/ folder it writes") if shards else ""
         raise CheckpointError(f"{folder}: no model*.safetensors weights;{hint or ' pass the HF weights folder'}")
     processor = AutoProcessor.from_pretrained(folder)
-    backbone = load_plain_backbone(folder, dtype=dtype)
-    token_id = processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
     if REWARD_TOKEN not in processor.tokenizer.get_vocab():
         raise CheckpointError(f"{folder}: its tokenizer has no {REWARD_TOKEN} token; is this a DeScore stage-2 output?")
+    if config.tokenizer is not None:
+        check_reward_id(processor.tokenizer, Path(config.tokenizer).expanduser())
+    backbone = load_plain_backbone(folder, dtype=config.dtype)
+    token_id = processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
     rows = backbone.get_input_embeddings().num_embeddings
     if token_id >= rows:
         raise CheckpointError(f"{folder}: {REWARD_TOKEN} has id {token_id} but the embedding has only {rows} rows")

@@ -252,3 +252,18 @@ def test_a_stage2_folder_of_fsdp_shards_is_refused_with_the_fix(official, tmp_pa
     config = ImportOfficialConfig(model=str(shards), head=str(run.actor / "rm_head.pth"), output_dir=str(tmp_path / "o"))
     with pytest.raises(CheckpointError, match="verl's FSDP shards .*model merger"):
         run_import_official(config)
+
+
+def test_a_reward_id_that_differs_from_the_runs_tokenizer_is_refused(official, tiny_qwen3_vl_dir, tmp_path):
+    """A run whose tokenizer got another token before <Reward> started from another base than --base."""
+    run, _, _ = official
+    tokenizer = AutoProcessor.from_pretrained(tiny_qwen3_vl_dir).tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<Other>", "<Reward>"]})
+    tokenizer.save_pretrained(tmp_path / "run_tokenizer")
+    size = len(tokenizer)
+    config = ImportOfficialConfig(lora=str(run.checkpoint / "lora_adapter"), head=str(run.checkpoint / "rm_head.pth"),
+                                  non_lora=str(run.checkpoint / "non_lora_state_dict.pth"), base=str(tiny_qwen3_vl_dir),
+                                  tokenizer=str(tmp_path / "run_tokenizer"), output_dir=str(tmp_path / "out"))
+    with pytest.raises(CheckpointError, match=rf"<Reward> has id {size - 2} in a vocabulary of {size - 1} here but "
+                                              rf"id {size - 1} in a vocabulary of {size}"):
+        run_import_official(config)
