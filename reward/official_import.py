@@ -198,7 +198,7 @@ def run_import_official(config: ImportOfficialConfig) -> Path:
     model = DeScoreModel(
         backbone,
         processor,
-        base_model=config.base or str(base_folder.resolve()),
+        base_model=_model_name(config.base) if config.base else str(base_folder.resolve()),
         base_fingerprint=weights_fingerprint(base_folder),
         video_spec=config.video_spec(pixel_factor(processor)),
         cot_placement=config.cot_placement,
@@ -207,6 +207,12 @@ def run_import_official(config: ImportOfficialConfig) -> Path:
     )
     model.training_info = {"stage": f"official_{config.stage}"}
     return model.export_merged(config.output_dir, record=import_record(config))
+
+
+def _model_name(source: str) -> str:
+    """A local folder by absolute path, a hub id as given (how the manifest names a base)."""
+    local = Path(source).expanduser()
+    return str(local.resolve()) if local.exists() else source
 
 
 def _cold_start_backbone(config: ImportOfficialConfig, head_weight: torch.Tensor) -> tuple[nn.Module, Any, Path]:
@@ -271,7 +277,8 @@ def check_reward_id(tokenizer: Any, official_folder: Path) -> None:
     if ours != theirs or len(tokenizer) != len(official):
         raise CheckpointError(
             f"{REWARD_TOKEN} has id {ours} in a vocabulary of {len(tokenizer)} here but id {theirs} in a vocabulary of "
-            f"{len(official)} in {official_folder}: --base is not the model the run started from"
+            f"{len(official)} in {official_folder}: this is not the run's tokenizer (for stage 1, --base must be the "
+            "model the run started from)"
         )
 
 
