@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reward.cold_start import run_record
+from reward.base import build_reward
+from reward.cold_start import run
 from reward.data import PreferencePair
 from reward.errors import CheckpointError, ConfigError
 from reward.inputs import encode
@@ -66,6 +67,8 @@ def test_a_checkpoint_scores_with_the_template_it_was_saved_with(custom_checkpoi
         [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
     ) + REWARD_TOKEN
     assert reward == pytest.approx(_reward_of_text(scorer.model, by_hand, clip), abs=1e-6)
+    registry = build_reward({"name": "descore_no_cot", "path": str(custom_checkpoint), "device": "cpu"})
+    assert registry.score([clip], [PROMPT]).items[0].reward == reward
     kit_wording = scorer.head_rewards([judge_text(PROMPT)], [load_video(clip, TINY_SPEC)], [None]).item()
     assert abs(reward - kit_wording) > 1e-4
 
@@ -119,18 +122,22 @@ def test_a_template_formats_the_prompt_on_both_sides_and_unescapes_braces():
     assert judge_text("ignored", "Judge {this}: <video> now", template=CUSTOM) == JudgeText("Judge {this}: ", " now")
 
 
-def test_stage1_trains_with_the_template_file_and_records_it(tiny_qwen3_vl_dir, tmp_path, clip):
-    """The config reads the file (one final newline dropped), the run record holds its text and digest, and the
-    pair collator writes it (a pair with its own instruction keeps that)."""
+def test_stage1_trains_with_the_template_file_and_records_it(tiny_qwen3_vl_dir, visual_pairs, tmp_path, clip):
+    """The config reads the file (one final newline dropped); a one-step run stores the text in its checkpoint
+    and its run record (with the digest); the pair collator writes it (a pair with its own instruction keeps
+    that)."""
     file = tmp_path / "judge.txt"
     file.write_text(CUSTOM + "\n")
-    train = tmp_path / "train.csv"
-    train.write_text("prompt,video_a,video_b,label\n")
-    config = tiny_config(tiny_qwen3_vl_dir, train, tmp_path / "run", judge_template=file)
+    config = tiny_config(tiny_qwen3_vl_dir, visual_pairs[0], tmp_path / "run", judge_template=file, max_steps=1,
+                         eval_strategy="no", save_strategy="no")
     assert config.template() == CUSTOM
-    assert run_record(config)["judge_template"] == {"sha256": template_sha256(CUSTOM), "text": CUSTOM}
+    run(config)
+    final = tmp_path / "run" / "final"
+    assert DeScoreModel.from_pretrained(final).judge_template == CUSTOM
+    recorded = json.loads((final / "run_config.json").read_text())["config"]["judge_template"]
+    assert recorded == {"sha256": template_sha256(CUSTOM), "text": CUSTOM}
     with pytest.raises(ConfigError, match="does not exist"):
-        tiny_config(tiny_qwen3_vl_dir, train, tmp_path / "run", judge_template=tmp_path / "missing.txt")
+        tiny_config(tiny_qwen3_vl_dir, visual_pairs[0], tmp_path / "run", judge_template=tmp_path / "missing.txt")
 
     model = DeScoreModel.from_base(str(tiny_qwen3_vl_dir), video_spec=TINY_SPEC, judge_template=config.template())
     collator = PairCollator(model.processor, model.reward_token, "assistant", model.judge_template)
