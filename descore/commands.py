@@ -109,6 +109,10 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("reward", "calibrate"): Command(
         "Score a reference set with one reward and write its calibration stats (mean, std, quantiles)",
         ("reward.calibrate_job:CalibrateConfig",), "reward.calibrate_job:run_calibrate", _report_calibration),
+    ("reward", "import-official"): Command(
+        "Import an official DeScore checkpoint (stage 1 LoRA or stage 2 weights) as a merged DeScore checkpoint",
+        ("reward.official_import:ImportOfficialConfig",), "reward.official_import:run_import_official",
+        lambda path: f"wrote {path}"),
     ("tune", "grpo"): Command(
         "GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
         (_POLICY, _RUN, _GRPO), "generator_rl.grpo:run_grpo", _report_tuning),

@@ -165,7 +165,7 @@ class DeScoreReward:
         for loaded in batches:
             indices = [index for index, _ in loaded]
             clips = [clip for _, clip in loaded]
-            judges = [judge_text(prompts[i], instructions[i]) for i in indices]
+            judges = [judge_text(prompts[i], instructions[i], template=self.model.judge_template) for i in indices]
             chunk_cots = [cots[i] for i in indices]
             if self.use_cot:
                 missing = [j for j, cot in enumerate(chunk_cots) if cot is None]
