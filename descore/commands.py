@@ -49,6 +49,12 @@ def _report_score(summary: Any) -> str:
     return format_score_report(summary)
 
 
+def _report_collect(summary: Any) -> str:
+    from reward.collect_cot import format_collect_report
+
+    return format_collect_report(summary)
+
+
 def _report_calibration(summary: Any) -> str:
     from reward.calibrate_job import format_calibration_report
 
@@ -106,6 +112,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("reward", "export"): Command(
         "Export a merged checkpoint: HF/vLLM backbone + DeScore head and manifest",
         ("reward.jobs:ExportConfig",), "reward.jobs:run_export", lambda path: f"wrote {path}"),
+    ("reward", "collect-cot"): Command(
+        "Write a CoT per video of a preference file (stage-1 input) with an instruct model or a checkpoint, HF or vLLM",
+        ("reward.collect_cot:CollectCotConfig",), "reward.collect_cot:run_collect_cot", _report_collect),
     ("reward", "calibrate"): Command(
         "Score a reference set with one reward and write its calibration stats (mean, std, quantiles)",
         ("reward.calibrate_job:CalibrateConfig",), "reward.calibrate_job:run_calibrate", _report_calibration),

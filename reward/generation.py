@@ -28,7 +28,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -120,6 +120,54 @@ class GenerationSettings:
 
 
 _DECODING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+
+
+@dataclass
+class GenerationConfig:
+    """The :class:`GenerationSettings` of a job that writes CoTs, as config fields (and so CLI flags)."""
+
+    backend: Literal["hf", "vllm"] = field(
+        default="hf",
+        metadata={"help": "CoT writer: hf (transformers generate) or vllm (extra `vllm`; a DeScore --model must then "
+                          "be a merged export; docs/descore_generation.md)."},
+    )
+    max_new_tokens: int = field(
+        default=GenerationSettings.max_new_tokens,
+        metadata={"help": "CoT length limit (DeScore: 4096); a CoT cut by it is flagged truncated in the output."},
+    )
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy CoT (DeScore's inference setting)."})
+    repetition_penalty: float = field(default=1.05, metadata={"help": "CoT repetition penalty (DeScore: 1.05)."})
+    vllm_mode: Literal["offline", "server"] = field(
+        default="offline", metadata={"help": "vllm: an engine in this process, or a running `vllm serve` (--server_url)."}
+    )
+    server_url: str | None = field(default=None, metadata={"help": "vllm server mode: e.g. http://localhost:8000."})
+    max_model_len: int = field(
+        default=GenerationSettings.max_model_len,
+        metadata={"help": "vllm: longest prompt + CoT in tokens; longer requests are refused before sending."},
+    )
+    gpu_memory_utilization: float = field(
+        default=GenerationSettings.gpu_memory_utilization,
+        metadata={"help": "vllm: share of GPU memory the engine may take (an HF scoring model needs the rest)."},
+    )
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs the engine shards the model over."})
+
+    def generation_settings(self) -> GenerationSettings:
+        return GenerationSettings(
+            backend=self.backend,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            repetition_penalty=self.repetition_penalty,
+            vllm_mode=self.vllm_mode,
+            server_url=self.server_url,
+            max_model_len=self.max_model_len,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            tensor_parallel_size=self.tensor_parallel_size,
+        )
+
+    def recorded_generation(self) -> dict[str, Any]:
+        """What an output records of the generation: the backend and the decoding fields."""
+        settings = self.generation_settings()
+        return {"backend": settings.backend, **settings.decoding()}
 
 
 @dataclass(frozen=True)

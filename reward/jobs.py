@@ -21,6 +21,7 @@ from .checkpoint import ModelSource, resolve_model_source
 from .data import PreferencePair, is_video_index, read_preferences, read_video_index
 from .entry_file import RewardEntry, read_reward_entry
 from .errors import ConfigError, DataError, VideoDecodeError
+from .generation import GenerationConfig
 from .losses import pairwise_accuracy
 from .modeling import EXPORT_MARKER, MANIFEST_NAME, REWARD_TOKEN, DeScoreManifest, DeScoreModel
 from .run_record import (
@@ -35,7 +36,6 @@ from .run_record import (
 )
 from .score_output import checkpoint_fingerprint
 from .score_report import PromptMean, RewardStats, prompt_means
-from .generation import GenerationSettings
 from .scoring import DeScoreReward, default_device, default_dtype
 from .video import DecodeLimitConfig, DecodeLimits, probe_video
 
@@ -49,7 +49,7 @@ DESCORE_ONLY_OPTIONS = ("revision", "cot", "cot_source", "max_new_tokens", "temp
 
 
 @dataclass
-class ScoreConfig(DecodeLimitConfig):
+class ScoreConfig(GenerationConfig, DecodeLimitConfig):
     """Score videos with a DeScore checkpoint or any registry reward; one JSON line per (video, prompt)."""
 
     model: str | None = field(
@@ -85,30 +85,6 @@ class ScoreConfig(DecodeLimitConfig):
         metadata={"help": "generate: write each CoT with the model; data: use the cot_a/cot_b columns of --data."},
     )
     batch_size: int = field(default=4, metadata={"help": "Videos per generate/forward call."})
-    max_new_tokens: int = field(
-        default=GenerationSettings.max_new_tokens,
-        metadata={"help": "CoT length limit (DeScore: 4096); a CoT cut by it is flagged truncated in the output."},
-    )
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy CoT (DeScore's inference setting)."})
-    repetition_penalty: float = field(default=1.05, metadata={"help": "CoT repetition penalty (DeScore: 1.05)."})
-    backend: Literal["hf", "vllm"] = field(
-        default="hf",
-        metadata={"help": "CoT writer: hf (transformers generate) or vllm (extra `vllm`; --model must be a merged "
-                          "export, see docs/descore_generation.md)."},
-    )
-    vllm_mode: Literal["offline", "server"] = field(
-        default="offline", metadata={"help": "vllm: an engine in this process, or a running `vllm serve` (--server_url)."}
-    )
-    server_url: str | None = field(default=None, metadata={"help": "vllm server mode: e.g. http://localhost:8000."})
-    max_model_len: int = field(
-        default=GenerationSettings.max_model_len,
-        metadata={"help": "vllm: longest prompt + CoT in tokens; longer requests are refused before sending."},
-    )
-    gpu_memory_utilization: float = field(
-        default=GenerationSettings.gpu_memory_utilization,
-        metadata={"help": "vllm: share of GPU memory the engine may take (the HF scoring model needs the rest)."},
-    )
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs the engine shards the model over."})
     skip_invalid: bool = field(
         default=False, metadata={"help": "Record unreadable videos / invalid rows and score the rest."}
     )
@@ -168,19 +144,6 @@ class ScoreConfig(DecodeLimitConfig):
             return self.reward_entry.label
         return "descore" if self.cot else "descore_no_cot"
 
-    def generation_settings(self) -> GenerationSettings:
-        return GenerationSettings(
-            backend=self.backend,
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            repetition_penalty=self.repetition_penalty,
-            vllm_mode=self.vllm_mode,
-            server_url=self.server_url,
-            max_model_len=self.max_model_len,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            tensor_parallel_size=self.tensor_parallel_size,
-        )
-
     @property
     def cot_from_data(self) -> bool:
         """The CoTs are inputs (the data's cot_a/cot_b), not written by the model."""
@@ -198,15 +161,11 @@ class ScoreConfig(DecodeLimitConfig):
             "scoring": {
                 "cot": self.cot,
                 "cot_source": self.cot_source if self.cot else None,
-                "generation": self._recorded_generation() if self.cot and not self.cot_from_data else None,
+                "generation": self.recorded_generation() if self.cot and not self.cot_from_data else None,
                 "dtype": str(default_dtype(self.dtype, device)).removeprefix("torch."),
             },
         })
 
-
-    def _recorded_generation(self) -> dict[str, Any]:
-        settings = self.generation_settings()
-        return {"backend": settings.backend, **settings.decoding()}
 
 
 def check_checkpoint(path: str, *, revision: str | None = None, option: str = "--model") -> None:
