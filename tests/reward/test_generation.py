@@ -4,6 +4,7 @@ checks that run without vLLM, and the vLLM engine itself where it imports."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,25 @@ def test_scoring_flags_truncated_cots(checkpoint, clips):
     assert given.items[0].truncated is None
     fast = DeScoreReward(checkpoint, use_cot=False, device="cpu").score(videos[:1], PROMPTS[:1])
     assert fast.items[0].truncated is None
+
+
+def test_score_job_writes_and_counts_truncated_cots(checkpoint, clips, tmp_path):
+    from reward.jobs import ScoreConfig, run_score
+    from reward.score_report import format_score_report
+
+    output = tmp_path / "scores.jsonl"
+    config = ScoreConfig(model=str(checkpoint), video=[clip.source for clip in clips[:2]], prompt=PROMPTS[:1],
+                         output=str(output), max_new_tokens=3, device="cpu", backend="hf")
+    summary = run_score(config)
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["truncated"] for line in lines] == [True, True] and summary.truncated == 2
+    assert "2 CoT(s) hit max_new_tokens before they ended" in format_score_report(summary)
+    recorded = json.loads((tmp_path / "scores.jsonl.settings.json").read_text())["config"]["scoring"]["generation"]
+    assert recorded == {"backend": "hf", "max_new_tokens": 3, "temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                        "repetition_penalty": 1.05}
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        ScoreConfig(model=str(checkpoint), video=[clips[0].source], prompt=PROMPTS[:1], output=str(output),
+                    backend="tgi")
 
 
 # ----- what the vLLM backend checks, without vLLM --------------------------------------------------------
