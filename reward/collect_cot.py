@@ -25,8 +25,9 @@ other settings are refused (the differences are listed; ``--overwrite true`` sta
 once per (video, judge prompt) however many pairs use it. A video that cannot be read (or whose prompt would
 not fit vLLM's ``max_model_len``) is listed with its reason, and the rows using it are skipped and counted.
 
-Under ``accelerate launch`` every process writes every k-th missing CoT into its own part file
-(``.cots.rank{r}.jsonl``); the main process merges them and writes the output. With vLLM, prefer one process
+Under ``accelerate launch`` (or ``torchrun``) every process writes every k-th missing CoT into its own part
+file (``.cots.rank{r}.jsonl``, its bad videos into ``.bad.rank{r}.json``); the main process merges them and
+writes the output. With vLLM, prefer one process
 with ``tensor_parallel_size`` over the GPUs (or one process per GPU, each seeing only its own GPU).
 """
 
@@ -172,7 +173,8 @@ def run_collect_cot(config: CollectCotConfig) -> CollectCotSummary:
     the output file in input order."""
     from accelerate import PartialState
 
-    state = PartialState()
+    on_cpu = config.backend == "hf" and (config.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+    state = PartialState(cpu=on_cpu)  # cpu=True: processes launched on CPU form a gloo group
     output = Path(config.output)
     model = load_cot_model(config)
     layout, columns, rows, skipped = read_pairs(Path(config.data))
@@ -181,17 +183,21 @@ def run_collect_cot(config: CollectCotConfig) -> CollectCotSummary:
     state.wait_for_everyone()  # every process has checked before the main one writes
     if state.is_main_process:
         if config.overwrite:
-            cache_path(output).unlink(missing_ok=True)
+            for stale in [cache_path(output), *output.parent.glob(f"{output.name}.cots.rank*.jsonl")]:
+                stale.unlink(missing_ok=True)
         write_record(meta_path(output), JOB, settings)
     state.wait_for_everyone()
-    done = read_cache(cache_path(output))
+    done = read_all_caches(output)
     items = list(dict.fromkeys(item for row in rows for item in row.items))
     pending = [item for item in items if item not in done]
     bad: dict[str, str] = {}
     if pending:
         shard = pending[state.process_index :: state.num_processes]
-        part = cache_path(output) if state.num_processes == 1 else _part_path(output, state.process_index)
+        part = cache_path(output) if state.num_processes == 1 else _part_path(output, state.process_index, "cots")
         bad = _generate(config, model, shard, part)
+    if state.num_processes > 1:
+        with atomic_file(_part_path(output, state.process_index, "bad")) as handle:
+            json.dump(bad, handle)
     state.wait_for_everyone()
     if not state.is_main_process:
         return _summary(output, rows=[], skipped=skipped, generated=0, reused=0, done={}, bad=bad)
@@ -447,20 +453,32 @@ def read_cache(path: Path) -> dict[Item, dict[str, Any]]:
     return {Item(values["video"], values["prompt"], values["instruction"]): values for _, values in records.rows}
 
 
-def _part_path(output: Path, rank: int) -> Path:
-    return output.with_name(f"{output.name}.cots.rank{rank}.jsonl")
+def read_all_caches(output: Path) -> dict[Item, dict[str, Any]]:
+    """The main cache and any part files a killed multi-process run left (merged at the end of this run)."""
+    done = read_cache(cache_path(output))
+    for part in sorted(output.parent.glob(f"{output.name}.cots.rank*.jsonl")):
+        done |= read_cache(part)
+    return done
+
+
+def _part_path(output: Path, rank: int, kind: str) -> Path:
+    """A process's own file under ``accelerate launch``: its CoTs (``cots``) or its bad videos (``bad``)."""
+    return output.with_name(f"{output.name}.{kind}.rank{rank}.{'jsonl' if kind == 'cots' else 'json'}")
 
 
 def _merge_parts(output: Path, processes: int) -> dict[str, str]:
-    """Append every process's part file to the main cache, then remove the parts (main process only).
-    Bad videos are found again cheaply when the output is assembled (their CoTs are missing)."""
+    """Append every process's CoTs to the main cache and collect their bad videos, then remove the part files
+    (main process only)."""
+    bad: dict[str, str] = {}
     with cache_path(output).open("a", encoding="utf-8") as handle:
         for rank in range(processes):
-            part = _part_path(output, rank)
+            part, bad_part = _part_path(output, rank, "cots"), _part_path(output, rank, "bad")
             if part.is_file():
                 _append(handle, list(read_cache(part).values()))
                 part.unlink()
-    return {}
+            bad |= json.loads(bad_part.read_text(encoding="utf-8"))
+            bad_part.unlink()
+    return bad
 
 
 # ----- output -------------------------------------------------------------------------------------------

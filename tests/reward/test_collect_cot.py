@@ -159,3 +159,33 @@ def test_template_is_refused_with_a_checkpoint_and_checked_for_a_plain_model(che
         run_collect_cot(config(checkpoint, pairs, tmp_path / "a.csv", template=str(template)))
     with pytest.raises(ConfigError, match=r"exactly one <video> marker"):
         run_collect_cot(config(tiny_qwen3_vl_dir, pairs, tmp_path / "b.csv", template=str(template)))
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_writes(tiny_qwen3_vl_dir, pairs, tmp_path):
+    """torchrun with two CPU processes: each writes every other CoT into its own part, rank 0 merges; the
+    output is byte-identical to a single-process run (greedy CoTs do not depend on the batch)."""
+    import os
+    import subprocess
+    import sys
+
+    from .helpers import REPO_ROOT
+
+    def collect(output: Path, processes: int) -> None:
+        flags = {"--model": str(tiny_qwen3_vl_dir), "--data": str(pairs), "--output": str(output),
+                 "--max_new_tokens": "6", "--batch_size": "4", "--device": "cpu",
+                 **{f"--{key}": str(value) for key, value in SMALL_VIDEO.items()}}
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                   "--master_port", str(29530 + processes), "-m", "descore", "reward", "collect-cot",
+                   *[part for pair in flags.items() for part in pair]]
+        # One thread per process in both runs, so that float reductions (and so greedy ties) are the same.
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+        finished = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600)
+        assert finished.returncode == 0, finished.stderr[-4000:]
+
+    single, sharded = tmp_path / "single.csv", tmp_path / "sharded.csv"
+    collect(single, 1)
+    collect(sharded, 2)
+    assert sharded.read_bytes() == single.read_bytes()
+    assert len(cache_path(sharded).read_text().splitlines()) == 8
+    assert not list(tmp_path.glob("sharded.csv.*.rank*"))  # the parts were merged and removed
