@@ -32,6 +32,7 @@ from torch import nn
 from .base import RewardOutput, ScoredItem, register_reward, sampled_batches
 from .errors import CheckpointError, ConfigError
 from .inputs import encode
+from .upstream_weights import merge_lora
 from .video import DecodeLimits, SampledVideo, VideoSource, VideoSpec
 from .videoreward_layout import (
     DIMENSIONS, EMBED_KEY, HEAD_KEY, SPECIAL_TOKENS, CheckpointTensors, HeadStatistics, VideoRewardConfig,
@@ -222,27 +223,8 @@ def _merge_lora(backbone: nn.Module, lora: Mapping[str, tuple[torch.Tensor, torc
             f"{folder}: peft_lora_config.lora_enable is {config.lora_enabled} but the checkpoint holds "
             f"{len(lora)} LoRA layers"
         )
-    if not lora:
-        return backbone
-    from peft import LoraConfig, get_peft_model
-
-    modules = dict(backbone.named_modules())
-    unknown = sorted(name for name in lora if not isinstance(modules.get(name), nn.Linear))
-    rank = config.lora_rank
-    misshapen = sorted(name for name, (down, up) in lora.items() if name not in unknown and (
-        tuple(down.shape) != (rank, modules[name].in_features) or tuple(up.shape) != (modules[name].out_features, rank)))
-    if unknown or misshapen:
-        raise CheckpointError(f"{folder}: LoRA layers that are not linear layers of the base: {unknown}; "
-                              f"LoRA layers not of rank lora_r={rank} or of another layer's size: {misshapen}")
-    peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, use_rslora=config.use_rslora,
-                             target_modules=sorted(lora), lora_dropout=0.0, bias="none")
-    wrapped = get_peft_model(backbone, peft_config)
-    with torch.no_grad():
-        for name, (down, up) in lora.items():
-            layer = wrapped.base_model.model.get_submodule(name)
-            layer.lora_A["default"].weight.copy_(down)
-            layer.lora_B["default"].weight.copy_(up)
-    return wrapped.merge_and_unload()
+    return merge_lora(backbone, lora, rank=config.lora_rank, alpha=config.lora_alpha, use_rslora=config.use_rslora,
+                      source=folder)
 
 
 @register_reward("videoreward")

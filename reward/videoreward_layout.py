@@ -13,14 +13,14 @@ A VideoReward folder, as the training code of KwaiVGI/VideoAlign (``train_reward
 Tensor names follow transformers 4.45's Qwen2-VL (``visual.*``, ``model.layers.*``) behind peft's
 ``base_model.model.`` prefix; LoRA-wrapped layers keep their frozen weight under ``.base_layer.`` in
 ``model.pth``. :func:`read_checkpoint` maps every name onto today's layout (``model.visual.*``,
-``model.language_model.*``) and splits off the LoRA pairs. ``.pth`` files are read with
-``torch.load(weights_only=True)`` only, so a pickle that would run code is refused.
+``model.language_model.*``) and splits off the LoRA pairs (:mod:`reward.upstream_weights`, shared with the
+official DeScore import). ``.pth`` files are read with ``torch.load(weights_only=True)`` only, so a pickle that
+would run code is refused.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,8 @@ from typing import Any, Mapping, NamedTuple
 import torch
 
 from .errors import CheckpointError
+from .upstream_weights import PEFT_PREFIX as _PEFT_PREFIX
+from .upstream_weights import load_tensors, split_lora
 
 SPECIAL_TOKENS: tuple[str, str, str] = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
 DIMENSIONS: tuple[str, str, str] = ("VQ", "MQ", "TA")
@@ -39,8 +41,6 @@ NON_LORA_WEIGHTS = "non_lora_state_dict.pth"
 HEAD_KEY = "rm_head.weight"
 EMBED_KEY = "model.language_model.embed_tokens.weight"
 
-_PEFT_PREFIX = "base_model.model."
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.default)?\.weight$")
 _STEP_FOLDER = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -165,7 +165,7 @@ def read_checkpoint(directory: Path) -> CheckpointTensors:
     """
     full = directory / FULL_WEIGHTS
     if full.is_file():
-        return _split(load_tensors(full), complete=True, source=full)
+        return CheckpointTensors(*split_lora(load_tensors(full), source=full), complete=True)
     missing = [name for name in (ADAPTER_WEIGHTS, NON_LORA_WEIGHTS) if not (directory / name).is_file()]
     if missing:
         raise CheckpointError(
@@ -175,53 +175,16 @@ def read_checkpoint(directory: Path) -> CheckpointTensors:
     import safetensors.torch
 
     tensors = {**safetensors.torch.load_file(directory / ADAPTER_WEIGHTS), **load_tensors(directory / NON_LORA_WEIGHTS)}
-    return _split(tensors, complete=False, source=directory)
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A ``.pth`` state dict, loaded with ``weights_only=True``: tensors and plain containers, never code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path} is not a plain tensor file; refusing to unpickle it ({error})") from error
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a state dict (a mapping of names to tensors)")
-    return dict(state)
-
-
-def current_name(key: str) -> str:
-    """A VideoAlign tensor name under today's Qwen2-VL layout (transformers >= 4.52 nests both towers)."""
-    key = key.removeprefix(_PEFT_PREFIX).replace(".base_layer.", ".")
-    if key.startswith("visual."):
-        return "model." + key
-    if key.startswith("model.") and not key.startswith(("model.language_model.", "model.visual.")):
-        return "model.language_model." + key.removeprefix("model.")
-    return key
+    return CheckpointTensors(*split_lora(tensors, source=directory), complete=False)
 
 
 def upstream_name(name: str) -> str:
-    """The inverse of :func:`current_name` without the peft prefix: today's name as transformers 4.45 spelt it."""
+    """The inverse of :func:`reward.upstream_weights.current_name` without the peft prefix: today's name as transformers 4.45 spelt it."""
     if name.startswith("model.visual."):
         return name.removeprefix("model.")
     if name.startswith("model.language_model."):
         return "model." + name.removeprefix("model.language_model.")
     return name
-
-
-def _split(tensors: Mapping[str, torch.Tensor], *, complete: bool, source: Path) -> CheckpointTensors:
-    weights: dict[str, torch.Tensor] = {}
-    halves: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        match = _LORA_KEY.match(key)
-        if match:
-            halves.setdefault(current_name(match.group("module")), {})[match.group("part")] = tensor
-        else:
-            weights[current_name(key)] = tensor
-    broken = sorted(module for module, pair in halves.items() if len(pair) != 2)
-    if broken:
-        raise CheckpointError(f"{source}: LoRA layers without both lora_A and lora_B: {broken}")
-    lora = {module: (pair["A"], pair["B"]) for module, pair in halves.items()}
-    return CheckpointTensors(weights=weights, lora=lora, complete=complete)
 
 
 # ---------------------------------------------------------------------------------------------------------
