@@ -50,7 +50,7 @@ from .errors import ConfigError, DataError, VideoDecodeError
 from .generation import CotBackend, GenerationConfig, GenerationSettings, RequestTooLongError, build_backend
 from .jobs import checkpoint_identity
 from .modeling import MANIFEST_NAME, DeScoreManifest, pixel_factor
-from .prompts import JUDGE_TEMPLATE, VIDEO_PLACEHOLDER, JudgeText, judge_text, parse_judge_answer
+from .prompts import JUDGE_TEMPLATE, judge_text, parse_judge_answer, read_judge_template
 from .records import read_records
 from .run_record import RunMismatchError, config_differences, file_sha256, read_record, resolved_config, write_record
 from .tiny_models import resolve_backbone
@@ -227,7 +227,7 @@ def load_cot_model(config: CollectCotConfig) -> CotModel:
         if config.template is not None:
             raise ConfigError(f"--template applies to a plain model; {config.model} is a DeScore checkpoint with its own")
         manifest = DeScoreManifest.read(folder)
-        return CotModel(folder, processor, manifest.video_spec, checkpoint_template(manifest),
+        return CotModel(folder, processor, manifest.video_spec, manifest.scoring_template,
                         (manifest.reward_token_id,), checkpoint_identity(source), descore=True)
     factor = pixel_factor(processor)
     spec = VideoSpec(
@@ -235,30 +235,10 @@ def load_cot_model(config: CollectCotConfig) -> CotModel:
         min_pixels=config.video_min_pixels if config.video_min_pixels is not None else 128 * factor * factor,
         max_pixels=config.video_max_pixels, pixel_factor=factor,
     )
-    template = Path(config.template).read_text(encoding="utf-8") if config.template else JUDGE_TEMPLATE
-    check_template(template, where=config.template or "the kit's template")
+    template = read_judge_template(config.template) if config.template else JUDGE_TEMPLATE
     identity = {"path": source.repo_id or str(folder.resolve()), "revision": source.commit,
                 "fingerprint": weights_fingerprint(folder)}
     return CotModel(folder, processor, spec, template, (), identity, descore=False)
-
-
-def checkpoint_template(manifest: DeScoreManifest) -> str:
-    """The judge template a checkpoint was trained with (older checkpoints carry none: the kit's)."""
-    return getattr(manifest, "judge_template", None) or JUDGE_TEMPLATE
-
-
-def check_template(template: str, *, where: str) -> None:
-    if "{prompt}" not in template or template.count(VIDEO_PLACEHOLDER) != 1:
-        raise ConfigError(f"{where}: a judge template needs a {{prompt}} placeholder and exactly one {VIDEO_PLACEHOLDER} marker")
-
-
-def template_judge(template: str, prompt: str, instruction: str | None) -> JudgeText:
-    """The judge text of one item: the row's own instruction verbatim (official ``problem``), else the
-    template filled with the prompt (split at the video first, so a prompt holding ``<video>`` stays text)."""
-    if instruction is not None:
-        return judge_text(prompt, instruction)
-    prefix, _, suffix = template.partition(VIDEO_PLACEHOLDER)
-    return JudgeText(prefix=prefix.format(prompt=prompt.strip()), suffix=suffix.format())
 
 
 def build_cot_backend(config: CollectCotConfig, model: CotModel) -> CotBackend:
@@ -410,7 +390,7 @@ def _batch_lines(backend: CotBackend, settings: GenerationSettings, model: CotMo
             bad[item.video] = error.reason
     lines = []
     while loaded:
-        judges = [template_judge(model.template, item.prompt, item.instruction) for item, _ in loaded]
+        judges = [judge_text(item.prompt, item.instruction, template=model.template) for item, _ in loaded]
         try:
             written = backend.generate(judges, [clip for _, clip in loaded], settings=settings, seed=seed)
         except RequestTooLongError as error:

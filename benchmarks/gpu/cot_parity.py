@@ -52,7 +52,7 @@ def run(config: CotBenchConfig) -> dict:
         folder = build_checkpoint(Path(scratch), config)
         reward = DeScoreReward(folder, use_cot=True, device=device, dtype=config.dtype)
         clips = [synthetic_clip(rng, config.scale, name=f"random-clip-{i}") for i in range(config.batch_size)]
-        judges = [judge_text(PROMPT)] * len(clips)
+        judges = [judge_text(PROMPT, template=reward.model.judge_template)] * len(clips)
         written = {}
         for name in dict.fromkeys((reference, other)):
             backend, settings = backend_for(name, reward, folder, config)

@@ -99,7 +99,7 @@ def build_checkpoint(directory: Path, config: CotBenchConfig) -> Path:
 def measure(backend: CotBackend, name: str, reward: DeScoreReward, clips: list[SampledVideo],
             settings: GenerationSettings) -> Row:
     """One untimed warm-up call, then one timed generate and one timed head forward over its CoTs."""
-    judges = [judge_text(PROMPT)] * len(clips)
+    judges = [judge_text(PROMPT, template=reward.model.judge_template)] * len(clips)
     backend.generate(judges[:1], clips[:1], settings=settings)
     written, generate_s = timed(lambda: backend.generate(judges, clips, settings=settings), reward.device)
     cots = [samples[0].text for samples in written]

@@ -157,7 +157,7 @@ def test_template_is_refused_with_a_checkpoint_and_checked_for_a_plain_model(che
 
     with pytest.raises(ConfigError, match="applies to a plain model"):
         run_collect_cot(config(checkpoint, pairs, tmp_path / "a.csv", template=str(template)))
-    with pytest.raises(ConfigError, match=r"exactly one <video> marker"):
+    with pytest.raises(ConfigError, match=r"it has 2 <video> markers \(exactly one is needed\)"):
         run_collect_cot(config(tiny_qwen3_vl_dir, pairs, tmp_path / "b.csv", template=str(template)))
 
 
