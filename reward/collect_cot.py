@@ -62,6 +62,9 @@ JOB = "reward collect-cot"
 OURS_COLUMNS = ("cot_a", "cot_b")
 OFFICIAL_COLUMNS = ("CoT_A", "CoT_B")
 EXTRA_COLUMNS = ("judge_scores_a", "judge_scores_b", "truncated_a", "truncated_b")
+# What a DeScore checkpoint decides itself (its manifest), settable only for a plain instruct model.
+PLAIN_MODEL_OPTIONS = ("template", "video_fps", "video_min_frames", "video_max_frames", "video_min_pixels",
+                       "video_max_pixels")
 
 
 @dataclass
@@ -224,8 +227,11 @@ def load_cot_model(config: CollectCotConfig) -> CotModel:
     folder = source.folder
     processor = AutoProcessor.from_pretrained(folder)
     if (folder / MANIFEST_NAME).is_file():
-        if config.template is not None:
-            raise ConfigError(f"--template applies to a plain model; {config.model} is a DeScore checkpoint with its own")
+        changed = [f"--{name}" for name in PLAIN_MODEL_OPTIONS
+                   if getattr(config, name) != CollectCotConfig.__dataclass_fields__[name].default]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} apply to a plain model; {config.model} is a DeScore checkpoint "
+                              "with its own judge template and video settings")
         manifest = DeScoreManifest.read(folder)
         return CotModel(folder, processor, manifest.video_spec, manifest.scoring_template,
                         (manifest.reward_token_id,), checkpoint_identity(source), descore=True)

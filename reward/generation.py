@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -222,16 +222,17 @@ def folder_generation_config(model_path: str | Path | None) -> Any:
 
 
 def to_generation(
-    token_ids: Iterable[int], *, prompt_tokens: int, end_ids: Sequence[int], tokenizer: Any
+    token_ids: Iterable[int], *, prompt_tokens: int, end_ids: Sequence[int], tokenizer: Any, stopped: bool | None = None
 ) -> Generation:
     """Cut ``token_ids`` after the first end token (what follows is padding) and decode the text without
-    special tokens; no end token at all means the CoT was truncated by ``max_new_tokens``."""
+    special tokens. No end token at all means the CoT was truncated by ``max_new_tokens``, unless the engine
+    says itself whether an end token stopped it (``stopped``: vLLM's ``finish_reason == "stop"``)."""
     ids, ends = [], set(end_ids)
     for token in token_ids:
         ids.append(int(token))
         if token in ends:
             break
-    truncated = not ids or ids[-1] not in ends
+    truncated = (not ids or ids[-1] not in ends) if stopped is None else not stopped
     text = tokenizer.decode(ids, skip_special_tokens=True)
     return Generation(text=text, token_ids=tuple(ids), prompt_tokens=prompt_tokens, truncated=truncated)
 
@@ -427,6 +428,14 @@ def sampling_options(
     return options
 
 
+class EngineReply(NamedTuple):
+    """What vLLM returned for one video: its prompt length (video expanded) and each sample's ids with whether
+    an end token stopped it."""
+
+    prompt_tokens: int
+    samples: list[tuple[list[int], bool]]
+
+
 class VllmBackend:
     """CoTs from vLLM: an offline engine on a merged export (``offline``), the same engine colocated with a
     training process (``colocate``: :meth:`sync_weights` loads the trained weights into it), or an external
@@ -491,39 +500,38 @@ class VllmBackend:
                              end_ids=self.end_ids, suppress_token_ids=self.suppress_token_ids)
             for index in range(len(videos))
         ]
-        if self.engine is not None:
-            found, token_rows = self._offline(judges, videos, options)
-        else:
-            found, token_rows = self._server(judges, videos, options)
-        check_prompt_parity(counts, found, videos)
+        replies = self._offline(judges, videos, options) if self.engine is not None else self._server(judges, videos, options)
+        check_prompt_parity(counts, [reply.prompt_tokens for reply in replies], videos)
         results = []
-        for count, rows in zip(counts, token_rows):
-            written = [to_generation(row, prompt_tokens=count, end_ids=self.end_ids, tokenizer=self.processor.tokenizer)
-                       for row in rows]
+        for count, reply in zip(counts, replies):
+            written = [to_generation(ids, prompt_tokens=count, end_ids=self.end_ids, tokenizer=self.processor.tokenizer,
+                                     stopped=stopped) for ids, stopped in reply.samples]
             results.append(written * num_generations if settings.greedy else written)
         return results
 
-    def _offline(self, judges, videos, options) -> tuple[list[int], list[list[list[int]]]]:
+    def _offline(self, judges: Sequence[JudgeText], videos: Sequence[SampledVideo], options: list[dict[str, Any]]) -> list[EngineReply]:
         import vllm
 
         requests = [vllm_request(self.processor, judge, video) for judge, video in zip(judges, videos)]
         outputs = self.engine.generate(requests, [vllm.SamplingParams(**option) for option in options], use_tqdm=False)
-        return [len(output.prompt_token_ids) for output in outputs], [
-            [list(sample.token_ids) for sample in output.outputs] for output in outputs
+        return [
+            EngineReply(len(output.prompt_token_ids),
+                        [(list(sample.token_ids), sample.finish_reason == "stop") for sample in output.outputs])
+            for output in outputs
         ]
 
-    def _server(self, judges, videos, options) -> tuple[list[int], list[list[list[int]]]]:
+    def _server(self, judges: Sequence[JudgeText], videos: Sequence[SampledVideo], options: list[dict[str, Any]]) -> list[EngineReply]:
         import httpx
 
-        counts, rows = [], []
+        replies = []
         with httpx.Client(base_url=self.server_url, timeout=None) as client:
             for judge, video, option in zip(judges, videos, options):
                 response = client.post("/v1/chat/completions", json=server_payload(judge, video, option, model=self.model_name))
                 response.raise_for_status()
                 body = response.json()
-                counts.append(int(body["usage"]["prompt_tokens"]))
-                rows.append([_returned_ids(choice) for choice in body["choices"]])
-        return counts, rows
+                samples = [(_returned_ids(choice), choice["finish_reason"] == "stop") for choice in body["choices"]]
+                replies.append(EngineReply(int(body["usage"]["prompt_tokens"]), samples))
+        return replies
 
     def sync_weights(self, model: nn.Module) -> None:
         """Load ``model``'s current weights (a DeScore model, or its backbone; LoRA merged on the fly) into the
@@ -531,7 +539,7 @@ class VllmBackend:
         if self.settings.vllm_mode != "colocate":
             raise ConfigError(f"sync_weights needs vllm_mode colocate (this backend runs {self.settings.vllm_mode})")
         backbone = getattr(model, "backbone", model)
-        with _merged(backbone):
+        with merged_adapters(backbone):
             weights = list(backbone_weights(backbone))
             self.engine.apply_model(lambda engine_model: engine_model.load_weights(weights))
         self.engine.reset_prefix_cache()
@@ -615,7 +623,7 @@ def _offline_engine(model_path: str | Path, settings: GenerationSettings, *, see
 def backbone_weights(backbone: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The backbone's weights under the names of its saved (merged) checkpoint, which ``load_weights`` of a
     vLLM model maps itself: peft's wrapper prefixes, ``base_layer``, the ``<Reward>`` row's ``token_adapter``
-    and the ``modules_to_save`` copies are undone and LoRA factors left out (call inside :class:`_merged`, which
+    and the ``modules_to_save`` copies are undone and LoRA factors left out (call inside :func:`merged_adapters`, which
     folds LoRA and the trained rows into the weights)."""
     for name, tensor in backbone.state_dict().items():
         if "lora_" in name or ".original_module." in name or "trainable_tokens_" in name:
@@ -625,20 +633,18 @@ def backbone_weights(backbone: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, tensor
 
 
-class _merged:
-    """Fold a peft backbone's adapters into its weights for the duration of the block (no-op otherwise)."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        self.backbone = backbone
-        self.peft = hasattr(backbone, "merge_adapter")
-
-    def __enter__(self) -> None:
-        if self.peft:
-            self.backbone.merge_adapter()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self.peft:
-            self.backbone.unmerge_adapter()
+@contextmanager
+def merged_adapters(backbone: nn.Module) -> Iterator[None]:
+    """Fold a peft backbone's adapters (LoRA, trained token rows) into its weights for the duration of the
+    block, then take them out again (a plain backbone is left alone)."""
+    if not hasattr(backbone, "merge_adapter"):
+        yield
+        return
+    backbone.merge_adapter()
+    try:
+        yield
+    finally:
+        backbone.unmerge_adapter()
 
 
 # ----- building one --------------------------------------------------------------------------------------

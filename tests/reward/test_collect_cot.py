@@ -139,7 +139,8 @@ def test_official_layout_uses_the_problem_text(checkpoint, pairs, tmp_path):
         for row, problem in zip(source, problems):
             writer.writerow({"videos": str([row["video_a"], row["video_b"]]), "problem": problem, "GSB": row["label"]})
     output = tmp_path / "official_with_cot.csv"
-    run_collect_cot(config(checkpoint, official, output, max_new_tokens=5))
+    run_collect_cot(CollectCotConfig(model=str(checkpoint), data=str(official), output=str(output), max_new_tokens=5,
+                                     device="cpu"))
     data = read_preferences(output)
     assert [pair.instruction for pair in data.pairs] == problems and all(pair.has_cot for pair in data.pairs)
     model = DeScoreModel.from_pretrained(checkpoint, dtype="float32").eval()
@@ -155,8 +156,9 @@ def test_template_is_refused_with_a_checkpoint_and_checked_for_a_plain_model(che
     template.write_text("Rate {prompt} <video> <video>")
     from reward.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="applies to a plain model"):
-        run_collect_cot(config(checkpoint, pairs, tmp_path / "a.csv", template=str(template)))
+    with pytest.raises(ConfigError, match=r"--template, --video_fps apply to a plain model"):
+        run_collect_cot(CollectCotConfig(model=str(checkpoint), data=str(pairs), output=str(tmp_path / "a.csv"),
+                                         template=str(template), video_fps=4.0))
     with pytest.raises(ConfigError, match=r"it has 2 <video> markers \(exactly one is needed\)"):
         run_collect_cot(config(tiny_qwen3_vl_dir, pairs, tmp_path / "b.csv", template=str(template)))
 

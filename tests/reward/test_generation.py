@@ -23,8 +23,9 @@ from reward.generation import (
     check_vllm_folder,
     prompt_token_counts,
     sampling_options,
+    merged_adapters,
+    to_generation,
     vllm_request,
-    _merged,
 )
 from reward.modeling import DeScoreModel, save_descore
 from reward.prompts import judge_text
@@ -111,6 +112,17 @@ def test_truncated_flag_and_end_token(model, clips):
     assert ended.token_ids == cut.token_ids[: stop + 1]
     tokenizer = model.processor.tokenizer
     assert ended.text == tokenizer.decode(list(cut.token_ids[: stop + 1]), skip_special_tokens=True)
+
+
+def test_engine_reply_decides_truncation_when_it_says(model):
+    """Ids are cut after the first end token; vLLM's own finish reason, when given, wins over the ids."""
+    tokenizer = model.processor.tokenizer
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    text_ids = tokenizer("a red square", add_special_tokens=False).input_ids
+    padded = to_generation([*text_ids, end, 0, 0], prompt_tokens=5, end_ids=(end,), tokenizer=tokenizer)
+    assert padded.token_ids == (*text_ids, end) and not padded.truncated and padded.text == "a red square"
+    assert to_generation(text_ids, prompt_tokens=5, end_ids=(end,), tokenizer=tokenizer).truncated
+    assert not to_generation(text_ids, prompt_tokens=5, end_ids=(end,), tokenizer=tokenizer, stopped=True).truncated
 
 
 def test_suppressed_token_is_never_written(model, clips):
@@ -224,10 +236,15 @@ def test_vllm_refuses_an_adapter_checkpoint(tiny_qwen3_vl_dir, tmp_path):
 
 
 def test_synced_weights_are_the_merged_export(tiny_qwen3_vl_dir, tmp_path):
-    """What sync_weights hands vLLM from a LoRA model equals, name for name, what the merged export holds."""
+    """What sync_weights hands vLLM from a LoRA model equals, name for name, what the merged export holds; the
+    adapters are taken out of the weights again afterwards."""
     model = trained_like(tiny_qwen3_vl_dir, TINY_SPEC)
-    with _merged(model.backbone):
+    before = {name: tensor.clone() for name, tensor in model.backbone.state_dict().items()}
+    with merged_adapters(model.backbone):
         synced = {name: tensor.clone() for name, tensor in backbone_weights(model.backbone)}
+    after = model.backbone.state_dict()
+    for name, tensor in before.items():
+        torch.testing.assert_close(after[name], tensor, rtol=0, atol=1e-6, msg=name)
     merged = model.merge_lora_().backbone.state_dict()
     assert sorted(synced) == sorted(merged)
     for name, tensor in merged.items():
