@@ -46,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_file, resolve_model_source, weights_fingerprint
+from .cot_cache import Item, append_lines, cache_path, merge_parts, part_path, read_all_caches, read_cache
 from .errors import ConfigError, DataError, VideoDecodeError
 from .generation import CotBackend, GenerationConfig, GenerationSettings, RequestTooLongError, build_backend
 from .jobs import checkpoint_identity
@@ -134,14 +135,6 @@ class CotModel(NamedTuple):
     descore: bool
 
 
-class Item(NamedTuple):
-    """One CoT to write: a video under one judge prompt (several pairs may share it)."""
-
-    video: str
-    prompt: str
-    instruction: str | None
-
-
 class Row(NamedTuple):
     line: int
     values: dict[str, Any]
@@ -161,10 +154,6 @@ class CollectCotSummary:
     truncated: int
     parse_failures: int
     bad_videos: tuple[tuple[str, str], ...]
-
-
-def cache_path(output: Path) -> Path:
-    return output.with_name(output.name + ".cots.jsonl")
 
 
 def meta_path(output: Path) -> Path:
@@ -196,16 +185,16 @@ def run_collect_cot(config: CollectCotConfig) -> CollectCotSummary:
     bad: dict[str, str] = {}
     if pending:
         shard = pending[state.process_index :: state.num_processes]
-        part = cache_path(output) if state.num_processes == 1 else _part_path(output, state.process_index, "cots")
+        part = cache_path(output) if state.num_processes == 1 else part_path(output, state.process_index, "cots")
         bad = _generate(config, model, shard, part)
     if state.num_processes > 1:
-        with atomic_file(_part_path(output, state.process_index, "bad")) as handle:
+        with atomic_file(part_path(output, state.process_index, "bad")) as handle:
             json.dump(bad, handle)
     state.wait_for_everyone()
     if not state.is_main_process:
         return _summary(output, rows=[], skipped=skipped, generated=0, reused=0, done={}, bad=bad)
     if state.num_processes > 1:
-        bad = _merge_parts(output, state.num_processes)
+        bad = merge_parts(output, state.num_processes)
     written = read_cache(cache_path(output))
     kept, skipped = _complete_rows(rows, written, bad, skipped)
     write_output(output, layout, columns, kept, written)
@@ -381,7 +370,7 @@ def _generate(config: CollectCotConfig, model: CotModel, items: list[Item], part
             batch = readable[start : start + config.batch_size]
             lines = _batch_lines(backend, settings, model, batch, seed=config.seed + number,
                                  limits=config.decode_limits(), bad=bad)
-            _append(handle, lines)
+            append_lines(handle, lines)
     return bad
 
 
@@ -415,58 +404,6 @@ def _cache_line(item: Item, cot: str, truncated: bool) -> dict[str, Any]:
             "parse_error": parsed.reason, "truncated": truncated}
 
 
-def _append(handle: Any, lines: list[dict[str, Any]]) -> None:
-    """One batch, pushed to disk: a kill loses at most the batch being written."""
-    handle.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
-def read_cache(path: Path) -> dict[Item, dict[str, Any]]:
-    """The CoTs written so far. A last line cut by a kill is dropped, and the file rewritten without it, so
-    that appending resumes on a clean line; any other unreadable line is an error."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return {}
-    records = read_records(path)
-    last_line = max([line for line, _ in records.rows] + [line for line, _ in records.problems])
-    broken = [(line, reason) for line, reason in records.problems if line != last_line]
-    if broken:
-        raise DataError(f"{path}: unreadable lines {broken[:5]}; pass --overwrite true to collect afresh")
-    if records.problems:
-        logger.warning("%s: dropping its last line, cut short by an interrupted run", path)
-        with atomic_file(path) as handle:
-            handle.writelines(json.dumps(values, ensure_ascii=False) + "\n" for _, values in records.rows)
-    return {Item(values["video"], values["prompt"], values["instruction"]): values for _, values in records.rows}
-
-
-def read_all_caches(output: Path) -> dict[Item, dict[str, Any]]:
-    """The main cache and any part files a killed multi-process run left (merged at the end of this run)."""
-    done = read_cache(cache_path(output))
-    for part in sorted(output.parent.glob(f"{output.name}.cots.rank*.jsonl")):
-        done |= read_cache(part)
-    return done
-
-
-def _part_path(output: Path, rank: int, kind: str) -> Path:
-    """A process's own file under ``accelerate launch``: its CoTs (``cots``) or its bad videos (``bad``)."""
-    return output.with_name(f"{output.name}.{kind}.rank{rank}.{'jsonl' if kind == 'cots' else 'json'}")
-
-
-def _merge_parts(output: Path, processes: int) -> dict[str, str]:
-    """Append every process's CoTs to the main cache and collect their bad videos, then remove the part files
-    (main process only)."""
-    bad: dict[str, str] = {}
-    with cache_path(output).open("a", encoding="utf-8") as handle:
-        for rank in range(processes):
-            part, bad_part = _part_path(output, rank, "cots"), _part_path(output, rank, "bad")
-            if part.is_file():
-                _append(handle, list(read_cache(part).values()))
-                part.unlink()
-            bad |= json.loads(bad_part.read_text(encoding="utf-8"))
-            bad_part.unlink()
-    return bad
-
-
 # ----- output -------------------------------------------------------------------------------------------
 
 
@@ -494,7 +431,8 @@ def write_output(output: Path, layout: str, columns: list[str], rows: list[Row],
     records = []
     for row in rows:
         a, b = (written[item] for item in row.items)
-        records.append({**row.values, **_video_columns(layout, row, output.parent), cot_columns[0]: a["cot"], cot_columns[1]: b["cot"],
+        records.append({**row.values, **_video_columns(layout, row, output.parent),
+                        cot_columns[0]: a["cot"], cot_columns[1]: b["cot"],
                         "judge_scores_a": _scores_text(a), "judge_scores_b": _scores_text(b),
                         "truncated_a": _flag(a["truncated"]), "truncated_b": _flag(b["truncated"])})
     with atomic_file(output) as handle:

@@ -13,7 +13,8 @@ import pytest
 from benchmarks.synthetic import make_preference_set
 from reward import collect_cot
 from reward.cold_start import run as train_stage1
-from reward.collect_cot import CollectCotConfig, cache_path, meta_path, run_collect_cot
+from reward.collect_cot import CollectCotConfig, meta_path, run_collect_cot
+from reward.cot_cache import cache_path
 from reward.data import read_preferences
 from reward.generation import GenerationSettings, HfBackend
 from reward.modeling import DeScoreModel
@@ -146,7 +147,8 @@ def test_official_layout_uses_the_problem_text(checkpoint, pairs, tmp_path):
     model = DeScoreModel.from_pretrained(checkpoint, dtype="float32").eval()
     clip = load_video(data.pairs[0].video_a, model.video_spec)
     direct = HfBackend(model.backbone, model.processor, device="cpu", suppress_token_ids=(model.reward_token_id,))
-    (expected,) = direct.generate([judge_text(problems[0], problems[0])], [clip], settings=GenerationSettings(max_new_tokens=5))[0]
+    judge = judge_text(problems[0], problems[0])
+    (expected,) = direct.generate([judge], [clip], settings=GenerationSettings(max_new_tokens=5))[0]
     assert data.pairs[0].cot_a == expected.text
     assert "CoT_A" in next(csv.reader(output.open()))
 
@@ -191,3 +193,19 @@ def test_two_processes_write_what_one_writes(tiny_qwen3_vl_dir, pairs, tmp_path)
     assert sharded.read_bytes() == single.read_bytes()
     assert len(cache_path(sharded).read_text().splitlines()) == 8
     assert not list(tmp_path.glob("sharded.csv.*.rank*"))  # the parts were merged and removed
+
+
+def test_cache_drops_a_line_cut_by_a_kill_and_refuses_other_damage(tmp_path):
+    from reward.cot_cache import Item, read_cache
+    from reward.errors import DataError
+
+    lines = [{"video": f"{i}.mp4", "prompt": "p", "instruction": None, "cot": f"cot {i}", "judge_scores": None,
+              "parse_error": "x", "truncated": True} for i in range(2)]
+    whole = "".join(json.dumps(line) + "\n" for line in lines)
+    cache = tmp_path / "out.csv.cots.jsonl"
+    cache.write_text(whole + '{"video": "2.mp4", "prompt": "p", "instr')
+    assert list(read_cache(cache)) == [Item("0.mp4", "p", None), Item("1.mp4", "p", None)]
+    assert cache.read_text() == whole  # cut back to the last complete line, so appending starts clean
+    cache.write_text('{"video": "0.mp4", broken\n' + whole)
+    with pytest.raises(DataError, match="unreadable lines"):
+        read_cache(cache)

@@ -16,21 +16,18 @@ from reward.generation import (
     HfBackend,
     PromptParityError,
     RequestTooLongError,
-    backbone_weights,
     build_backend,
     check_prompt_parity,
     check_request_lengths,
-    check_vllm_folder,
     prompt_token_counts,
-    sampling_options,
-    merged_adapters,
     to_generation,
-    vllm_request,
 )
 from reward.modeling import DeScoreModel, save_descore
 from reward.prompts import judge_text
 from reward.scoring import DeScoreReward
 from reward.video import load_video
+from reward.vllm_backend import (backbone_weights, check_vllm_folder, merged_adapters, sampling_options,
+                                  vllm_request)
 
 from ..conftest import TINY_SPEC
 from .helpers import small_clip, trained_like
