@@ -112,12 +112,12 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("reward", "export"): Command(
         "Export a merged checkpoint: HF/vLLM backbone + DeScore head and manifest",
         ("reward.jobs:ExportConfig",), "reward.jobs:run_export", lambda path: f"wrote {path}"),
-    ("reward", "collect-cot"): Command(
-        "Write a CoT per video of a preference file (stage-1 input) with an instruct model or a checkpoint, HF or vLLM",
-        ("reward.collect_cot:CollectCotConfig",), "reward.collect_cot:run_collect_cot", _report_collect),
     ("reward", "calibrate"): Command(
         "Score a reference set with one reward and write its calibration stats (mean, std, quantiles)",
         ("reward.calibrate_job:CalibrateConfig",), "reward.calibrate_job:run_calibrate", _report_calibration),
+    ("reward", "collect-cot"): Command(
+        "Write a CoT per video of a preference file (stage-1 input) with an instruct model or a checkpoint, HF or vLLM",
+        ("reward.collect_cot:CollectCotConfig",), "reward.collect_cot:run_collect_cot", _report_collect),
     ("tune", "grpo"): Command(
         "GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
         (_POLICY, _RUN, _GRPO), "generator_rl.grpo:run_grpo", _report_tuning),
