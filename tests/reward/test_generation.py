@@ -261,3 +261,12 @@ def test_vllm_matches_hf_prompt_lengths(checkpoint, clips, tmp_path: Path):
                                               gpu_memory_utilization=0.3), model=model, model_path=checkpoint)
     result = engine.generate(judges(), clips, settings=engine.settings)  # raises on a prompt-length mismatch
     assert [samples[0].prompt_tokens for samples in result] == prompt_token_counts(model.processor, judges(), clips)
+
+
+def test_installed_vllm_accepts_our_sampling_options():
+    """Where vLLM imports (a GPU machine with the extra), our options build its SamplingParams as they are."""
+    vllm = pytest.importorskip("vllm")
+    for settings in (GenerationSettings(), GenerationSettings(temperature=1.0, top_k=20)):
+        options = sampling_options(settings, num_generations=4, seed=1, end_ids=(5, 6), suppress_token_ids=(9,))
+        params = vllm.SamplingParams(**options)
+        assert params.max_tokens == 4096 and params.stop_token_ids == [5, 6] and params.logit_bias == {9: -100.0}
