@@ -113,8 +113,10 @@ class VllmBackend:
     every call (:func:`check_prompt_parity`). The server mode cannot take decoded frames: it sends our sampled
     frames as a lossless H.264 clip at their sampling fps and asks the server not to resample them. Frame
     count and size are then the same (the prompt length is checked the same way), but the pixels differ by
-    the colour subsampling of the codec (4:2:0), so server CoTs can differ slightly from offline ones. Start the
-    server with ``--media-io-kwargs '{"video": {"num_frames": -1}}'`` so that it decodes every frame.
+    the colour subsampling of the codec (4:2:0), and the Qwen3-VL timestamps are those of the evenly spaced
+    clip rather than of the source frames (a rounding apart), so server CoTs can differ slightly from offline
+    ones. Start the server with ``--media-io-kwargs '{"video": {"num_frames": -1}}'`` so that it decodes every
+    frame.
 
     Colocated use follows trl's colocate mode: one engine in the training process, weights pushed with the
     model's ``load_weights`` after each optimizer update, prefix cache reset. Set
@@ -141,7 +143,6 @@ class VllmBackend:
         if settings.vllm_mode == "server":
             self.engine = None
             self.server_url = settings.server_url.rstrip("/")
-            self.model_name = str(model_path) if model_path is not None else None
         else:
             if model_path is None:
                 raise ConfigError(f"vllm_mode {settings.vllm_mode} needs the model folder that vLLM loads")
@@ -197,7 +198,7 @@ class VllmBackend:
         replies = []
         with httpx.Client(base_url=self.server_url, timeout=None) as client:
             for judge, video, option in zip(judges, videos, options):
-                response = client.post("/v1/chat/completions", json=server_payload(judge, video, option, model=self.model_name))
+                response = client.post("/v1/chat/completions", json=server_payload(judge, video, option))
                 response.raise_for_status()
                 body = response.json()
                 samples = [(_returned_ids(choice), choice["finish_reason"] == "stop") for choice in body["choices"]]
@@ -216,8 +217,9 @@ class VllmBackend:
         self.engine.reset_prefix_cache()
 
 
-def server_payload(judge: JudgeText, video: SampledVideo, option: dict[str, Any], *, model: str | None) -> dict[str, Any]:
-    """A chat-completions request carrying our sampled frames as a lossless clip at their sampling fps."""
+def server_payload(judge: JudgeText, video: SampledVideo, option: dict[str, Any]) -> dict[str, Any]:
+    """A chat-completions request carrying our sampled frames as a lossless clip at their sampling fps; no
+    ``model`` is named, so the server answers with the model it serves."""
     messages = judge_messages(judge)
     content = [
         {"type": "video_url", "video_url": {"url": _video_data_url(video)}} if part["type"] == "video" else part
@@ -238,8 +240,6 @@ def server_payload(judge: JudgeText, video: SampledVideo, option: dict[str, Any]
     }
     if "logit_bias" in option:
         payload["logit_bias"] = {str(token): bias for token, bias in option["logit_bias"].items()}
-    if model is not None:
-        payload["model"] = model
     return payload
 
 
@@ -286,7 +286,6 @@ def _offline_engine(model_path: str | Path, settings: GenerationSettings, *, see
         gpu_memory_utilization=settings.gpu_memory_utilization,
         tensor_parallel_size=settings.tensor_parallel_size,
         limit_mm_per_prompt={"image": 0, "video": 1},
-        enable_sleep_mode=settings.vllm_mode == "colocate",
         seed=seed,
     )
 

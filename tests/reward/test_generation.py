@@ -195,6 +195,29 @@ def test_vllm_request_carries_our_frames_unresampled(model, clips):
     assert request["prompt"].count("<|video_pad|>") == 1 and PROMPTS[0] in request["prompt"]
 
 
+def test_server_payload_sends_our_frames_as_a_clip(model, clips, tmp_path):
+    """Server mode: the judge text around a lossless clip of exactly the sampled frames (count, size, sampling
+    fps), the decoding settings, token ids asked back, and no resampling by the server."""
+    import base64
+
+    from reward.video import probe_video
+    from reward.vllm_backend import server_payload
+
+    clip = clips[1]
+    option = sampling_options(GenerationSettings(), num_generations=1, seed=None, end_ids=(5,), suppress_token_ids=(9,))
+    payload = server_payload(judges()[1], clip, option)
+    text_before, video, text_after = payload["messages"][0]["content"]
+    assert text_before["type"] == text_after["type"] == "text" and PROMPTS[1] in text_before["text"]
+    data = video["video_url"]["url"].removeprefix("data:video/mp4;base64,")
+    (tmp_path / "sent.mp4").write_bytes(base64.b64decode(data))
+    info = probe_video(tmp_path / "sent.mp4")
+    frames, _, height, width = clip.frames.shape
+    assert (info.total_frames, info.height, info.width) == (frames, height, width)
+    assert info.fps == pytest.approx(clip.sample_fps, rel=1e-3)
+    assert payload["mm_processor_kwargs"] == {"do_sample_frames": False} and payload["return_token_ids"] is True
+    assert payload["logit_bias"] == {"9": -100.0} and payload["max_tokens"] == 4096 and "model" not in payload
+
+
 def test_sampling_options_match_the_hf_call():
     greedy = sampling_options(GenerationSettings(), num_generations=8, seed=3, end_ids=(5, 6), suppress_token_ids=(9,))
     assert greedy["n"] == 1 and greedy["temperature"] == 0.0 and greedy["top_k"] == -1
