@@ -49,6 +49,12 @@ def _report_score(summary: Any) -> str:
     return format_score_report(summary)
 
 
+def _report_collect(summary: Any) -> str:
+    from reward.collect_cot import format_collect_report
+
+    return format_collect_report(summary)
+
+
 def _report_calibration(summary: Any) -> str:
     from reward.calibrate_job import format_calibration_report
 
@@ -109,6 +115,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("reward", "calibrate"): Command(
         "Score a reference set with one reward and write its calibration stats (mean, std, quantiles)",
         ("reward.calibrate_job:CalibrateConfig",), "reward.calibrate_job:run_calibrate", _report_calibration),
+    ("reward", "collect-cot"): Command(
+        "Write a CoT per video of a preference file (stage-1 input) with an instruct model or a checkpoint, HF or vLLM",
+        ("reward.collect_cot:CollectCotConfig",), "reward.collect_cot:run_collect_cot", _report_collect),
     ("reward", "import-official"): Command(
         "Import an official DeScore checkpoint (stage 1 LoRA or stage 2 weights) as a merged DeScore checkpoint",
         ("reward.official_import:ImportOfficialConfig",), "reward.official_import:run_import_official",

@@ -21,6 +21,7 @@ from .checkpoint import ModelSource, resolve_model_source
 from .data import PreferencePair, is_video_index, read_preferences, read_video_index
 from .entry_file import RewardEntry, read_reward_entry
 from .errors import ConfigError, DataError, VideoDecodeError
+from .generation import GenerationConfig
 from .losses import pairwise_accuracy
 from .modeling import EXPORT_MARKER, MANIFEST_NAME, REWARD_TOKEN, DeScoreManifest, DeScoreModel
 from .prompts import template_sha256
@@ -36,7 +37,7 @@ from .run_record import (
 )
 from .score_output import checkpoint_fingerprint
 from .score_report import PromptMean, RewardStats, prompt_means
-from .scoring import DeScoreReward, GenerationSettings, default_device, default_dtype
+from .scoring import DeScoreReward, default_device, default_dtype
 from .video import DecodeLimitConfig, DecodeLimits, probe_video
 
 logger = logging.getLogger(__name__)
@@ -44,11 +45,12 @@ logger = logging.getLogger(__name__)
 
 # Options of ScoreConfig read only by DeScoreReward; with --reward the entry holds the reward's options.
 DESCORE_ONLY_OPTIONS = ("revision", "cot", "cot_source", "max_new_tokens", "temperature", "repetition_penalty", "device", "dtype",
-                        "attn_implementation")
+                        "attn_implementation", "backend", "vllm_mode", "server_url", "max_model_len",
+                        "gpu_memory_utilization", "tensor_parallel_size")
 
 
 @dataclass
-class ScoreConfig(DecodeLimitConfig):
+class ScoreConfig(GenerationConfig, DecodeLimitConfig):
     """Score videos with a DeScore checkpoint or any registry reward; one JSON line per (video, prompt)."""
 
     model: str | None = field(
@@ -84,9 +86,6 @@ class ScoreConfig(DecodeLimitConfig):
         metadata={"help": "generate: write each CoT with the model; data: use the cot_a/cot_b columns of --data."},
     )
     batch_size: int = field(default=4, metadata={"help": "Videos per generate/forward call."})
-    max_new_tokens: int = field(default=2048, metadata={"help": "CoT length limit."})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy CoT (DeScore's inference setting)."})
-    repetition_penalty: float = field(default=1.05, metadata={"help": "CoT repetition penalty (DeScore: 1.05)."})
     skip_invalid: bool = field(
         default=False, metadata={"help": "Record unreadable videos / invalid rows and score the rest."}
     )
@@ -146,11 +145,6 @@ class ScoreConfig(DecodeLimitConfig):
             return self.reward_entry.label
         return "descore" if self.cot else "descore_no_cot"
 
-    def generation_settings(self) -> GenerationSettings:
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, repetition_penalty=self.repetition_penalty
-        )
-
     @property
     def cot_from_data(self) -> bool:
         """The CoTs are inputs (the data's cot_a/cot_b), not written by the model."""
@@ -158,7 +152,8 @@ class ScoreConfig(DecodeLimitConfig):
 
     def settings(self) -> dict[str, dict[str, Any]]:
         """What decides the numbers in the output (recorded beside it; a re-run must match). Batch size,
-        device and attention kernel are left out: they do not change a reward beyond float noise."""
+        device, attention kernel and the vLLM engine's resources are left out: they do not change a reward beyond
+        float noise. The CoT backend is kept: HF and vLLM kernels can write different CoTs."""
         if self.reward is not None:
             return resolved_config({"reward": self.reward_entry.settings()})
         device = torch.device(self.device) if self.device is not None else default_device()
@@ -171,10 +166,11 @@ class ScoreConfig(DecodeLimitConfig):
             "scoring": {
                 "cot": self.cot,
                 "cot_source": self.cot_source if self.cot else None,
-                "generation": self.generation_settings() if self.cot and not self.cot_from_data else None,
+                "generation": self.recorded_generation() if self.cot and not self.cot_from_data else None,
                 "dtype": str(default_dtype(self.dtype, device)).removeprefix("torch."),
             },
         })
+
 
 
 def check_checkpoint(path: str, *, revision: str | None = None, option: str = "--model") -> None:
@@ -224,6 +220,7 @@ class ScoreSummary:
     accuracy: float | None
     decided_pairs: int
     resumed: int = 0
+    truncated: int = 0  # CoTs cut by max_new_tokens (scored, and flagged in their lines)
     rewards: tuple[RewardStats, ...] = ()  # one per reward scored (today: one)
     prompt_means: tuple[PromptMean, ...] = ()  # mean reward per prompt, in input order
 
@@ -265,6 +262,7 @@ def run_score(config: ScoreConfig) -> ScoreSummary:
         accuracy=accuracy,
         decided_pairs=decided,
         resumed=len(done),
+        truncated=sum(bool(record.get("truncated")) for record in wanted),
         rewards=(RewardStats.of(config.reward_name, [record["reward"] for record in wanted]),),
         prompt_means=prompt_means(wanted),
     )
@@ -398,6 +396,7 @@ def _record(request: _Request, item: ScoredItem) -> dict[str, Any]:
         "sub_scores": item.sub_scores,
         "overall_score": item.overall_score,
         "parse_ok": item.parse_ok,
+        "truncated": item.truncated,
     }
     if request.instruction is not None:
         record["instruction"] = request.instruction
