@@ -8,7 +8,10 @@ Two layouts are read:
   ``B`` / ``tie`` or ``1`` / ``-1`` / ``0`` (``same`` is accepted as a tie, as in VideoAlign files);
 * the official DeScore stage-1 CSV — ``videos`` (a Python-list string of two paths), ``problem`` (the full
   judge instruction, used verbatim), ``CoT_A``, ``CoT_B`` and ``GSB`` (``A`` / ``B`` / ``same`` /
-  ``invalid``), read unchanged. ``invalid`` rows are excluded as the official code excludes them.
+  ``invalid``), read unchanged. ``invalid`` rows are excluded as the official code excludes them;
+* the official DeScore stage-2 CSV — ``videos``, ``problem`` and ``answer`` (an answer block with ``gsb_result``,
+  ``video_1_scores`` and ``video_2_scores``): the verdict becomes the label (anything but "Video 1/2 is better"
+  is a tie) and the scores become ``scores_a`` / ``scores_b``.
 
 Files are UTF-8 (a byte-order mark is allowed). Relative video paths resolve against the data file's folder.
 Every problem is reported with the file and its line number (the CSV header is line 1): bytes that are not
@@ -35,6 +38,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, VideoDecodeError
 from .records import MAX_FIELD_CHARS, Records, read_records
+from .rollout_rewards import official_ground_truth
 from .video import DecodeLimits, probe_video
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ logger = logging.getLogger(__name__)
 LABELS: dict[str, int] = {"a": 1, "1": 1, "+1": 1, "b": -1, "-1": -1, "tie": 0, "same": 0, "0": 0}
 OURS_REQUIRED = ("prompt", "video_a", "video_b", "label")
 OFFICIAL_REQUIRED = ("videos", "problem", "CoT_A", "CoT_B", "GSB")
+OFFICIAL_STAGE2_REQUIRED = ("videos", "problem", "answer")
 OURS_OPTIONAL = ("cot_a", "cot_b", "scores_a", "scores_b")
 INDEX_REQUIRED = ("prompt", "file")  # `descore tune sample`'s index.csv
 LISTED_PROBLEMS = 50
@@ -308,11 +313,14 @@ def _layout(path: Path, columns: list[str]) -> Callable[[dict[str, Any], int, Pa
     """The row parser for the file's layout, told apart by its columns (a JSONL file: its first object's keys)."""
     if set(OFFICIAL_REQUIRED) <= set(columns):
         return _official_row
+    if set(OFFICIAL_STAGE2_REQUIRED) <= set(columns):
+        return _official_stage2_row
     if set(OURS_REQUIRED) <= set(columns):
         return _our_row
     raise DataError(
-        f"{path}: columns {sorted(columns)} match neither layout; expected {list(OURS_REQUIRED)} "
-        f"(optional {list(OURS_OPTIONAL)}) or the official DeScore stage-1 columns {list(OFFICIAL_REQUIRED)}"
+        f"{path}: columns {sorted(columns)} match no known layout; expected {list(OURS_REQUIRED)} "
+        f"(optional {list(OURS_OPTIONAL)}), the official DeScore stage-1 columns {list(OFFICIAL_REQUIRED)} or its "
+        f"stage-2 columns {list(OFFICIAL_STAGE2_REQUIRED)}"
     )
 
 
@@ -377,23 +385,49 @@ def _official_row(row: dict[str, Any], line: int, root: Path) -> PreferencePair 
     verdict = str(row.get("GSB", "")).strip()
     if verdict.lower() == "invalid":
         return None
-    try:
-        videos = ast.literal_eval(str(row.get("videos")))
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
-        raise _RowError(f"column 'videos' is not a list of two paths: {row.get('videos')!r}") from error
-    if not (isinstance(videos, (list, tuple)) and len(videos) == 2 and all(isinstance(v, str) for v in videos)):
-        raise _RowError(f"column 'videos' must hold exactly two paths, got {row.get('videos')!r}")
+    video_a, video_b = _official_videos(row, root)
     instruction = _text(row, "problem", required=True)
     return PreferencePair(
         prompt=_text(row, "prompt", required=False) or instruction,
-        video_a=_video_path(videos[0], root),
-        video_b=_video_path(videos[1], root),
+        video_a=video_a,
+        video_b=video_b,
         label=parse_label(verdict),
         line=line,
         cot_a=_text(row, "CoT_A", required=False),
         cot_b=_text(row, "CoT_B", required=False),
         instruction=instruction,
     )
+
+
+def _official_stage2_row(row: dict[str, Any], line: int, root: Path) -> PreferencePair:
+    """A row of the official stage-2 CSV: the pair, its verdict and both videos' ground-truth sub-scores."""
+    video_a, video_b = _official_videos(row, root)
+    instruction = _text(row, "problem", required=True)
+    try:
+        truth = official_ground_truth(_text(row, "answer", required=True))
+    except ValueError as error:
+        raise _RowError(str(error)) from error
+    return PreferencePair(
+        prompt=_text(row, "prompt", required=False) or instruction,
+        video_a=video_a,
+        video_b=video_b,
+        label=truth.label,
+        line=line,
+        scores_a=truth.scores_a,
+        scores_b=truth.scores_b,
+        instruction=instruction,
+    )
+
+
+def _official_videos(row: dict[str, Any], root: Path) -> tuple[str, str]:
+    """The two paths of the official ``videos`` column (a Python-list string)."""
+    try:
+        videos = ast.literal_eval(str(row.get("videos")))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
+        raise _RowError(f"column 'videos' is not a list of two paths: {row.get('videos')!r}") from error
+    if not (isinstance(videos, (list, tuple)) and len(videos) == 2 and all(isinstance(v, str) for v in videos)):
+        raise _RowError(f"column 'videos' must hold exactly two paths, got {row.get('videos')!r}")
+    return _video_path(videos[0], root), _video_path(videos[1], root)
 
 
 def _check_pair(pair: PreferencePair, reserved_tokens: tuple[str, ...], resolve: Callable[[str], str]) -> None:

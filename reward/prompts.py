@@ -14,7 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 SUB_DIMENSIONS: tuple[str, ...] = ("subject", "dynamics", "camera", "environment", "style")
 VIDEO_PLACEHOLDER = "<video>"
@@ -106,23 +106,31 @@ _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _JSON_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
+def answer_json(text: str) -> tuple[Any, str | None]:
+    """The JSON value in the last ``<answer>`` block of ``text`` (an optional json fence stripped), or None and
+    why not. The one reader of answer blocks: the judge's CoT, stage-2 rollouts and their ground truth."""
+    blocks = _ANSWER_BLOCK.findall(text)
+    if not blocks:
+        return None, "no <answer>...</answer> block"
+    content = blocks[-1].strip()
+    fenced = _JSON_FENCE.match(content)
+    if fenced:
+        content = fenced.group(1)
+    try:
+        return json.loads(content), None
+    except json.JSONDecodeError as error:
+        return None, f"answer block is not valid JSON: {error.msg} at char {error.pos}"
+
+
 def parse_judge_answer(text: str) -> ParsedAnswer:
     """Parse the last ``<answer>`` block of a CoT into sub-scores and the overall score.
 
     Requires all five sub-dimensions with values in 0/1/2/"N/A"; ``overall_score`` may be absent (the
     official format reward only requires ``dimensional_scores``) but, when present, must lie in [1, 5].
     """
-    blocks = _ANSWER_BLOCK.findall(text)
-    if not blocks:
-        return ParsedAnswer(None, "no <answer>...</answer> block")
-    content = blocks[-1].strip()
-    fenced = _JSON_FENCE.match(content)
-    if fenced:
-        content = fenced.group(1)
-    try:
-        payload = json.loads(content)
-    except json.JSONDecodeError as error:
-        return ParsedAnswer(None, f"answer block is not valid JSON: {error.msg} at char {error.pos}")
+    payload, reason = answer_json(text)
+    if reason is not None:
+        return ParsedAnswer(None, reason)
     if not isinstance(payload, dict) or not isinstance(payload.get("dimensional_scores"), dict):
         return ParsedAnswer(None, "answer JSON has no 'dimensional_scores' object")
     scores = payload["dimensional_scores"]

@@ -23,7 +23,7 @@ import yaml
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 
-from .base import RewardOutput, ScoredItem, register_reward
+from .base import RewardOutput, ScoredItem, register_reward, sampled_batches
 from .checkpoint import resolve_model_source
 from .errors import CheckpointError, ConfigError, VideoDecodeError
 from .inputs import encode_video_groups
@@ -247,16 +247,10 @@ class VlmJudge:
         if len(videos) != len(prompts):
             raise ValueError(f"got {len(videos)} videos and {len(prompts)} prompts")
         items: list[ScoredItem | None] = [None] * len(videos)
-        for start in tqdm(range(0, len(videos), self.batch_size), desc="scoring (vlm_judge)", disable=not self.progress):
-            loaded = []
-            for index in range(start, min(start + self.batch_size, len(videos))):
-                clip = self._load(videos[index])
-                if isinstance(clip, VideoDecodeError):
-                    items[index] = ScoredItem(reward=math.nan, error=str(clip))
-                else:
-                    loaded.append((index, clip))
-            if not loaded:
-                continue
+        batches = sampled_batches(videos, self.video_spec, self.decode_limits, batch_size=self.batch_size,
+                                  skip_invalid=self.skip_invalid, items=items,
+                                  progress="scoring (vlm_judge)" if self.progress else None)
+        for loaded in batches:
             ratings = {}
             for name, template in self.rubric.questions.items():
                 texts = [self._prompt_text(template, prompts[index]) for index, _ in loaded]

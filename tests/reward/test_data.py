@@ -294,6 +294,36 @@ def test_official_videos_that_literal_eval_rejects_with_type_error(folder):
     assert [line for line, _ in data.skipped] == [2]
 
 
+def stage2_answer(verdict: str, first: dict, second: dict) -> str:
+    payload = json.dumps({"gsb_result": verdict, "video_1_scores": first, "video_2_scores": second})
+    return f"<answer>\n```json\n{payload}\n```\n</answer>"
+
+
+def test_official_stage2_csv_gives_labels_and_ground_truth(folder):
+    """Verdicts map to +1 / -1 / 0 (anything else is a tie); the scores become scores_a / scores_b; an answer
+    without its keys or JSON is an invalid row named by line."""
+    first = {"subject": 2, "dynamics": 1, "camera": "N/A", "environment": 2, "style": 0}
+    second = {"subject": 0, "dynamics": 0, "camera": 1, "environment": 1, "style": "N/A"}
+    rows = [
+        ["['a.mp4', 'b.mp4']", "judge a cat <video>", stage2_answer("Video 1 is better", first, second)],
+        ["['b.mp4', 'a.mp4']", "judge a dog <video>", stage2_answer("Video 2 is better", second, first)],
+        ["['a.mp4', 'b.mp4']", "judge a car <video>", stage2_answer("Both are equally good", first, first)],
+        ["['a.mp4', 'b.mp4']", "judge a cow <video>", "<answer>{\"gsb_result\": \"Video 1 is better\"}</answer>"],
+        ["['a.mp4', 'b.mp4']", "judge a fox <video>", "no answer here"],
+    ]
+    path = write_csv(folder / "stage2.csv", ["videos", "problem", "answer"], rows)
+
+    data = read_preferences(path, skip_invalid=True)
+
+    a, b = str(folder / "a.mp4"), str(folder / "b.mp4")
+    assert [(p.video_a, p.video_b, p.label, p.scores_a, p.scores_b) for p in data.pairs] == [
+        (a, b, 1, first, second), (b, a, -1, second, first), (a, b, 0, first, first)]
+    assert [pair.instruction for pair in data.pairs] == ["judge a cat <video>", "judge a dog <video>", "judge a car <video>"]
+    # the first three answers span 5 physical lines each
+    assert data.skipped == [(17, "column 'answer' lacks ['video_1_scores', 'video_2_scores']"),
+                            (18, "column 'answer': no <answer>...</answer> block")]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Invalid rows and files
 # --------------------------------------------------------------------------------------------------------
@@ -351,14 +381,15 @@ def test_more_than_fifty_invalid_rows_are_summarised(folder):
     assert message.endswith("\n  ... and 10 more")
 
 
-def test_unknown_columns_name_both_layouts(folder):
+def test_unknown_columns_name_every_layout(folder):
     path = write_csv(folder / "prefs.csv", ["prompt", "left", "right", "winner"], [["p", "a.mp4", "b.mp4", "A"]])
     with pytest.raises(DataError) as caught:
         read_preferences(path)
     assert str(caught.value) == (
-        f"{path}: columns ['left', 'prompt', 'right', 'winner'] match neither layout; expected "
-        "['prompt', 'video_a', 'video_b', 'label'] (optional ['cot_a', 'cot_b', 'scores_a', 'scores_b']) "
-        "or the official DeScore stage-1 columns ['videos', 'problem', 'CoT_A', 'CoT_B', 'GSB']"
+        f"{path}: columns ['left', 'prompt', 'right', 'winner'] match no known layout; expected "
+        "['prompt', 'video_a', 'video_b', 'label'] (optional ['cot_a', 'cot_b', 'scores_a', 'scores_b']), "
+        "the official DeScore stage-1 columns ['videos', 'problem', 'CoT_A', 'CoT_B', 'GSB'] or its stage-2 "
+        "columns ['videos', 'problem', 'answer']"
     )
 
 
