@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 class ScoredItem:
     """One scored video: the reward (NaN when scoring failed) and what the model said about it.
 
-    ``parse_ok`` is None when the model writes no structured answer (e.g. no-CoT mode).
+    ``parse_ok`` is None when the model writes no structured answer (e.g. no-CoT mode). ``truncated`` is True
+    when the model's CoT hit its token limit before it ended (scored all the same, and reported), None when no
+    CoT was written.
     """
 
     reward: float
@@ -39,6 +41,7 @@ class ScoredItem:
     parse_ok: bool | None = None
     parse_error: str | None = None
     error: str | None = None
+    truncated: bool | None = None
 
     @property
     def ok(self) -> bool:

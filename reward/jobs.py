@@ -35,7 +35,8 @@ from .run_record import (
 )
 from .score_output import checkpoint_fingerprint
 from .score_report import PromptMean, RewardStats, prompt_means
-from .scoring import DeScoreReward, GenerationSettings, default_device, default_dtype
+from .generation import GenerationSettings
+from .scoring import DeScoreReward, default_device, default_dtype
 from .video import DecodeLimitConfig, DecodeLimits, probe_video
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 # Options of ScoreConfig read only by DeScoreReward; with --reward the entry holds the reward's options.
 DESCORE_ONLY_OPTIONS = ("revision", "cot", "cot_source", "max_new_tokens", "temperature", "repetition_penalty", "device", "dtype",
-                        "attn_implementation")
+                        "attn_implementation", "backend", "vllm_mode", "server_url", "max_model_len",
+                        "gpu_memory_utilization", "tensor_parallel_size")
 
 
 @dataclass
@@ -83,9 +85,30 @@ class ScoreConfig(DecodeLimitConfig):
         metadata={"help": "generate: write each CoT with the model; data: use the cot_a/cot_b columns of --data."},
     )
     batch_size: int = field(default=4, metadata={"help": "Videos per generate/forward call."})
-    max_new_tokens: int = field(default=2048, metadata={"help": "CoT length limit."})
+    max_new_tokens: int = field(
+        default=GenerationSettings.max_new_tokens,
+        metadata={"help": "CoT length limit (DeScore: 4096); a CoT cut by it is flagged truncated in the output."},
+    )
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy CoT (DeScore's inference setting)."})
     repetition_penalty: float = field(default=1.05, metadata={"help": "CoT repetition penalty (DeScore: 1.05)."})
+    backend: Literal["hf", "vllm"] = field(
+        default="hf",
+        metadata={"help": "CoT writer: hf (transformers generate) or vllm (extra `vllm`; --model must be a merged "
+                          "export, see docs/descore_generation.md)."},
+    )
+    vllm_mode: Literal["offline", "server"] = field(
+        default="offline", metadata={"help": "vllm: an engine in this process, or a running `vllm serve` (--server_url)."}
+    )
+    server_url: str | None = field(default=None, metadata={"help": "vllm server mode: e.g. http://localhost:8000."})
+    max_model_len: int = field(
+        default=GenerationSettings.max_model_len,
+        metadata={"help": "vllm: longest prompt + CoT in tokens; longer requests are refused before sending."},
+    )
+    gpu_memory_utilization: float = field(
+        default=GenerationSettings.gpu_memory_utilization,
+        metadata={"help": "vllm: share of GPU memory the engine may take (the HF scoring model needs the rest)."},
+    )
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs the engine shards the model over."})
     skip_invalid: bool = field(
         default=False, metadata={"help": "Record unreadable videos / invalid rows and score the rest."}
     )
@@ -147,7 +170,15 @@ class ScoreConfig(DecodeLimitConfig):
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, repetition_penalty=self.repetition_penalty
+            backend=self.backend,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            repetition_penalty=self.repetition_penalty,
+            vllm_mode=self.vllm_mode,
+            server_url=self.server_url,
+            max_model_len=self.max_model_len,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            tensor_parallel_size=self.tensor_parallel_size,
         )
 
     @property
@@ -157,7 +188,8 @@ class ScoreConfig(DecodeLimitConfig):
 
     def settings(self) -> dict[str, dict[str, Any]]:
         """What decides the numbers in the output (recorded beside it; a re-run must match). Batch size,
-        device and attention kernel are left out: they do not change a reward beyond float noise."""
+        device, attention kernel and the vLLM engine's resources are left out: they do not change a reward beyond
+        float noise. The CoT backend is kept: HF and vLLM kernels can write different CoTs."""
         if self.reward is not None:
             return resolved_config({"reward": self.reward_entry.settings()})
         device = torch.device(self.device) if self.device is not None else default_device()
@@ -166,10 +198,15 @@ class ScoreConfig(DecodeLimitConfig):
             "scoring": {
                 "cot": self.cot,
                 "cot_source": self.cot_source if self.cot else None,
-                "generation": self.generation_settings() if self.cot and not self.cot_from_data else None,
+                "generation": self._recorded_generation() if self.cot and not self.cot_from_data else None,
                 "dtype": str(default_dtype(self.dtype, device)).removeprefix("torch."),
             },
         })
+
+
+    def _recorded_generation(self) -> dict[str, Any]:
+        settings = self.generation_settings()
+        return {"backend": settings.backend, **settings.decoding()}
 
 
 def check_checkpoint(path: str, *, revision: str | None = None, option: str = "--model") -> None:
@@ -219,6 +256,7 @@ class ScoreSummary:
     accuracy: float | None
     decided_pairs: int
     resumed: int = 0
+    truncated: int = 0  # CoTs cut by max_new_tokens (scored, and flagged in their lines)
     rewards: tuple[RewardStats, ...] = ()  # one per reward scored (today: one)
     prompt_means: tuple[PromptMean, ...] = ()  # mean reward per prompt, in input order
 
@@ -260,6 +298,7 @@ def run_score(config: ScoreConfig) -> ScoreSummary:
         accuracy=accuracy,
         decided_pairs=decided,
         resumed=len(done),
+        truncated=sum(bool(record.get("truncated")) for record in wanted),
         rewards=(RewardStats.of(config.reward_name, [record["reward"] for record in wanted]),),
         prompt_means=prompt_means(wanted),
     )
@@ -393,6 +432,7 @@ def _record(request: _Request, item: ScoredItem) -> dict[str, Any]:
         "sub_scores": item.sub_scores,
         "overall_score": item.overall_score,
         "parse_ok": item.parse_ok,
+        "truncated": item.truncated,
     }
     if request.instruction is not None:
         record["instruction"] = request.instruction

@@ -100,6 +100,8 @@ def format_score_report(summary: ScoreSummary) -> str:
         lines.append(f"{summary.resumed} of them were already in the output from an earlier run and not scored again")
     if not math.isnan(summary.parse_failure_rate):  # CoTs were parsed
         lines.append(f"CoT answer parse failures: {summary.parse_failure_rate:.1%}")
+    if summary.truncated:
+        lines.append(f"{summary.truncated} CoT(s) hit max_new_tokens before they ended (scored; 'truncated' in the output)")
     if summary.accuracy is not None:
         lines.append(f"pairwise accuracy: {summary.accuracy:.4f} over {summary.decided_pairs} decided pair(s)")
     if summary.rewards:

@@ -1,16 +1,17 @@
 """DeScore scoring: think (generate a CoT), then score (read the head at ``<Reward>``).
 
-With CoT, each video gets one greedy CoT from HF ``generate`` (batched, left-padded; DeScore's inference
-uses greedy decoding with repetition penalty 1.05), then the CoT + ``<Reward>`` sequence goes through one
-forward pass. Without CoT, video + prompt + ``<Reward>`` is scored in a single forward — valid because
-stage 1 drops the CoT for half of the pairs, and the fast mode RL loops need.
+With CoT, each video gets one greedy CoT from the generation backend that ``generation.backend`` names (HF
+``generate``, batched and left-padded, or vLLM; :mod:`reward.generation`; DeScore's inference uses greedy
+decoding with repetition penalty 1.05), then the CoT + ``<Reward>`` sequence goes through one forward pass. A
+CoT cut by ``max_new_tokens`` is still scored, and flagged ``truncated``. Without CoT, video + prompt +
+``<Reward>`` is scored in a single forward — valid because stage 1 drops the CoT for half of the pairs, and
+the fast mode RL loops need.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,37 +20,13 @@ import torch
 from .base import RewardOutput, ScoredItem, register_reward, sampled_batches
 from .calibration import CALIBRATION_FILE, Calibration, read_calibration
 from .checkpoint import resolve_model_source
-from .errors import ConfigError
-from .inputs import encode, generation_text, scoring_text
+from .generation import CotBackend, Generation, GenerationSettings, build_backend
+from .inputs import encode, scoring_text
 from .modeling import DeScoreModel
 from .prompts import JudgeText, judge_text, parse_judge_answer
 from .video import DecodeLimits, SampledVideo, VideoSource
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How the CoT is written. ``temperature`` 0 means greedy decoding."""
-
-    max_new_tokens: int = 2048
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.05
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1 (the CoT needs room for an answer), got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise ConfigError(f"temperature must be >= 0 (0 = greedy decoding), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise ConfigError(f"repetition_penalty must be > 0 (1 = no penalty; DeScore uses 1.05), got {self.repetition_penalty}")
-
-    def generate_kwargs(self) -> dict:
-        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else {"do_sample": False}
-        return {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty, **sampling}
 
 
 def default_device() -> torch.device:
@@ -73,7 +50,8 @@ class DeScoreReward:
         revision: branch, tag or commit of a hub id (default: ``main``); refused with a local folder.
         use_cot: generate a CoT before scoring (``False``: the one-forward fast mode).
         batch_size: videos per generate / forward call.
-        generation: CoT decoding settings.
+        generation: CoT decoding settings and backend (:class:`reward.generation.GenerationSettings`, or its
+            fields as a mapping); vLLM loads ``path``, which must then be a merged export.
         skip_invalid: record unreadable videos as failed items (reward NaN, ``error`` set) instead of raising.
         progress: show a progress bar over batches (the CLI does; RL loops don't).
         device, dtype: where and in which dtype to load the backbone (default: CUDA if present, bf16 there).
@@ -124,7 +102,13 @@ class DeScoreReward:
         self.skip_invalid = skip_invalid
         self.progress = progress
         self.name = "descore" if use_cot else "descore_no_cot"
+        self.folder = folder
         self.calibration = self._carried_calibration(folder) if folder is not None else None
+
+    @functools.cached_property
+    def backend(self) -> CotBackend:
+        """The CoT writer, built on first use (a vLLM engine is only started when a CoT is needed)."""
+        return build_backend(self.generation, model=self.model, model_path=self.folder, device=self.device)
 
     def _carried_calibration(self, folder: Path) -> Calibration | None:
         """The checkpoint's own stats, if they describe this mode (and, with CoT, these decoding settings)."""
@@ -133,7 +117,7 @@ class DeScoreReward:
         calibration = read_calibration(folder / CALIBRATION_FILE)
         recorded = calibration.reward["identity"]["entry"]
         generation = GenerationSettings(**(recorded.get("generation") or {}))
-        same_generation = not self.use_cot or generation == self.generation
+        same_generation = not self.use_cot or generation.decoding() == self.generation.decoding()
         if recorded.get("name") != self.name or not same_generation:
             logger.warning("%s: its calibration stats were computed as %s, not as %s with %s; not using them",
                            folder, recorded, self.name, self.generation)
@@ -167,30 +151,22 @@ class DeScoreReward:
             clips = [clip for _, clip in loaded]
             judges = [judge_text(prompts[i], instructions[i]) for i in indices]
             chunk_cots = [cots[i] for i in indices]
+            truncated: list[bool | None] = [None] * len(clips)  # known only for the CoTs written here
             if self.use_cot:
                 missing = [j for j, cot in enumerate(chunk_cots) if cot is None]
                 if missing:
                     written = self.generate_cots([judges[j] for j in missing], [clips[j] for j in missing])
-                    for j, text in zip(missing, written):
-                        chunk_cots[j] = text
+                    for j, generation in zip(missing, written):
+                        chunk_cots[j], truncated[j] = generation.text, generation.truncated
             rewards = self.head_rewards(judges, clips, chunk_cots if self.use_cot else [None] * len(clips))
-            for index, reward, cot in zip(indices, rewards.tolist(), chunk_cots):
-                items[index] = _scored(reward, cot if self.use_cot else None)
+            for position, (index, reward) in enumerate(zip(indices, rewards.tolist())):
+                cot = chunk_cots[position] if self.use_cot else None
+                items[index] = _scored(reward, cot, truncated=truncated[position])
         return RewardOutput(items=items)
 
-    @torch.no_grad()
-    def generate_cots(self, judges: Sequence[JudgeText], videos: Sequence[SampledVideo]) -> list[str]:
-        processor = self.model.processor
-        texts = [generation_text(processor, judge) for judge in judges]
-        batch = encode(processor, texts, videos, padding_side="left").to(self.device)
-        output = self.model.backbone.generate(
-            **batch,
-            **self.generation.generate_kwargs(),
-            suppress_tokens=[self.model.reward_token_id],
-            pad_token_id=processor.tokenizer.pad_token_id,
-        )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        return processor.batch_decode(new_tokens, skip_special_tokens=True)
+    def generate_cots(self, judges: Sequence[JudgeText], videos: Sequence[SampledVideo]) -> list[Generation]:
+        """One CoT per video from :attr:`backend` with :attr:`generation` (text, ids, truncation flag)."""
+        return [samples[0] for samples in self.backend.generate(judges, videos, settings=self.generation)]
 
     @torch.no_grad()
     def head_rewards(
@@ -205,7 +181,8 @@ class DeScoreReward:
         return model(**batch).float().cpu()
 
 
-def _scored(reward: float, cot: str | None) -> ScoredItem:
+def _scored(reward: float, cot: str | None, *, truncated: bool | None) -> ScoredItem:
+    """``truncated``: whether ``max_new_tokens`` cut the CoT (None: not written here)."""
     if cot is None:
         return ScoredItem(reward=reward)
     parsed = parse_judge_answer(cot)
@@ -217,6 +194,7 @@ def _scored(reward: float, cot: str | None) -> ScoredItem:
         overall_score=answer.overall_score if answer else None,
         parse_ok=answer is not None,
         parse_error=parsed.reason,
+        truncated=truncated,
     )
 
 

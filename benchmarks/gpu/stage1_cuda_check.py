@@ -21,7 +21,8 @@ import yaml
 from benchmarks.synthetic import make_preference_set
 from reward.cold_start import ColdStartConfig, run
 from reward.data import read_preferences
-from reward.scoring import DeScoreReward, GenerationSettings
+from reward.generation import GenerationSettings
+from reward.scoring import DeScoreReward
 from reward.tiny_models import save_tiny_vlm
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "reward" / "tiny_cold_start.yaml"

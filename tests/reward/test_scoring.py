@@ -13,7 +13,8 @@ import torch
 from reward import build_reward, load, registered_rewards
 from reward.base import RewardModel
 from reward.errors import ConfigError
-from reward.scoring import DeScoreReward, GenerationSettings
+from reward.generation import GenerationSettings
+from reward.scoring import DeScoreReward
 from reward.video import VideoFrames
 
 from .helpers import small_clip, truncated_clip
