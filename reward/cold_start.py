@@ -39,6 +39,7 @@ from .errors import ConfigError
 from .losses import bradley_terry_loss, bradley_terry_ties_loss
 from .modeling import DEFAULT_LORA_TARGETS, REWARD_TOKEN, DeScoreModel, LoraSettings, pixel_factor
 from .pairs import PairCollator, PairDataset
+from .prompts import JUDGE_TEMPLATE, read_judge_template, template_sha256
 from .run_record import RUN_CONFIG, check_model_source, check_same_run, file_sha256, resolved_config, write_run_config
 from .tiny_models import resolve_backbone
 from .trainer import DeScoreTrainer, closed_trackers, pairwise_metrics
@@ -96,6 +97,12 @@ class ColdStartConfig(TrainingArguments, DecodeLimitConfig):
         default="assistant",
         metadata={"help": "Where the CoT and <Reward> go: the assistant turn (official stage 2) or the user turn "
                   "(official stage 1). Stored in the checkpoint and used at scoring time."},
+    )
+    judge_template: str | None = field(
+        default=None,
+        metadata={"help": "Text file holding the judge template ({prompt} placeholder, one <video> marker, literal "
+                  "braces as {{ }}); None = the kit's. Stored in the checkpoint, so scoring uses the same wording. "
+                  "Rows with their own instruction (official `problem` column) keep it."},
     )
     # ----- adaptation ----------------------------------------------------------------------------------
     lora_rank: int = field(default=64, metadata={"help": "LoRA rank on the LLM projections."})
@@ -176,6 +183,7 @@ class ColdStartConfig(TrainingArguments, DecodeLimitConfig):
         if self.eval_data is None and self.eval_strategy != "no":
             self.eval_strategy = "no"
         self.decode_limits()  # raises on a bad limit
+        self.template()  # raises on a missing file or a malformed template
         problems = value_problems(self)
         if problems:
             raise ConfigError("invalid stage-1 settings:\n  " + "\n  ".join(problems))
@@ -201,6 +209,10 @@ class ColdStartConfig(TrainingArguments, DecodeLimitConfig):
             pixel_factor=factor,
             max_total_tokens=self.video_max_total_tokens,
         )
+
+    def template(self) -> str:
+        """The judge template text this run trains with."""
+        return JUDGE_TEMPLATE if self.judge_template is None else read_judge_template(self.judge_template)
 
     def lora(self) -> LoraSettings:
         return LoraSettings(
@@ -255,11 +267,13 @@ def run_record(config: ColdStartConfig) -> dict[str, dict[str, Any]]:
     folder is compared by what it reads), plus the content digest of each data file (so a file edited in place
     is a different run). Video files are named by path, not hashed."""
     values = config.to_dict()
-    for key in ("train_data", "eval_data", "model_name_or_path"):
+    for key in ("train_data", "eval_data", "model_name_or_path", "judge_template"):
         if values[key] is not None and Path(values[key]).expanduser().exists():
             values[key] = str(Path(values[key]).expanduser().resolve())
     data = {key: file_sha256(getattr(config, key)) if getattr(config, key) else None for key in ("train_data", "eval_data")}
-    return resolved_config({"config": values, "data_sha256": data})
+    template = config.template()
+    return resolved_config({"config": values, "data_sha256": data,
+                            "judge_template": {"sha256": template_sha256(template), "text": template}})
 
 
 def written_by_stage1(output_dir: Path) -> list[Path]:
@@ -356,6 +370,7 @@ def run(config: ColdStartConfig, callbacks: list[TrainerCallback] | None = None)
         lora=config.lora(),
         dtype=config.torch_dtype,
         attn_implementation=config.attn_implementation,
+        judge_template=config.template(),
     )
     trainer = _build_trainer(config, model, train=train, evaluation=evaluation, spec=spec, callbacks=callbacks)
     claim_output_dir(config, record)
@@ -404,7 +419,7 @@ def _build_trainer(
             limits=config.decode_limits(),
         ),
         eval_dataset=eval_sets,
-        data_collator=PairCollator(model.processor, model.reward_token, config.cot_placement),
+        data_collator=PairCollator(model.processor, model.reward_token, config.cot_placement, model.judge_template),
         compute_metrics=pairwise_metrics,
         pair_loss=pair_loss,
         training_info=training_info,

@@ -23,6 +23,7 @@ from .entry_file import RewardEntry, read_reward_entry
 from .errors import ConfigError, DataError, VideoDecodeError
 from .losses import pairwise_accuracy
 from .modeling import EXPORT_MARKER, MANIFEST_NAME, REWARD_TOKEN, DeScoreManifest, DeScoreModel
+from .prompts import template_sha256
 from .run_record import (
     RUN_CONFIG,
     check_model_source,
@@ -193,8 +194,12 @@ class ScoreConfig(DecodeLimitConfig):
         if self.reward is not None:
             return resolved_config({"reward": self.reward_entry.settings()})
         device = torch.device(self.device) if self.device is not None else default_device()
+        source = resolve_model_source(self.model, revision=self.revision)
+        template = DeScoreManifest.read(source.folder).scoring_template
         return resolved_config({
-            "model": checkpoint_identity(resolve_model_source(self.model, revision=self.revision)),
+            "model": checkpoint_identity(source),
+            # The judge wording the model scores with (rows with their own instruction record it per line).
+            "judge_template": {"sha256": template_sha256(template), "text": template},
             "scoring": {
                 "cot": self.cot,
                 "cot_source": self.cot_source if self.cot else None,

@@ -9,7 +9,7 @@ to bf16.
 Checkpoint directory (``save_pretrained`` / ``from_pretrained``)::
 
     descore_config.json          manifest: base model, its fingerprint, backbone format, <Reward> id, CoT
-                                 placement, VideoSpec, library versions
+                                 placement, VideoSpec, judge template, library versions
     reward_head.safetensors      the head weight, shape (1, hidden_size)
     tokenizer / processor files  with <Reward> registered as a special token
     config.json + model*.safetensors           when the backbone is merged (a plain HF checkpoint), or
@@ -20,6 +20,10 @@ Checkpoint directory (``save_pretrained`` / ``from_pretrained``)::
 
 A checkpoint is named by a local folder or a hub id (``owner/name``, fetched once into the hub cache; a local
 folder of that name wins), resolved in one place: :func:`reward.checkpoint.resolve_model_source`.
+
+The judge template (the instruction the model reads around the video, see :mod:`reward.prompts`) is part of
+the model: training stores the one it used, and every scoring path builds its text from
+``DeScoreModel.judge_template``. Checkpoints written before format 3 carry none and get the kit's template.
 
 Loading checks every key both ways and fails on any mismatch. Weights are read from safetensors only. An
 adapter checkpoint names its base by absolute path (or hub id) and records the base's fingerprint
@@ -58,6 +62,7 @@ from .checkpoint import (
 )
 from .errors import CheckpointError, ConfigError
 from .inputs import COT_PLACEMENTS, CotPlacement
+from .prompts import JUDGE_TEMPLATE, check_judge_template
 from .run_record import looks_like_hub_id
 from .video import VideoSpec
 
@@ -68,7 +73,10 @@ MANIFEST_NAME = "descore_config.json"
 HEAD_NAME = "reward_head.safetensors"
 EXPORT_MARKER = "descore_export.json"  # marks a folder written by export_merged (it may be replaced by a re-export)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-FORMAT_VERSION = 2  # 2 adds base_fingerprint; version-1 checkpoints still load (their base is not verified)
+# 2 adds base_fingerprint, 3 the judge template; older checkpoints still load (base not verified before 2; the
+# kit's judge template, with a warning, before 3).
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, FORMAT_VERSION)
 # The LLM's attention and MLP projections; the vision tower (``visual``) is excluded and trained in full.
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -108,6 +116,7 @@ class DeScoreManifest:
     hidden_size: int
     cot_placement: str
     video_spec: VideoSpec
+    judge_template: str | None  # None only in checkpoints written before format 3
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -122,19 +131,32 @@ class DeScoreManifest:
             raise CheckpointError(f"{directory} is not a DeScore checkpoint: {MANIFEST_NAME} is missing")
         payload = json.loads(path.read_text())
         payload.pop("versions", None)
-        if payload.get("format_version") not in (1, FORMAT_VERSION):
+        if payload.get("format_version") not in _READABLE_VERSIONS:
             raise CheckpointError(
                 f"{path}: format_version {payload.get('format_version')} is not supported (expected {FORMAT_VERSION})"
             )
         if payload["format_version"] == 1:
             payload.setdefault("base_fingerprint", None)
+        if payload["format_version"] < 3:
+            payload.setdefault("judge_template", None)
         known = set(cls.__dataclass_fields__)
         unknown = set(payload) - known
         missing = {name for name in known if name not in payload} - {"training"}
         if unknown or missing:
             raise CheckpointError(f"{path}: unexpected keys {sorted(unknown)}, missing keys {sorted(missing)}")
         payload["video_spec"] = VideoSpec.from_dict(payload["video_spec"])
+        if payload["judge_template"] is not None:
+            try:
+                check_judge_template(payload["judge_template"])
+            except ConfigError as error:
+                raise CheckpointError(f"{path}: {error}") from error
         return cls(**payload)
+
+    @property
+    def scoring_template(self) -> str:
+        """The judge template a model from this checkpoint scores with: its own, or (before format 3, when
+        none was stored) the kit's."""
+        return JUDGE_TEMPLATE if self.judge_template is None else self.judge_template
 
 
 def _library_versions() -> dict[str, str]:
@@ -155,6 +177,7 @@ class DeScoreModel(nn.Module):
         base_fingerprint: str | None = None,
         reward_token: str = REWARD_TOKEN,
         head: nn.Linear | None = None,
+        judge_template: str = JUDGE_TEMPLATE,
     ) -> None:
         super().__init__()
         if cot_placement not in COT_PLACEMENTS:
@@ -175,6 +198,7 @@ class DeScoreModel(nn.Module):
         self.base_fingerprint = base_fingerprint
         self.video_spec = video_spec
         self.cot_placement = cot_placement
+        self.judge_template = check_judge_template(judge_template)
         self.reward_token = reward_token
         self.reward_token_id = reward_token_id
         self.hidden_size = backbone.config.get_text_config().hidden_size
@@ -193,10 +217,12 @@ class DeScoreModel(nn.Module):
         lora: LoraSettings | None = None,
         dtype: torch.dtype | str = "auto",
         attn_implementation: str | None = None,
+        judge_template: str = JUDGE_TEMPLATE,
     ) -> DeScoreModel:
         """A fresh DeScore model over a pretrained backbone (a hub id or a local directory).
 
         With ``lora`` the trainable parameters are float32 whatever ``dtype`` the frozen weights load in.
+        ``judge_template`` is the instruction it will be trained and scored with (saved in its checkpoints).
         """
         directory = resolve_model_source(model_name_or_path).folder
         fingerprint = weights_fingerprint(directory)
@@ -215,6 +241,7 @@ class DeScoreModel(nn.Module):
             base_fingerprint=fingerprint,
             video_spec=video_spec,
             cot_placement=cot_placement,
+            judge_template=judge_template,
         )
 
     @classmethod
@@ -261,6 +288,11 @@ class DeScoreModel(nn.Module):
                 upcast_trainable_(backbone)
         else:
             raise CheckpointError(f"{directory}: unknown backbone_format {manifest.backbone_format!r}")
+        if manifest.judge_template is None:
+            logger.warning(
+                "%s predates stored judge templates (format_version %d); scoring with the kit's JUDGE_TEMPLATE. If "
+                "it was trained with other wording, its rewards differ from training.", directory, manifest.format_version
+            )
         if backbone.config.get_text_config().hidden_size != manifest.hidden_size:
             raise CheckpointError(f"{directory}: backbone hidden size differs from the manifest's {manifest.hidden_size}")
         model = cls(
@@ -271,6 +303,7 @@ class DeScoreModel(nn.Module):
             video_spec=manifest.video_spec,
             cot_placement=manifest.cot_placement,
             reward_token=manifest.reward_token,
+            judge_template=manifest.scoring_template,
         )
         model.load_head(directory)
         model.training_info = manifest.training
@@ -316,6 +349,7 @@ class DeScoreModel(nn.Module):
             hidden_size=self.hidden_size,
             cot_placement=self.cot_placement,
             video_spec=self.video_spec,
+            judge_template=self.judge_template,
             training=training if training is not None else self.training_info,
         )
 

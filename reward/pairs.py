@@ -22,7 +22,7 @@ from transformers import BatchFeature, ProcessorMixin
 from .data import PreferencePair
 from .errors import VideoDecodeError
 from .inputs import CotPlacement, encode, scoring_text
-from .prompts import judge_text
+from .prompts import JUDGE_TEMPLATE, judge_text
 from .video import DecodeLimits, SampledVideo, VideoSpec, load_video
 
 logger = logging.getLogger(__name__)
@@ -103,17 +103,22 @@ class PairDataset(Dataset):
 
 @dataclass
 class PairCollator:
-    """Builds the scoring sequences of a batch of pairs and tokenises them with their videos."""
+    """Builds the scoring sequences of a batch of pairs and tokenises them with their videos.
+
+    ``judge_template`` is the model's (``DeScoreModel.judge_template``); a pair's own ``instruction`` (the
+    official CSV's ``problem``) is used verbatim instead.
+    """
 
     processor: ProcessorMixin
     reward_token: str
     placement: CotPlacement
+    judge_template: str = JUDGE_TEMPLATE
 
     def __call__(self, examples: Sequence[PairExample]) -> BatchFeature:
         texts_a, texts_b = [], []
         for example in examples:
             pair = example.pair
-            judge = judge_text(pair.prompt, pair.instruction)
+            judge = judge_text(pair.prompt, pair.instruction, template=self.judge_template)
             for texts, cot in ((texts_a, pair.cot_a), (texts_b, pair.cot_b)):
                 texts.append(
                     scoring_text(

@@ -10,11 +10,16 @@ project page), no ``<think>`` block is required (docs/descore.md, "Where the kit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import string
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
+
+from .errors import ConfigError
 
 SUB_DIMENSIONS: tuple[str, ...] = ("subject", "dynamics", "camera", "environment", "style")
 VIDEO_PLACEHOLDER = "<video>"
@@ -68,17 +73,65 @@ class JudgeText:
     suffix: str
 
 
-def judge_text(prompt: str, instruction: str | None = None) -> JudgeText:
+def check_judge_template(template: str) -> str:
+    """Return ``template`` if it can build judge text, else raise ConfigError saying what is wrong.
+
+    A template is ``str.format`` text: one ``{prompt}`` placeholder or more (the T2V prompt), literal braces
+    written ``{{`` and ``}}``, no other field, and exactly one ``<video>`` marker where the video goes.
+    """
+    problems = []
+    markers = template.count(VIDEO_PLACEHOLDER)
+    if markers != 1:
+        problems.append(f"it has {markers} {VIDEO_PLACEHOLDER} markers (exactly one is needed)")
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as error:
+        problems.append(f"its braces do not parse ({error}); write a literal brace as {{{{ or }}}}")
+    else:
+        if "prompt" not in fields:
+            problems.append("it has no {prompt} placeholder")
+        others = sorted(fields - {"prompt"})
+        if others:
+            problems.append(f"it has placeholders other than {{prompt}}: {others} (write literal braces as {{{{ }}}})")
+    if problems:
+        raise ConfigError(f"judge template {template[:80]!r}...: " + "; ".join(problems))
+    return template
+
+
+def read_judge_template(path: str | Path) -> str:
+    """A judge template from a text file (see :func:`check_judge_template`); one final newline, which editors
+    add, is dropped, so a file holding exactly the template text reproduces it."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"judge template file {path} does not exist")
+    try:
+        text = file.read_text(encoding="utf-8").removesuffix("\n")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"judge template file {path} is not UTF-8 text ({error})") from error
+    try:
+        return check_judge_template(text)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def template_sha256(template: str) -> str:
+    """Content digest naming a template in run records and score settings."""
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()
+
+
+def judge_text(prompt: str, instruction: str | None = None, *, template: str | None = None) -> JudgeText:
     """Return the judge instruction for a T2V ``prompt``, split at the video position.
 
-    ``instruction`` overrides the template verbatim (the ``problem`` column of the official DeScore
-    stage-1 CSV). An instruction without a ``<video>`` marker puts the video first, as the official
-    stage-1 collator does.
+    ``template`` is the model's judge template (``DeScoreModel.judge_template``, stored in its checkpoint;
+    None: the kit's :data:`JUDGE_TEMPLATE`). ``instruction`` overrides it verbatim (the ``problem`` column of
+    the official DeScore CSVs, the prompt already filled in). An instruction without a ``<video>`` marker puts
+    the video first, as the official stage-1 collator does.
     """
     if instruction is None:
+        template = JUDGE_TEMPLATE if template is None else check_judge_template(template)
         # Split before formatting, so a prompt that itself contains "<video>" stays text.
-        prefix, _, suffix = JUDGE_TEMPLATE.partition(VIDEO_PLACEHOLDER)
-        return JudgeText(prefix=prefix.format(prompt=prompt.strip()), suffix=suffix.format())
+        prefix, _, suffix = template.partition(VIDEO_PLACEHOLDER)
+        return JudgeText(prefix=prefix.format(prompt=prompt.strip()), suffix=suffix.format(prompt=prompt.strip()))
     if instruction.count(VIDEO_PLACEHOLDER) > 1:
         raise ValueError(f"the judge instruction contains {VIDEO_PLACEHOLDER} more than once: {instruction[:200]!r}")
     prefix, marker, suffix = instruction.partition(VIDEO_PLACEHOLDER)

@@ -149,7 +149,7 @@ class DeScoreReward:
         for loaded in batches:
             indices = [index for index, _ in loaded]
             clips = [clip for _, clip in loaded]
-            judges = [judge_text(prompts[i], instructions[i]) for i in indices]
+            judges = [judge_text(prompts[i], instructions[i], template=self.model.judge_template) for i in indices]
             chunk_cots = [cots[i] for i in indices]
             truncated: list[bool | None] = [None] * len(clips)  # known only for the CoTs written here
             if self.use_cot:
