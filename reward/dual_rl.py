@@ -38,7 +38,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,7 +60,7 @@ from .dual_rl_rollout import (
 from .dual_rl_state import CHECKPOINTS, RunState, checkpoint_dir, latest_checkpoint, load_state, rng_state, save_state
 from .errors import ConfigError
 from .faults import FaultCounters, SkipReason, guarded_optimizer_step
-from .generation import GenerationSettings, build_backend
+from .generation import build_backend, end_token_ids
 from .inputs import encode, scoring_text
 from .losses import pairwise_accuracy
 from .modeling import REWARD_TOKEN, DeScoreModel, LoraSettings, pixel_factor, upcast_trainable_
@@ -246,7 +246,7 @@ def collect_rollouts(
     rewards = config.reward_settings()
     collected = []
     for position, pair in pairs:
-        judge = judge_text(pair.prompt, pair.instruction)
+        judge = judge_text(pair.prompt, pair.instruction, template=model.judge_template)
         for side, (path, truth) in enumerate(((pair.video_a, pair.scores_a), (pair.video_b, pair.scores_b))):
             video = load_video(path, model.video_spec, limits=config.decode_limits())
             video_id = 2 * position + side
@@ -289,7 +289,7 @@ class MicroBatch:
 
 
 def micro_batches(config: DualRlConfig, rollouts: list[VideoRollouts], advantages: torch.Tensor,
-                  labels: list[int], *, reward_token_id: int, end_token_ids: list[int], pad_token_id: int
+                  labels: list[int], *, reward_token_id: int, end_ids: Sequence[int], pad_token_id: int
                   ) -> list[list[MicroBatch]]:
     """The micro-batches of each update (this process's share), in training order."""
     per_video = config.num_generations
@@ -312,7 +312,7 @@ def micro_batches(config: DualRlConfig, rollouts: list[VideoRollouts], advantage
                     generation = rollouts[video].generations[index]
                     policy_items.append((rollouts[video].prompt, generation.token_ids))
                     reward_items.append((rollouts[video].prompt, reward_response(
-                        generation.token_ids, reward_token_id=reward_token_id, end_token_ids=end_token_ids)))
+                        generation.token_ids, reward_token_id=reward_token_id, end_token_ids=end_ids)))
                     chunk_advantages.append(rows[video, index])
             chunk_labels = torch.tensor([labels[pair] for *_, pair in chunk])
             batches.append(MicroBatch(
@@ -402,13 +402,12 @@ def evaluate(config: DualRlConfig, policy: Policy, backend: Any, accelerator: Ac
              pairs: list[PreferencePair]) -> dict[str, float]:
     """Head accuracy on held-out pairs with a greedy CoT from the current policy and without a CoT."""
     model = policy.model
-    greedy = GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=0.0, top_p=1.0,
-                                repetition_penalty=1.0, backend=config.generation_backend)
+    greedy = replace(config.rollout_settings(), temperature=0.0)
     end_ids = _end_token_ids(model)
     results = []
     model.eval()
     for pair in pairs[accelerator.process_index::accelerator.num_processes]:
-        judge = judge_text(pair.prompt, pair.instruction)
+        judge = judge_text(pair.prompt, pair.instruction, template=model.judge_template)
         videos = [load_video(path, model.video_spec, limits=config.decode_limits()) for path in (pair.video_a, pair.video_b)]
         generations = [row[0] for row in backend.generate([judge, judge], videos, settings=greedy, seed=config.seed)]
         prompts = [PromptInputs.encode(model.processor, judge, video) for video in videos]
@@ -429,9 +428,8 @@ def evaluate(config: DualRlConfig, policy: Policy, backend: Any, accelerator: Ac
             "eval/decided_pairs": float(count)}
 
 
-def _end_token_ids(model: DeScoreModel) -> list[int]:
-    eos = model.backbone.generation_config.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos or [])
+def _end_token_ids(model: DeScoreModel) -> tuple[int, ...]:
+    return end_token_ids(getattr(model.backbone, "generation_config", None), model.processor)
 
 
 def _pad_id(model: DeScoreModel) -> int:
@@ -477,19 +475,21 @@ def _train(config: DualRlConfig, accelerator: Accelerator, train: PreferenceData
                    rank=accelerator.process_index)
     resumed_from = state.step or None
     model = policy.model
-    backend = build_backend(config.rollout_settings(), model=model, device=accelerator.device)
+    backend = build_backend(config.rollout_settings(), model=model, model_path=config.model_name_or_path,
+                            device=accelerator.device, seed=config.seed)
     history, first_ratio, eval_metrics = [], None, {}
     for step in range(state.step, config.max_steps):
         started = time.perf_counter()
         mine = step_pairs(config, train.pairs, step=step, rank=accelerator.process_index,
                           processes=accelerator.num_processes)
+        backend.sync_weights(model)  # vLLM colocate: the engine samples from the current weights (HF: no-op)
         model.eval()
         rollouts = collect_rollouts(config, policy, backend, mine, step=step)
         model.train()
         sampled = time.perf_counter()
         advantages = gathered_advantages(accelerator, rollouts)
         updates = micro_batches(config, rollouts, advantages, [pair.label for _, pair in mine],
-                                reward_token_id=model.reward_token_id, end_token_ids=_end_token_ids(model),
+                                reward_token_id=model.reward_token_id, end_ids=_end_token_ids(model),
                                 pad_token_id=_pad_id(model))
         fill_old_and_reference(config, policy, accelerator, updates)
         stats: dict[str, list[float]] = {}
@@ -502,7 +502,6 @@ def _train(config: DualRlConfig, accelerator: Accelerator, train: PreferenceData
                 skipped += not applied
                 for key, values in update_stats.items():
                     stats.setdefault(key, []).extend(values)
-                backend.sync_weights(model)
         reason = SkipReason.NONFINITE if skipped == len(updates) * config.ppo_epochs else None
         state.faults.record(reason)
         state.step = step + 1

@@ -13,10 +13,9 @@ from typing import Literal
 from .errors import ConfigError
 from .generation import GenerationSettings
 from .modeling import DEFAULT_LORA_TARGETS
-from .rollout_rewards import RolloutRewardSettings
+from .rollout_rewards import LENGTH_FORMS, RolloutRewardSettings
 from .video import DecodeLimitConfig, VideoSpec
 
-LENGTH_FORMS = ("official_chars", "paper_tokens")
 
 
 @dataclass
@@ -65,15 +64,19 @@ class DualRlConfig(DecodeLimitConfig):
     top_p: float = field(default=1.0, metadata={"help": "Rollout nucleus sampling."})
     max_new_tokens: int = field(default=4096, metadata={"help": "Longest CoT (official max_response_length)."})
     generation_backend: Literal["hf", "vllm"] = field(
-        default="hf", metadata={"help": "hf: generate with the live model; vllm: a vLLM engine (weights synced "
-                                        "after every update)."})
-    vllm_mode: Literal["colocate", "server"] = field(
-        default="colocate", metadata={"help": "vLLM in this process (colocate) or a separate server."})
+        default="hf", metadata={"help": "hf: generate with the live model; vllm: a colocated vLLM engine."})
+    vllm_mode: Literal["colocate"] = field(
+        default="colocate", metadata={"help": "vLLM in this process, weights pushed before every rollout "
+                                              "(model_name_or_path must then be a merged checkpoint). A vLLM server "
+                                              "cannot take the trained weights, so it is not offered here."})
+    vllm_max_model_len: int = field(default=10_296, metadata={"help": "vLLM context: prompt (official max 6200) + "
+                                                                       "response (4096)."})
+    vllm_gpu_memory_utilization: float = field(default=0.6, metadata={"help": "vLLM's GPU share (official 0.6)."})
     # ----- rollout reward ------------------------------------------------------------------------------
     quality_weight: float = field(default=0.7, metadata={"help": "Weight of sub-score agreement with the truth."})
     format_weight: float = field(default=0.1, metadata={"help": "Weight of a parseable <answer> JSON."})
     length_weight: float = field(default=0.2, metadata={"help": "Weight of the length reward."})
-    length_form: str = field(
+    length_form: Literal["official_chars", "paper_tokens"] = field(
         default="official_chars", metadata={"help": "official_chars: the official step function of characters; "
                                                     "paper_tokens: the paper's linear ramp in tokens."})
     length_min: int = field(default=500, metadata={"help": "Length where the length reward starts."})
@@ -160,8 +163,11 @@ class DualRlConfig(DecodeLimitConfig):
 
     def rollout_settings(self) -> GenerationSettings:
         """How rollouts are sampled (no repetition penalty, as the official rollouts)."""
-        return GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                  repetition_penalty=1.0, backend=self.generation_backend)
+        return GenerationSettings(backend=self.generation_backend, max_new_tokens=self.max_new_tokens,
+                                  temperature=self.temperature, top_p=self.top_p, top_k=0, repetition_penalty=1.0,
+                                  vllm_mode=self.vllm_mode,
+                                  max_model_len=self.vllm_max_model_len,
+                                  gpu_memory_utilization=self.vllm_gpu_memory_utilization)
 
     def reward_settings(self) -> RolloutRewardSettings:
         return RolloutRewardSettings(quality_weight=self.quality_weight, format_weight=self.format_weight,
