@@ -428,6 +428,17 @@ def evaluate(config: DualRlConfig, policy: Policy, backend: Any, accelerator: Ac
             "eval/decided_pairs": float(count)}
 
 
+def suppressed_token_ids(model: DeScoreModel) -> tuple[int, ...]:
+    """Tokens a rollout must never sample: ``<Reward>`` (the head's query) and the image / video placeholders
+    and their delimiters (a sampled ``<|video_pad|>`` would ask the training forward for a video that is not
+    there)."""
+    processor = model.processor
+    names = [getattr(processor, name, None) for name in ("image_token", "video_token", "vision_start_token",
+                                                         "vision_end_token")]
+    ids = processor.tokenizer.convert_tokens_to_ids([name for name in names if name])
+    return (model.reward_token_id, *(i for i in ids if i is not None and i != processor.tokenizer.unk_token_id))
+
+
 def _end_token_ids(model: DeScoreModel) -> tuple[int, ...]:
     return end_token_ids(getattr(model.backbone, "generation_config", None), model.processor)
 
@@ -476,7 +487,8 @@ def _train(config: DualRlConfig, accelerator: Accelerator, train: PreferenceData
     resumed_from = state.step or None
     model = policy.model
     backend = build_backend(config.rollout_settings(), model=model, model_path=config.model_name_or_path,
-                            device=accelerator.device, seed=config.seed)
+                            device=accelerator.device, suppress_token_ids=suppressed_token_ids(model),
+                            seed=config.seed)
     history, first_ratio, eval_metrics = [], None, {}
     for step in range(state.step, config.max_steps):
         started = time.perf_counter()

@@ -50,7 +50,7 @@ def write_rl_pairs(directory: Path, *, pairs: int, seed: int, name: str) -> Path
     return path
 
 
-def save_tiny_stage1(backbone_dir: Path, output: Path, *, end_boost: float = 5.0) -> Path:
+def save_tiny_stage1(backbone_dir: Path, output: Path, *, end_boost: float = 10.0) -> Path:
     """A merged tiny DeScore checkpoint: random stage-1 LoRA merged in, short judge template, and the end
     token's LM-head row moved towards the mean prompt hidden state so that p(end) is a few percent per token."""
     torch.manual_seed(0)
@@ -69,13 +69,16 @@ def save_tiny_stage1(backbone_dir: Path, output: Path, *, end_boost: float = 5.0
 def _advantages(config, output: Path) -> None:
     from accelerate import Accelerator
 
-    from reward.dual_rl import collect_rollouts, gathered_advantages, load_pairs, load_policy, step_pairs
+    from reward.dual_rl import (
+        collect_rollouts, gathered_advantages, load_pairs, load_policy, step_pairs, suppressed_token_ids,
+    )
     from reward.generation import build_backend
 
     accelerator = Accelerator(cpu=True)
     pairs = load_pairs(config.train_data, config, need_truth=True).pairs
     policy = load_policy(config, accelerator.device)
-    backend = build_backend(config.rollout_settings(), model=policy.model, device=accelerator.device)
+    backend = build_backend(config.rollout_settings(), model=policy.model, device=accelerator.device,
+                            suppress_token_ids=suppressed_token_ids(policy.model))
     mine = step_pairs(config, pairs, step=0, rank=accelerator.process_index, processes=accelerator.num_processes)
     policy.model.eval()
     rollouts = collect_rollouts(config, policy, backend, mine, step=0)
@@ -95,6 +98,6 @@ if __name__ == "__main__":
     config = DualRlConfig(**values)
     if mode == "train":
         result = run(config)
-        print(json.dumps({"history": result.reward_history, "first_ratio": result.first_ratio}))
+        print(json.dumps({"history": result.reward_history, "resumed_from_step": result.resumed_from_step}))
     else:
         _advantages(config, Path(sys.argv[3]))

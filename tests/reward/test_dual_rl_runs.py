@@ -76,13 +76,13 @@ def test_training_pairs_need_ground_truth(stage1, rl_pairs, tmp_path, visual_pai
 
 @pytest.mark.slow
 def test_mean_rollout_reward_rises(stage1, rl_pairs, tmp_path):
-    """Length reward over 0-8 tokens; the tiny policy starts ending early in some rollouts and learns not to."""
+    """Length reward over 0-8 tokens (quality and format stay 0 for a random model): the tiny policy starts
+    ending early in about half of its rollouts (mean reward 0.2 * 4.25 / 8 ~ 0.11) and learns not to."""
     train, _ = rl_pairs
-    result = run(tiny_config(stage1, train, tmp_path / "run", max_steps=24, save_steps=24, kl_coef=0.0))
-    history = result.reward_history
-    first, last = sum(history[:6]) / 6, sum(history[-6:]) / 6
-    print(f"mean rollout reward: first 6 steps {first:.4f}, last 6 steps {last:.4f}")
-    assert last > first + 0.02
+    history = run(tiny_config(stage1, train, tmp_path / "run", max_steps=12, save_steps=12,
+                              learning_rate=5e-5)).reward_history
+    print("mean rollout reward per step:", [round(value, 4) for value in history])
+    assert history[0] < 0.15 and sum(history[-4:]) / 4 > 0.19
 
 
 def _worker(mode: str, config: DualRlConfig, *extra: str, processes: int = 1, port: int = 29531
@@ -122,7 +122,8 @@ def test_killed_and_resumed_run_ends_bit_identical(stage1, rl_pairs, tmp_path):
     assert not (tmp_path / "interrupted" / "final").exists()  # killed mid-run, after a checkpoint
     resumed = _worker("train", interrupted)
     _finished(_worker("train", straight))
-    _finished(resumed)
+    report = json.loads(_finished(resumed).strip().splitlines()[-1])
+    assert report["resumed_from_step"] >= 1 and len(report["history"]) == 3 - report["resumed_from_step"]
     left, right = _final_tensors(tmp_path / "straight" / "final"), _final_tensors(tmp_path / "interrupted" / "final")
     assert left.keys() == right.keys() and all(torch.equal(left[key], right[key]) for key in left)
 
