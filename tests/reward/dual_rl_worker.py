@@ -101,3 +101,28 @@ if __name__ == "__main__":
         print(json.dumps({"history": result.reward_history, "resumed_from_step": result.resumed_from_step}))
     else:
         _advantages(config, Path(sys.argv[3]))
+
+
+def fit_head(checkpoint: Path, pairs_csv: Path, output: Path) -> Path:
+    """``checkpoint`` with its head set to the difference of the mean no-CoT ``<Reward>`` states of the
+    preferred and the rejected videos of ``pairs_csv``: a stage-1-like head that separates clean from noisy."""
+    from reward.data import read_preferences
+    from reward.inputs import encode, scoring_text
+    from reward.prompts import judge_text
+    from reward.video import load_video
+
+    model = DeScoreModel.from_pretrained(checkpoint, dtype="float32")
+    states = {1: [], -1: []}
+    core = multimodal_core(model.backbone)
+    for pair in read_preferences(pairs_csv).pairs:
+        judge = judge_text(pair.prompt, template=model.judge_template)
+        text = scoring_text(model.processor, judge, None, placement=model.cot_placement, reward_token=model.reward_token)
+        for sign, path in ((pair.label, pair.video_a), (-pair.label, pair.video_b)):
+            batch = encode(model.processor, [text], [load_video(path, model.video_spec)])
+            with torch.no_grad():
+                hidden = core(**batch).last_hidden_state[0]
+            states[sign].append(hidden[batch["input_ids"][0] == model.reward_token_id][0])
+    direction = torch.stack(states[1]).mean(0) - torch.stack(states[-1]).mean(0)
+    with torch.no_grad():
+        model.head.weight.copy_((direction / direction.norm() ** 2 * 4.0)[None])
+    return save_descore(model, output)

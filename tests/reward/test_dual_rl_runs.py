@@ -85,6 +85,38 @@ def test_mean_rollout_reward_rises(stage1, rl_pairs, tmp_path):
     assert history[0] < 0.15 and sum(history[-4:]) / 4 > 0.19
 
 
+@pytest.mark.slow
+def test_bt_keeps_held_out_head_accuracy_that_grpo_alone_loses(stage1, rl_pairs, tmp_path):
+    """A stage-1-like head (fitted to separate clean from noisy clips) under GRPO at a large learning rate with
+    a 0-32 token length reward: without BT the LLM moves away under the fixed head and held-out accuracy falls;
+    with BT the head and the LLM are pulled back to the preferences."""
+    from accelerate import Accelerator
+
+    from reward.dual_rl import evaluate, load_pairs, load_policy, suppressed_token_ids
+    from reward.generation import build_backend
+
+    from .dual_rl_worker import fit_head
+
+    train, held_out = rl_pairs
+    start = fit_head(stage1, train, tmp_path / "head")
+
+    def config(bt_weight: float) -> DualRlConfig:
+        return tiny_config(start, train, tmp_path / f"bt{bt_weight}", eval_data=str(held_out), bt_weight=bt_weight,
+                           learning_rate=1e-2, max_steps=8, eval_steps=8, save_steps=8, length_max=32,
+                           max_new_tokens=32)
+
+    policy = load_policy(config(0.0), torch.device("cpu"))
+    backend = build_backend(config(0.0).rollout_settings(), model=policy.model,
+                            suppress_token_ids=suppressed_token_ids(policy.model))
+    before = evaluate(config(0.0), policy, backend, Accelerator(cpu=True), load_pairs(str(held_out), config(0.0),
+                                                                                      need_truth=False).pairs)
+    grpo_only, with_bt = run(config(0.0)).eval_metrics, run(config(1.0)).eval_metrics
+    print("held-out head accuracy (CoT / no CoT): start", before, "GRPO only", grpo_only, "GRPO + BT", with_bt)
+    for key in ("eval/head_accuracy_cot", "eval/head_accuracy_no_cot"):
+        assert grpo_only[key] <= before[key] - 0.25
+        assert with_bt[key] >= before[key]
+
+
 def _worker(mode: str, config: DualRlConfig, *extra: str, processes: int = 1, port: int = 29531
             ) -> subprocess.Popen:
     launcher = [sys.executable] if processes == 1 else [
