@@ -243,7 +243,7 @@ def selected_command(command: Command, argv: list[str]) -> Command:
     """The job ``argv`` picks when the command has variants: ``--<key> value`` over the recipe's ``key``."""
     if command.variants is None:
         return command
-    key = command.variants[0]
+    key = command.variants.key
     name, rest = _split_config(argv)
     value = _read_recipe(name).get(key) if name is not None else None
     for index, token in enumerate(rest):

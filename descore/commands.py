@@ -13,6 +13,15 @@ from typing import Any, Callable
 
 
 @dataclass(frozen=True)
+class Variants:
+    """Jobs one command runs, by the value of ``key``: ``default`` names the command's own row."""
+
+    key: str
+    default: str
+    others: dict[str, Command]
+
+
+@dataclass(frozen=True)
 class Command:
     """A CLI job: its help line, the dataclasses its flags fill, the function that runs it and its report."""
 
@@ -26,15 +35,19 @@ class Command:
     # Keys taken from the command line only: a recipe's value is dropped (a training recipe's output_dir is
     # where that training writes, never where `tune sample` should put its videos).
     flag_only: tuple[str, ...] = ()
-    # A key whose value (from --key or the recipe) picks another job run by the same command: (key, {value:
-    # Command}). Without the key, or with another value, this row runs and its config checks the value.
-    variants: tuple[str, dict[str, Command]] | None = None
+    # Other jobs run by the same command, picked by the value of one key (from --key or the recipe).
+    variants: Variants | None = None
 
     def selected(self, value: Any) -> Command:
-        """The job for ``value`` of the :attr:`variants` key (this row when it names none)."""
-        if self.variants is None:
+        """The job for ``value`` of the :attr:`variants` key: this row without a value or for its own name."""
+        if self.variants is None or value is None or value == self.variants.default:
             return self
-        return self.variants[1].get(value, self)
+        if value not in self.variants.others:
+            from reward.errors import ConfigError
+
+            known = [self.variants.default, *self.variants.others]
+            raise ConfigError(f"{self.variants.key} must be one of {known}, got {value!r}")
+        return self.variants.others[value]
 
     def config_classes(self) -> tuple[type, ...]:
         return tuple(load(reference) for reference in self.configs)
@@ -122,7 +135,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         "DeScore training: stage 1 (cold start, BT on the <Reward> head) or, with stage: dual_rl, stage 2 (GRPO on "
         "the CoTs + BT on the head)",
         ("reward.cold_start:ColdStartConfig",), "reward.cold_start:run", _report_train,
-        variants=("stage", {"dual_rl": Command(
+        variants=Variants("stage", "cold_start", {"dual_rl": Command(
             "DeScore stage 2 (dual-objective RL): GRPO on the CoTs + BT on the <Reward> head",
             ("reward.dual_rl_config:DualRlConfig",), "reward.dual_rl:run", _report_dual_rl)})),
     ("reward", "score"): Command(
