@@ -33,13 +33,10 @@ merged DeScore checkpoint in ``output_dir/final`` (training info stage ``dual_rl
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,19 +48,16 @@ from accelerate.utils import gather_object
 from .checkpoint import atomic_directory
 from .data import PreferenceData, PreferencePair, read_preferences
 from .dual_rl_config import DualRlConfig
-from .dual_rl_losses import (
-    low_var_kl, masked_token_sum, paired_bt_loss, token_ppo_clip_loss, video_group_advantages,
-)
-from .dual_rl_rollout import (
-    PromptInputs, SequenceBatch, VideoRollouts, head_rewards, response_log_probs, reward_response, sequence_batch,
-)
+from .dual_rl_policy import Policy, load_policy, new_optimizer, pad_token_id, response_end_ids, suppressed_token_ids
+from .dual_rl_rollout import PromptInputs, VideoRollouts, head_rewards, reward_response, sequence_batch
 from .dual_rl_state import CHECKPOINTS, RunState, checkpoint_dir, latest_checkpoint, load_state, rng_state, save_state
+from .dual_rl_update import fill_old_and_reference, gathered_advantages, micro_batches, train_update
 from .errors import ConfigError
-from .faults import FaultCounters, SkipReason, guarded_optimizer_step
-from .generation import build_backend, end_token_ids
+from .faults import FaultCounters, SkipReason
+from .generation import build_backend
 from .inputs import encode, scoring_text
 from .losses import pairwise_accuracy
-from .modeling import REWARD_TOKEN, DeScoreModel, LoraSettings, pixel_factor, upcast_trainable_
+from .modeling import REWARD_TOKEN
 from .prompts import judge_text
 from .rollout_rewards import rollout_reward
 from .run_record import RUN_CONFIG, check_model_source, check_same_run, file_sha256, resolved_config, write_run_config
@@ -90,24 +84,6 @@ class DualRlResult:
     eval_metrics: dict[str, float]  # the last held-out evaluation (empty without eval_data)
     faults: FaultCounters
     resumed_from_step: int | None
-
-
-@dataclass
-class Policy:
-    """The trained DeScore model, its frozen reference and what the optimizer steps."""
-
-    model: DeScoreModel
-    reference: torch.nn.Module | None  # frozen copy of the initial backbone (full); None with LoRA (adapters off)
-    parameters: dict[str, torch.nn.Parameter]  # trained tensors by name ("head.weight" included)
-
-    @contextmanager
-    def reference_mode(self) -> Iterator[torch.nn.Module]:
-        """The backbone that computes reference log-probs: the frozen copy, or the policy with LoRA disabled."""
-        if self.reference is not None:
-            yield self.reference
-        else:
-            with self.model.backbone.disable_adapter():
-                yield self.model.backbone
 
 
 # ----- setup ---------------------------------------------------------------------------------------------
@@ -157,53 +133,6 @@ def load_pairs(path: str, config: DualRlConfig, *, need_truth: bool) -> Preferen
     if not data.pairs:
         raise ConfigError(f"{path}: no usable pairs")
     return data
-
-
-def load_policy(config: DualRlConfig, device: torch.device) -> Policy:
-    """The stage-1 checkpoint (LoRA merged in), trained in full (the LLM, vision tower frozen) or through a
-    fresh LoRA; the head always. Trained tensors are float32, the rest stays in ``torch_dtype``."""
-    model = DeScoreModel.from_pretrained(config.model_name_or_path, dtype=config.torch_dtype,
-                                         attn_implementation=config.attn_implementation).merge_lora_()
-    if model.cot_placement != "assistant":
-        logger.warning("%s scores with the CoT in the user turn; stage 2 trains the head on CoTs in the assistant "
-                       "turn (as the official stage 2), so the result is saved with cot_placement 'assistant'",
-                       config.model_name_or_path)
-        model.cot_placement = "assistant"
-    model.video_spec = config.video_spec(pixel_factor(model.processor))
-    backbone = model.backbone
-    backbone.requires_grad_(False)
-    reference = None
-    if config.adaptation == "full":
-        reference = copy.deepcopy(backbone).eval()
-        for name, parameter in backbone.named_parameters():
-            parameter.requires_grad_(not _is_vision(name))
-    else:
-        from peft import get_peft_model
-
-        lora = LoraSettings(r=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                            target_modules=config.lora_target_modules, full_modules=())
-        model.backbone = get_peft_model(backbone, lora.peft_config(model.reward_token_id))  # LoRA + <Reward> row
-    upcast_trainable_(model)
-    if config.activation_checkpointing:
-        model.activation_checkpointing_enable()
-    model.to(device).train()
-    if reference is not None:
-        reference.to(device)
-    parameters = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
-    return Policy(model, reference, parameters)
-
-
-def _is_vision(name: str) -> bool:
-    return ".visual." in f".{name}"
-
-
-def new_optimizer(config: DualRlConfig, policy: Policy) -> torch.optim.AdamW:
-    """One AdamW over the LLM (or LoRA) weights and the head, the head in its own group (own lr if set)."""
-    head = [policy.parameters["head.weight"]]
-    llm = [parameter for name, parameter in policy.parameters.items() if name != "head.weight"]
-    head_lr = config.head_learning_rate if config.head_learning_rate is not None else config.learning_rate
-    return torch.optim.AdamW([{"params": llm}, {"params": head, "lr": head_lr}], lr=config.learning_rate,
-                             betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay, eps=1e-8)
 
 
 def new_accelerator(config: DualRlConfig) -> Accelerator:
@@ -265,135 +194,6 @@ def _response_tokens(generation: Any) -> int:
     return len(generation.token_ids) - (0 if generation.truncated else 1)
 
 
-def gathered_advantages(accelerator: Accelerator, rollouts: list[VideoRollouts]) -> torch.Tensor:
-    """Advantages of this process's rollouts (rows in rollout order), normalised per video over the rewards
-    of every process (a group always lives on one process, but gathering keeps that an implementation detail)."""
-    local = torch.tensor([[r.total, float(video.video_id)] for video in rollouts for r in video.rewards],
-                         dtype=torch.float64, device=accelerator.device)
-    everything = accelerator.gather(local).cpu()
-    advantages = video_group_advantages(everything[:, 0], everything[:, 1].long())
-    rows = len(local)
-    return advantages[accelerator.process_index * rows: (accelerator.process_index + 1) * rows]
-
-
-@dataclass
-class MicroBatch:
-    """Index-aligned rollouts of video pairs in one forward: rows [A_i0, B_i0, A_i1, B_i1, ...]."""
-
-    policy: SequenceBatch
-    reward: SequenceBatch | None
-    advantages: torch.Tensor  # (B,)
-    labels: torch.Tensor  # (B/2,) pair labels, 0 for ties
-    old_log_probs: torch.Tensor | None = None
-    reference_log_probs: torch.Tensor | None = None
-
-
-def micro_batches(config: DualRlConfig, rollouts: list[VideoRollouts], advantages: torch.Tensor,
-                  labels: list[int], *, reward_token_id: int, end_ids: Sequence[int], pad_token_id: int
-                  ) -> list[list[MicroBatch]]:
-    """The micro-batches of each update (this process's share), in training order."""
-    per_video = config.num_generations
-    rows = advantages.view(len(rollouts), per_video)
-    units = []  # (video A, video B, rollout index, pair index)
-    for pair_index in range(len(rollouts) // 2):
-        for index in range(per_video):
-            units.append((2 * pair_index, 2 * pair_index + 1, index, pair_index))
-    pairs_here = len(rollouts) // 2
-    share = pairs_here // (config.pairs_per_step // config.pairs_per_update)
-    updates = []
-    for update_start in range(0, pairs_here, share):
-        update_units = [u for u in units if update_start <= u[3] < update_start + share]
-        batches = []
-        for start in range(0, len(update_units), config.micro_batch_pairs):
-            chunk = update_units[start:start + config.micro_batch_pairs]
-            policy_items, reward_items, chunk_advantages = [], [], []
-            for a, b, index, _ in chunk:
-                for video in (a, b):
-                    generation = rollouts[video].generations[index]
-                    policy_items.append((rollouts[video].prompt, generation.token_ids))
-                    reward_items.append((rollouts[video].prompt, reward_response(
-                        generation.token_ids, reward_token_id=reward_token_id, end_token_ids=end_ids)))
-                    chunk_advantages.append(rows[video, index])
-            chunk_labels = torch.tensor([labels[pair] for *_, pair in chunk])
-            batches.append(MicroBatch(
-                sequence_batch(policy_items, pad_token_id=pad_token_id),
-                sequence_batch(reward_items, pad_token_id=pad_token_id) if config.bt_weight > 0 else None,
-                torch.stack(chunk_advantages), chunk_labels))
-        updates.append(batches)
-    return updates
-
-
-@torch.no_grad()
-def fill_old_and_reference(config: DualRlConfig, policy: Policy, accelerator: Accelerator,
-                           updates: list[list[MicroBatch]]) -> None:
-    """Old log-probs (the current policy) and, with a KL term, reference log-probs of every micro-batch."""
-    device = accelerator.device
-    for batch in (b for update in updates for b in update):
-        inputs = batch.policy.to(device)
-        with accelerator.autocast():
-            batch.old_log_probs = response_log_probs(policy.model.backbone, inputs, temperature=config.temperature)
-            if config.kl_coef > 0:
-                with policy.reference_mode() as reference:
-                    batch.reference_log_probs = response_log_probs(reference, inputs, temperature=config.temperature)
-
-
-def global_sum(accelerator: Accelerator, value: float) -> float:
-    return float(accelerator.reduce(torch.tensor([value], dtype=torch.float64, device=accelerator.device), "sum"))
-
-
-def train_update(config: DualRlConfig, policy: Policy, optimizer: torch.optim.Optimizer, accelerator: Accelerator,
-                 batches: list[MicroBatch]) -> tuple[dict[str, list[float]], bool]:
-    """One optimizer step over one update's micro-batches; returns per-item stats and whether it was applied."""
-    device = accelerator.device
-    tokens = global_sum(accelerator, sum(float(b.policy.response_mask.sum()) for b in batches))
-    decided = global_sum(accelerator, sum(float((b.labels != 0).sum()) for b in batches))
-    stats: dict[str, list[float]] = {key: [] for key in ("pg", "kl", "ratio", "clipped", "bt", "bt_correct", "loss")}
-    for batch in batches:
-        inputs = batch.policy.to(device)
-        mask = inputs.response_mask
-        with accelerator.autocast():
-            log_probs = response_log_probs(policy.model.backbone, inputs, temperature=config.temperature)
-            clipped = token_ppo_clip_loss(log_probs, batch.old_log_probs, batch.advantages.to(device), mask,
-                                          clip_low=config.clip_low, clip_high=config.clip_high,
-                                          dual_clip=config.dual_clip)
-            loss = masked_token_sum(clipped.loss, mask) / tokens
-            kl = torch.zeros_like(log_probs)
-            if config.kl_coef > 0:
-                kl = low_var_kl(log_probs, batch.reference_log_probs)
-                loss = loss + config.kl_coef * masked_token_sum(kl, mask) / tokens
-            bt = None
-            if batch.reward is not None and decided > 0:
-                rewards = head_rewards(policy.model, batch.reward.to(device)).view(-1, 2)
-                bt = paired_bt_loss(rewards[:, :1], rewards[:, 1:], batch.labels.to(device))
-                loss = loss + config.bt_weight * bt.loss.sum() / decided
-        accelerator.backward(loss)
-        real = mask.bool()
-        stats["loss"].append(float(loss.detach()))
-        stats["pg"] += clipped.loss[real].detach().cpu().tolist()
-        stats["kl"] += kl[real].detach().cpu().tolist()
-        stats["ratio"] += clipped.ratio[real].cpu().tolist()
-        stats["clipped"] += clipped.clipped[real].float().cpu().tolist()
-        if bt is not None:
-            stats["bt"] += bt.loss.detach().cpu().tolist()
-            stats["bt_correct"] += (bt.labels * bt.margins > 0).float().cpu().tolist()
-    parameters = list(policy.parameters.values())
-    sum_gradients(accelerator, parameters)
-    _, applied = guarded_optimizer_step(accelerator, optimizer, parameters, max_grad_norm=config.max_grad_norm,
-                                        losses=stats["loss"])
-    return stats, applied
-
-
-def sum_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter]) -> None:
-    """Sum every gradient over the processes (each loss term is already divided by its global count). The
-    model is not DDP-wrapped: one optimizer step takes two forwards per micro-batch (policy and head)."""
-    if accelerator.num_processes == 1:
-        return
-    for parameter in parameters:
-        if parameter.grad is None:
-            parameter.grad = torch.zeros_like(parameter)
-        parameter.grad = accelerator.reduce(parameter.grad, "sum")
-
-
 # ----- evaluation ---------------------------------------------------------------------------------------
 
 
@@ -403,7 +203,7 @@ def evaluate(config: DualRlConfig, policy: Policy, backend: Any, accelerator: Ac
     """Head accuracy on held-out pairs with a greedy CoT from the current policy and without a CoT."""
     model = policy.model
     greedy = replace(config.rollout_settings(), temperature=0.0)
-    end_ids = _end_token_ids(model)
+    end_ids = response_end_ids(model)
     results = []
     model.eval()
     for pair in pairs[accelerator.process_index::accelerator.num_processes]:
@@ -414,7 +214,7 @@ def evaluate(config: DualRlConfig, policy: Policy, backend: Any, accelerator: Ac
         items = [(prompt, reward_response(g.token_ids, reward_token_id=model.reward_token_id, end_token_ids=end_ids))
                  for prompt, g in zip(prompts, generations)]
         with accelerator.autocast():
-            with_cot = head_rewards(model, sequence_batch(items, pad_token_id=_pad_id(model)).to(accelerator.device))
+            with_cot = head_rewards(model, sequence_batch(items, pad_token_id=pad_token_id(model)).to(accelerator.device))
             texts = [scoring_text(model.processor, judge, None, placement=model.cot_placement,
                                   reward_token=model.reward_token)] * 2
             without = model(**encode(model.processor, texts, videos).to(accelerator.device))
@@ -426,25 +226,6 @@ def evaluate(config: DualRlConfig, policy: Policy, backend: Any, accelerator: Ac
     without_accuracy, count = pairwise_accuracy(torch.tensor([r[1] for r in results]), labels)
     return {"eval/head_accuracy_cot": with_accuracy, "eval/head_accuracy_no_cot": without_accuracy,
             "eval/decided_pairs": float(count)}
-
-
-def suppressed_token_ids(model: DeScoreModel) -> tuple[int, ...]:
-    """Tokens a rollout must never sample: ``<Reward>`` (the head's query) and the image / video placeholders
-    and their delimiters (a sampled ``<|video_pad|>`` would ask the training forward for a video that is not
-    there)."""
-    processor = model.processor
-    names = [getattr(processor, name, None) for name in ("image_token", "video_token", "vision_start_token",
-                                                         "vision_end_token")]
-    ids = processor.tokenizer.convert_tokens_to_ids([name for name in names if name])
-    return (model.reward_token_id, *(i for i in ids if i is not None and i != processor.tokenizer.unk_token_id))
-
-
-def _end_token_ids(model: DeScoreModel) -> tuple[int, ...]:
-    return end_token_ids(getattr(model.backbone, "generation_config", None), model.processor)
-
-
-def _pad_id(model: DeScoreModel) -> int:
-    return model.processor.tokenizer.pad_token_id
 
 
 # ----- the run ------------------------------------------------------------------------------------------
@@ -501,8 +282,8 @@ def _train(config: DualRlConfig, accelerator: Accelerator, train: PreferenceData
         sampled = time.perf_counter()
         advantages = gathered_advantages(accelerator, rollouts)
         updates = micro_batches(config, rollouts, advantages, [pair.label for _, pair in mine],
-                                reward_token_id=model.reward_token_id, end_ids=_end_token_ids(model),
-                                pad_token_id=_pad_id(model))
+                                reward_token_id=model.reward_token_id, end_ids=response_end_ids(model),
+                                pad_token_id=pad_token_id(model))
         fill_old_and_reference(config, policy, accelerator, updates)
         stats: dict[str, list[float]] = {}
         skipped = 0

@@ -69,9 +69,9 @@ def save_tiny_stage1(backbone_dir: Path, output: Path, *, end_boost: float = 10.
 def _advantages(config, output: Path) -> None:
     from accelerate import Accelerator
 
-    from reward.dual_rl import (
-        collect_rollouts, gathered_advantages, load_pairs, load_policy, step_pairs, suppressed_token_ids,
-    )
+    from reward.dual_rl import collect_rollouts, load_pairs, step_pairs
+    from reward.dual_rl_policy import load_policy, suppressed_token_ids
+    from reward.dual_rl_update import gathered_advantages
     from reward.generation import build_backend
 
     accelerator = Accelerator(cpu=True)

@@ -92,7 +92,8 @@ def test_bt_keeps_held_out_head_accuracy_that_grpo_alone_loses(stage1, rl_pairs,
     with BT the head and the LLM are pulled back to the preferences."""
     from accelerate import Accelerator
 
-    from reward.dual_rl import evaluate, load_pairs, load_policy, suppressed_token_ids
+    from reward.dual_rl import evaluate, load_pairs
+    from reward.dual_rl_policy import load_policy, suppressed_token_ids
     from reward.generation import build_backend
 
     from .dual_rl_worker import fit_head
