@@ -89,3 +89,11 @@ def test_bad_values_name_the_field(overrides, message, tmp_path):
 def test_required_fields(tmp_path):
     with pytest.raises(ConfigError, match="model_name_or_path is required"):
         DualRlConfig(train_data="rl.csv", output_dir=str(tmp_path))
+
+
+def test_vllm_rollouts_are_colocated_with_room_for_prompt_and_response(tmp_path):
+    config = DualRlConfig(train_data="rl.csv", model_name_or_path="ckpt", output_dir=str(tmp_path),
+                          generation_backend="vllm")
+    settings = config.rollout_settings()
+    assert (settings.backend, settings.vllm_mode, settings.max_model_len) == ("vllm", "colocate", 6200 + 4096)
+    assert settings.gpu_memory_utilization == 0.6 and settings.max_new_tokens == 4096

@@ -68,6 +68,18 @@ def test_one_step_trains_on_policy_and_exports_a_loadable_checkpoint(stage1, rl_
         run(tiny_config(stage1, train, tmp_path / "run", num_generations=2, max_new_tokens=4, learning_rate=1e-2))
 
 
+def test_lora_adaptation_uses_the_adapters_off_as_reference_and_exports_merged(stage1, rl_pairs, tmp_path):
+    train, _ = rl_pairs
+    result = run(tiny_config(stage1, train, tmp_path / "run", adaptation="lora", lora_rank=4, lora_alpha=8,
+                             lora_dropout=0.0, num_generations=2, max_new_tokens=4, kl_coef=0.1))
+    assert result.first_ratio == 1.0
+    stored = safetensors.torch.load_file(tmp_path / "run" / "checkpoints" / "step_1" / "trainable.safetensors")
+    assert "head.weight" in stored and all("lora_" in key or "trainable_tokens" in key
+                                           for key in stored if key != "head.weight")
+    model = DeScoreModel.from_pretrained(result.final)
+    assert model.backbone_format == "merged" and model.training_info["adaptation"] == "lora"
+
+
 def test_training_pairs_need_ground_truth(stage1, rl_pairs, tmp_path, visual_pairs):
     plain, _ = visual_pairs  # prompt, videos, label, CoTs: no scores_a / scores_b
     with pytest.raises(ConfigError, match=r"no ground-truth sub-scores \(scores_a / scores_b\)"):
