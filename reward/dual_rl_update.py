@@ -142,10 +142,19 @@ def train_update(config: DualRlConfig, policy: Policy, optimizer: torch.optim.Op
 
 def sum_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter]) -> None:
     """Sum every gradient over the processes (each loss term is already divided by its global count). The
-    model is not DDP-wrapped: one optimizer step takes two forwards per micro-batch (policy and head)."""
+    model is not DDP-wrapped: one optimizer step takes two forwards per micro-batch (policy and head).
+
+    A tensor that got a gradient on some process is summed everywhere (zeros where it got none); one that got
+    none on any process (the head in an update whose pairs are all ties) keeps ``grad = None``, so AdamW leaves
+    it alone exactly as a single process would.
+    """
     if accelerator.num_processes == 1:
         return
-    for parameter in parameters:
+    local = torch.tensor([float(parameter.grad is not None) for parameter in parameters], device=accelerator.device)
+    anywhere = accelerator.reduce(local, "sum") > 0
+    for parameter, needed in zip(parameters, anywhere.tolist()):
+        if not needed:
+            continue
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
         parameter.grad = accelerator.reduce(parameter.grad, "sum")

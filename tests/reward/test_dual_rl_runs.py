@@ -187,3 +187,19 @@ def test_two_processes_draw_the_advantages_of_one(stage1, rl_pairs, tmp_path):
     key = lambda row: (row["video"], row["rollout"])  # noqa: E731
     assert sorted(one, key=key) == sorted(two, key=key)
     assert len(one) == 4 * 2 * 4 and any(row["advantage"] != 0 for row in one)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_weights_one_process_trains(stage1, rl_pairs, tmp_path):
+    """Gradients are summed over processes, each term divided by its global count: the same step on 2 processes
+    gives the 1-process weights up to float summation order."""
+    train, _ = rl_pairs
+    for processes in (1, 2):
+        config = tiny_config(stage1, train, tmp_path / f"p{processes}", pairs_per_step=4, pairs_per_update=2)
+        _finished(_worker("train", config, processes=processes, port=29533))
+    one, two = _final_tensors(tmp_path / "p1" / "final"), _final_tensors(tmp_path / "p2" / "final")
+    start = _final_tensors(stage1)
+    assert one.keys() == two.keys()
+    assert any(not torch.equal(one[key], start[key]) for key in one if key in start)
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5)
