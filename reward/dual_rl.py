@@ -251,6 +251,10 @@ def run(config: DualRlConfig) -> DualRlResult:
         return _train(config, accelerator, train, evaluation, record)
     finally:
         accelerator.end_training()
+        if config.report_to == "wandb":  # a later run in this process (a notebook, a test) gets its own wandb run
+            import wandb
+
+            wandb.teardown()
 
 
 def _train(config: DualRlConfig, accelerator: Accelerator, train: PreferenceData, evaluation: PreferenceData | None,
