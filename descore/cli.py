@@ -239,8 +239,23 @@ def _route_library_logging() -> None:
             library_logging.enable_propagation()
 
 
+def selected_command(command: Command, argv: list[str]) -> Command:
+    """The job ``argv`` picks when the command has variants: ``--<key> value`` over the recipe's ``key``."""
+    if command.variants is None:
+        return command
+    key = command.variants.key
+    name, rest = _split_config(argv)
+    value = _read_recipe(name).get(key) if name is not None else None
+    for index, token in enumerate(rest):
+        if token == f"--{key}" and index + 1 < len(rest):
+            value = rest[index + 1]
+        elif token.startswith(f"--{key}="):
+            value = token.split("=", 1)[1]
+    return command.selected(value)
+
+
 def run_command(key: tuple[str, ...], argv: list[str]) -> int:
-    command = COMMANDS[key]
+    command = selected_command(COMMANDS[key], argv)
     configs = parse_command(command, argv, prog=" ".join(["descore", *key]))
     run = command.run_function()
     _route_library_logging()

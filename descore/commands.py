@@ -13,6 +13,15 @@ from typing import Any, Callable
 
 
 @dataclass(frozen=True)
+class Variants:
+    """Jobs one command runs, by the value of ``key``: ``default`` names the command's own row."""
+
+    key: str
+    default: str
+    others: dict[str, Command]
+
+
+@dataclass(frozen=True)
 class Command:
     """A CLI job: its help line, the dataclasses its flags fill, the function that runs it and its report."""
 
@@ -26,6 +35,19 @@ class Command:
     # Keys taken from the command line only: a recipe's value is dropped (a training recipe's output_dir is
     # where that training writes, never where `tune sample` should put its videos).
     flag_only: tuple[str, ...] = ()
+    # Other jobs run by the same command, picked by the value of one key (from --key or the recipe).
+    variants: Variants | None = None
+
+    def selected(self, value: Any) -> Command:
+        """The job for ``value`` of the :attr:`variants` key: this row without a value or for its own name."""
+        if self.variants is None or value is None or value == self.variants.default:
+            return self
+        if value not in self.variants.others:
+            from reward.errors import ConfigError
+
+            known = [self.variants.default, *self.variants.others]
+            raise ConfigError(f"{self.variants.key} must be one of {known}, got {value!r}")
+        return self.variants.others[value]
 
     def config_classes(self) -> tuple[type, ...]:
         return tuple(load(reference) for reference in self.configs)
@@ -63,6 +85,18 @@ def _report_calibration(summary: Any) -> str:
 
 def _report_train(metrics: dict[str, float]) -> str:
     return "\n".join(f"{key}: {value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("accuracy"))
+
+
+def _report_dual_rl(result: Any) -> str:
+    """A DualRlResult in a few lines: resume point, reward trend, held-out accuracy, skipped steps, the model."""
+    lines = [f"resumed from step {result.resumed_from_step}"] if result.resumed_from_step else []
+    if result.reward_history:
+        lines.append(f"mean rollout reward: first step {result.reward_history[0]:.4f}, "
+                     f"last step {result.reward_history[-1]:.4f}")
+    lines += [f"{key}: {value:.4f}" for key, value in sorted(result.eval_metrics.items()) if "accuracy" in key]
+    if result.faults.skipped_steps:
+        lines.append(f"skipped steps: {result.faults.skipped_steps} (every update non-finite)")
+    return "\n".join([*lines, f"DeScore checkpoint: {result.final}"])
 
 
 def _report_vbench(result: Any) -> str:
@@ -104,8 +138,12 @@ GROUPS: dict[str, str] = {
 # (group, command) -> job; a one-word key is a command without a group
 COMMANDS: dict[tuple[str, ...], Command] = {
     ("reward", "train"): Command(
-        "DeScore stage 1 (cold start): BT training of the <Reward> head",
-        ("reward.cold_start:ColdStartConfig",), "reward.cold_start:run", _report_train),
+        "DeScore training: stage 1 (cold start, BT on the <Reward> head) or, with stage: dual_rl, stage 2 (GRPO on "
+        "the CoTs + BT on the head)",
+        ("reward.cold_start:ColdStartConfig",), "reward.cold_start:run", _report_train,
+        variants=Variants("stage", "cold_start", {"dual_rl": Command(
+            "DeScore stage 2 (dual-objective RL): GRPO on the CoTs + BT on the <Reward> head",
+            ("reward.dual_rl_config:DualRlConfig",), "reward.dual_rl:run", _report_dual_rl)})),
     ("reward", "score"): Command(
         "Score videos with a DeScore checkpoint (CoT or --no-cot) or any registry reward (--reward)",
         ("reward.jobs:ScoreConfig",), "reward.jobs:run_score", _report_score),

@@ -37,9 +37,9 @@ from safetensors.torch import load_file, save_file
 
 from reward.checkpoint import atomic_directory
 from reward.errors import CheckpointError
+from reward.faults import FaultCounters
 from reward.run_record import write_run_config
 
-from .faults import FaultCounters
 from .policy import LEARNER, WanPolicy
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"

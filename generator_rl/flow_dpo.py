@@ -14,7 +14,7 @@ formulas and defaults in docs/generator_rl.md).
    a new round of pairs is sampled from it.
 
 A step whose loss or gradient norm is not finite is skipped and counted; ``max_consecutive_skipped_steps`` of
-them in a row stop the run (``faults.py``). A reused pair store must have been made with this run's settings
+them in a row stop the run (``reward/faults.py``). A reused pair store must have been made with this run's settings
 (``pair_settings``; ``pair_store.py``).
 """
 
@@ -32,10 +32,11 @@ import torch
 from accelerate import Accelerator
 
 from reward.errors import ConfigError
+from reward.faults import FaultCounters, SkipReason, check_skip_limit, guarded_optimizer_step
+from reward.seeds import permuted_slice, seeded_generator
 
 from .checkpoint import save_checkpoint
 from .config import PolicyConfig, RunConfig
-from .faults import FaultCounters, SkipReason, check_skip_limit, guarded_optimizer_step
 from .flow_matching import TimestepDensity, noised_latents, sample_sigmas, scheduler_shift, velocity_target
 from .losses import flow_dpo_loss, share_of_global_mean
 from .pair_store import TRAINING, PairRecord, PairStore
@@ -43,7 +44,7 @@ from .policy import WanPolicy
 from .progress import RunProgress
 from .rewards import RewardMix, RewardTerm
 from .rollout import ode_sample
-from .run import TrainingRun, finish_run, permuted_slice, seeded_generator, training_run
+from .run import TrainingRun, finish_run, training_run
 
 logger = logging.getLogger(__name__)
 

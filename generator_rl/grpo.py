@@ -16,7 +16,7 @@ One optimizer step = one rollout:
    reference (adapters disabled); CFG in training as in sampling; gradients accumulated over samples and steps,
    the loss averaged over every valid (sample, step) term of every process (``losses.share_of_global_mean``).
    A non-finite loss or gradient norm skips the update. Skipped steps are counted, and
-   ``max_consecutive_skipped_steps`` of them in a row stop the run (``faults.py``).
+   ``max_consecutive_skipped_steps`` of them in a row stop the run (``reward/faults.py``).
 
 Resumable from ``output_dir/checkpoints``; metrics through accelerate's trackers, per-sample records in
 ``rollouts.jsonl``, sample mp4s in ``samples/``, the LoRA (diffusers format) in ``final/``.
@@ -39,17 +39,18 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from reward.errors import ConfigError
+from reward.faults import FaultCounters, SkipReason, check_skip_limit, guarded_optimizer_step
+from reward.seeds import permuted_slice, seeded_generator
 
 from .advantages import STD_MODES, StdMode, group_advantages
 from .checkpoint import save_checkpoint
 from .config import PolicyConfig, RunConfig
-from .faults import FaultCounters, SkipReason, check_skip_limit, guarded_optimizer_step
 from .losses import PolicyLoss, ppo_clip_loss, share_of_global_mean
 from .policy import WanPolicy
 from .progress import RunProgress
 from .rewards import RewardMix, RewardTerm
 from .rollout import SdeSettings, Trajectory, sample_trajectory
-from .run import TrainingRun, finish_run, permuted_slice, seeded_generator, training_run, write_samples
+from .run import TrainingRun, finish_run, training_run, write_samples
 from .sde import DEFAULT_NOISE_LEVELS, SDE_KINDS, SdeKind, StepOutput, gaussian_kl, sde_kind, sde_step, step_mean_std
 
 logger = logging.getLogger(__name__)

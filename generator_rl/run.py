@@ -1,5 +1,5 @@
-"""Run plumbing shared by the generator jobs: setting a training run up and down, stable per-sample seeds,
-permuted data order, sample videos.
+"""Run plumbing shared by the generator jobs: setting a training run up and down, sample videos (stable
+per-sample seeds and the permuted data order live in :mod:`reward.seeds`).
 
 A run knows what it is. Before any model loads, ``start_run`` resolves the job's configuration (every field,
 the sha256 of the prompt file) and compares it with the ``run_config.json`` an earlier run left in
@@ -16,14 +16,12 @@ import json
 import logging
 import os
 import shutil
-import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -316,13 +314,6 @@ def _scalar(value: Any) -> Any:
     return json.dumps(value, sort_keys=True)
 
 
-def seeded_generator(seed: int, step: int, *keys: Any) -> torch.Generator:
-    """A CPU generator whose seed is a stable hash of (seed, step, keys) — the same in every process and run."""
-    words = [seed, step, *(key if isinstance(key, int) else zlib.crc32(str(key).encode()) for key in keys)]
-    state = np.random.SeedSequence([int(word) & 0xFFFFFFFF for word in words]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
-
-
 def write_samples(accelerator: Accelerator, folder: Path, step: int, frames: torch.Tensor, prompts: list[str]) -> list[Path]:
     """Write (N, T, 3, H, W) frames in [0, 1] as 16 fps mp4s and log them to wandb when it is the tracker."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -340,15 +331,3 @@ def write_samples(accelerator: Accelerator, folder: Path, step: int, frames: tor
             {"samples": [wandb.Video(str(path), caption=prompts[i]) for i, path in enumerate(paths)]}, step=step
         )
     return paths
-
-
-def permuted_slice(count: int, step: int, per_step: int, seed: int) -> list[int]:
-    """Items of ``step`` when every epoch visits ``count`` items in a seeded random order: positions
-    [step·per_step, (step + 1)·per_step) of the concatenated per-epoch permutations. Pure in its arguments,
-    so a resumed run continues exactly where it stopped."""
-    first, last = step * per_step, (step + 1) * per_step
-    order: list[int] = []
-    for epoch in range(first // count, (last - 1) // count + 1):
-        order += torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
-    offset = (first // count) * count
-    return order[first - offset : last - offset]

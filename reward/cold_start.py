@@ -49,10 +49,11 @@ logger = logging.getLogger(__name__)
 
 LOSSES = {"bt": bradley_terry_loss, "bt_ties": bradley_terry_ties_loss}
 JOB = "reward-train"
-# Fields a resumed run may change: how long it trains, and how it logs, evaluates, saves and feeds data. Any
+# Fields a resumed run may change: how long it trains, and how it logs, evaluates, saves and feeds data (and
+# `stage`, which has one value here and is absent from records written before stage 2 existed). Any
 # other difference would make the resumed run a mix of two runs.
 RESUME_ALLOWED = (
-    "output_dir", "num_train_epochs", "max_steps", "overwrite_output_dir", "resume_from_checkpoint",
+    "stage", "output_dir", "num_train_epochs", "max_steps", "overwrite_output_dir", "resume_from_checkpoint",
     "logging_strategy", "logging_steps", "logging_first_step", "logging_dir", "log_level", "log_level_replica",
     "log_on_each_node", "report_to", "run_name", "project", "disable_tqdm", "skip_memory_metrics",
     "eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "eval_accumulation_steps",
@@ -70,6 +71,9 @@ class ColdStartConfig(TrainingArguments, DecodeLimitConfig):
     the same code on a tiny model on CPU.
     """
 
+    stage: Literal["cold_start"] = field(
+        default="cold_start", metadata={"help": "Which stage `descore reward train` runs: cold_start (this job) or "
+                                                "dual_rl (stage 2, reward/dual_rl.py)."})
     # ----- data ----------------------------------------------------------------------------------------
     train_data: str | None = field(default=None, metadata={"help": "Preference CSV/JSONL (see README, 'Data format')."})
     eval_data: str | None = field(default=None, metadata={"help": "Held-out preference file for pairwise accuracy."})

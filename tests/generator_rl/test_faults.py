@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import generator_rl.flow_dpo as dpo_module
 import generator_rl.grpo as grpo_module
 from generator_rl.checkpoint import LORA_WEIGHTS
-from generator_rl.faults import FaultCounters, SkipReason
+from reward.faults import FaultCounters, SkipReason
 from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo
 from generator_rl.grpo import GrpoConfig, run_grpo
 from reward.errors import ConfigError, NumericalFaultError

@@ -1,5 +1,5 @@
-"""Numerical faults of a generator run: steps that cannot train are skipped, counted and, when they keep
-coming, stop the run.
+"""Numerical faults of an RL run (generator GRPO / Flow-DPO, DeScore stage 2): steps that cannot train are skipped,
+counted and, when they keep coming, stop the run.
 
 A step is skipped when every reward of a process is invalid (NaN: the reward model failed on each item) or
 when the loss or the clipped gradient norm is not finite. A skipped step leaves the weights, the optimizer
@@ -20,7 +20,7 @@ from enum import Enum
 import torch
 from accelerate import Accelerator
 
-from reward.errors import ConfigError, NumericalFaultError
+from .errors import ConfigError, NumericalFaultError
 
 
 class SkipReason(Enum):
