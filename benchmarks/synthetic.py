@@ -53,13 +53,17 @@ def square_clip(
     return np.clip(clip, 0, 255).astype(np.uint8)
 
 
+def _sub_scores(good: bool) -> dict[str, int | str]:
+    """The ground truth of a clip: subject and dynamics 2 when clean, 0 when buried in noise; the rest N/A."""
+    return {name: (2 if good else 0) if name in ("subject", "dynamics") else "N/A" for name in SUB_DIMENSIONS}
+
+
 def _cot(colour: str, direction: str, good: bool) -> str:
     if good:
-        look, subject, overall = "the frames are clean and the motion is smooth", 2, 4.80
+        look, overall = "the frames are clean and the motion is smooth", 4.80
     else:
-        look, subject, overall = "the frames are buried in heavy noise and the square is hard to see", 0, 1.50
-    scores = {name: subject if name in ("subject", "dynamics") else "N/A" for name in SUB_DIMENSIONS}
-    answer = json.dumps({"dimensional_scores": scores, "overall_score": overall})
+        look, overall = "the frames are buried in heavy noise and the square is hard to see", 1.50
+    answer = json.dumps({"dimensional_scores": _sub_scores(good), "overall_score": overall})
     return (
         f"The prompt asks for a {colour} square moving {direction}. The video shows a {colour} square; {look}.\n"
         f"<answer>\n```json\n{answer}\n```\n</answer>"
@@ -77,7 +81,8 @@ def make_preference_set(
     size: tuple[int, int] = (64, 64),
     file_name: str = "pairs.csv",
 ) -> Path:
-    """Write ``pairs`` labelled pairs (mp4 videos + a CSV in our layout) and return the CSV path.
+    """Write ``pairs`` labelled pairs (mp4 videos + a CSV in our layout, with CoTs and the ground-truth sub-scores
+    stage 2 needs) and return the CSV path.
 
     Labels alternate between A and B so a constant predictor scores 0.5.
     """
@@ -108,6 +113,8 @@ def make_preference_set(
             "label": "A" if a_wins else "B",
             "cot_a": _cot(colour, direction, good=a_wins),
             "cot_b": _cot(colour, direction, good=not a_wins),
+            "scores_a": json.dumps(_sub_scores(a_wins)),
+            "scores_b": json.dumps(_sub_scores(not a_wins)),
         })
     return write_rows(directory / file_name, rows)
 

@@ -10,7 +10,7 @@ Measured per backend, on ``batch_size`` random 5 s clips of 480×832 at 16 fps s
 ``VideoSpec`` (the input of a Wan rollout): one ``generate`` call of the backend writing a greedy CoT of at
 most ``gen_tokens`` tokens per clip (collection: videos/s and generated tokens/s from the tokens actually
 written), and the same followed by the HF head forward over the written CoTs (scoring: videos/s). The target
-of issue 10 is vLLM ≥ 8× HF at the same batch.
+the kit aims for is vLLM ≥ 8× HF at the same batch.
 
 Run (one H100/H200, vLLM installed; ~18 GB of scratch disk)::
 

@@ -11,7 +11,6 @@ Usage (by test_dual_rl_runs.py, alone or under torchrun):
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -24,8 +23,6 @@ from benchmarks.synthetic import make_preference_set  # noqa: E402
 from reward.modeling import DeScoreModel, LoraSettings, multimodal_core, save_descore  # noqa: E402
 from reward.video import VideoSpec  # noqa: E402
 
-GOOD = {"subject": 2, "dynamics": 2, "camera": "N/A", "environment": "N/A", "style": "N/A"}
-BAD = {"subject": 0, "dynamics": 0, "camera": "N/A", "environment": "N/A", "style": "N/A"}
 SHORT_TEMPLATE = "Judge <video> for: {prompt}"
 TINY = {
     "torch_dtype": "float32", "bf16": False, "activation_checkpointing": False, "report_to": "none",
@@ -35,19 +32,9 @@ TINY = {
 
 
 def write_rl_pairs(directory: Path, *, pairs: int, seed: int, name: str) -> Path:
-    """Synthetic visual pairs (clean vs noisy square) plus scores_a / scores_b: the clean video's truth is 2/2."""
-    raw = make_preference_set(directory, pairs=pairs, task="visual", seed=seed, file_name=f"{name}.raw.csv",
-                              frames=4, size=(32, 32), fps=2.0)
-    rows = list(csv.DictReader(raw.open()))
-    for row in rows:
-        a_wins = row["label"] == "A"
-        row["scores_a"], row["scores_b"] = json.dumps(GOOD if a_wins else BAD), json.dumps(BAD if a_wins else GOOD)
-    path = directory / f"{name}.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    """Synthetic visual pairs (clean vs noisy square) with scores_a / scores_b: the clean video's truth is 2/2."""
+    return make_preference_set(directory, pairs=pairs, task="visual", seed=seed, file_name=f"{name}.csv",
+                               frames=4, size=(32, 32), fps=2.0)
 
 
 def save_tiny_stage1(backbone_dir: Path, output: Path, *, end_boost: float = 10.0) -> Path:

@@ -30,8 +30,11 @@ def test_official_recipe_holds_the_stage2_settings(tmp_path):
     assert config.pairs_per_step // config.pairs_per_update == 32  # optimizer updates per rollout step
     assert (config.temperature, config.top_p, config.max_new_tokens) == (1.0, 1.0, 4096)
     assert (config.clip_low, config.clip_high, config.dual_clip, config.ppo_epochs) == (0.2, 0.3, 3.0, 1)
-    assert (config.kl_coef, config.bt_weight, config.learning_rate, config.weight_decay) == (1e-5, 5e-3, 1e-6, 0.01)
-    assert (config.max_grad_norm, config.max_steps, config.adaptation) == (1.0, 65, "full")
+    assert (config.kl_coef, config.bt_weight, config.weight_decay) == (1e-5, 5e-3, 0.01)
+    # LoRA at 1e-5 (the unsharded loop cannot hold full-LLM AdamW state at 8B), the head at the official 1e-6
+    assert (config.adaptation, config.lora_rank, config.lora_alpha) == ("lora", 64, 128)
+    assert (config.learning_rate, config.head_learning_rate) == (1e-5, 1e-6)
+    assert (config.max_grad_norm, config.max_steps) == (1.0, 65)
     assert (config.quality_weight, config.format_weight, config.length_weight) == (0.7, 0.1, 0.2)
     assert (config.length_form, config.length_min, config.length_max) == ("official_chars", 500, 2000)
     spec = config.video_spec(32)
@@ -44,7 +47,9 @@ def test_dataclass_defaults_are_the_official_recipe(tmp_path):
     defaults = DualRlConfig(train_data="rl.csv", model_name_or_path="ckpt", output_dir=str(tmp_path))
     (recipe,) = _parse(["--config", str(RECIPES / "dual_rl_qwen3vl_8b.yaml"), "--train_data", "rl.csv",
                         "--model_name_or_path", "ckpt", "--output_dir", str(tmp_path)])
-    assert replace(recipe, attn_implementation=None) == defaults  # the recipe only names the attention kernel
+    # the recipe names the attention kernel and trains LoRA; otherwise the defaults are the official run's
+    official = replace(recipe, attn_implementation=None, adaptation="full", learning_rate=1e-6, head_learning_rate=None)
+    assert official == defaults
 
 
 def test_tiny_recipe_loads_and_flags_override_it(tmp_path):
