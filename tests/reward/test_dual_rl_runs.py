@@ -3,6 +3,7 @@ drift, kill + resume bit for bit, two processes drawing the advantages one proce
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -80,8 +81,16 @@ def test_lora_adaptation_uses_the_adapters_off_as_reference_and_exports_merged(s
     assert model.backbone_format == "merged" and model.training_info["adaptation"] == "lora"
 
 
-def test_training_pairs_need_ground_truth(stage1, rl_pairs, tmp_path, visual_pairs):
-    plain, _ = visual_pairs  # prompt, videos, label, CoTs: no scores_a / scores_b
+def test_training_pairs_need_ground_truth(stage1, rl_pairs, tmp_path):
+    train, _ = rl_pairs
+    rows = list(csv.DictReader(train.open()))
+    plain = tmp_path / "plain.csv"  # prompt, videos, label, CoTs: no scores_a / scores_b
+    with plain.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[key for key in rows[0] if not key.startswith("scores_")],
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**row, "video_a": str(train.parent / row["video_a"]),
+                          "video_b": str(train.parent / row["video_b"])} for row in rows)
     with pytest.raises(ConfigError, match=r"no ground-truth sub-scores \(scores_a / scores_b\)"):
         run(tiny_config(stage1, plain, tmp_path / "run"))
 
