@@ -53,7 +53,7 @@ from .jobs import check_export_target
 from .modeling import REWARD_TOKEN, DeScoreModel, add_reward_token, load_plain_backbone, pixel_factor
 from .prompts import JUDGE_TEMPLATE, read_judge_template
 from .run_record import code_commit, file_sha256, library_versions
-from .upstream_weights import PEFT_PREFIX, load_pickle_safely, load_tensors, merge_lora, split_lora
+from .upstream_weights import PEFT_PREFIX, copy_checked, load_pickle_safely, load_tensors, merge_lora, split_lora
 from .video import VideoSpec
 
 logger = logging.getLogger(__name__)
@@ -311,18 +311,9 @@ def load_non_lora(backbone: nn.Module, path: Path, *, head_weight: torch.Tensor)
     parameters = dict(backbone.named_parameters())
     embedding = next(name for name, value in parameters.items() if value is backbone.get_input_embeddings().weight)
     expected = {name for name in parameters if name.startswith("model.visual.")} | {embedding}
-    missing = sorted(expected - set(weights))
-    unexpected = sorted(set(weights) - expected) + sorted(f"{name} (LoRA)" for name in lora)
-    misshapen = [f"{name}: {tuple(t.shape)} vs {tuple(parameters[name].shape)}"
-                 for name, t in weights.items() if name in expected and t.shape != parameters[name].shape]
-    if missing or unexpected or misshapen:
-        raise CheckpointError(
-            f"{path} does not fit the official stage-1 model: missing {missing[:20]}, unexpected {unexpected[:20]}, "
-            f"shapes (file vs model) {misshapen[:20]}"
-        )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            parameters[name].copy_(tensor)
+    copy_checked(weights, {name: parameters[name] for name in expected}, required=expected,
+                 also_unexpected=sorted(f"{name} (LoRA)" for name in lora),
+                 what=f"{path} does not fit the official stage-1 model")
 
 
 def merge_official_lora(backbone: nn.Module, lora_dir: Path) -> nn.Module:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -73,6 +73,28 @@ def split_lora(tensors: Mapping[str, torch.Tensor], *, source: Path) -> tuple[di
     if broken:
         raise CheckpointError(f"{source}: LoRA layers without both lora_A and lora_B: {broken}")
     return weights, {module: (pair["A"], pair["B"]) for module, pair in halves.items()}
+
+
+def copy_checked(
+    weights: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    *,
+    required: set[str],
+    also_unexpected: Sequence[str] = (),
+    what: str,
+) -> None:
+    """Copy ``weights`` into the ``targets`` of the same names, after checking the names both ways (every
+    ``required`` name given, none outside ``targets``) and every shape; ``what`` opens the error message."""
+    missing = sorted(required - set(weights))
+    unexpected = sorted(set(weights) - set(targets)) + list(also_unexpected)
+    misshapen = [f"{name}: {tuple(t.shape)} vs {tuple(targets[name].shape)}"
+                 for name, t in weights.items() if name in targets and t.shape != targets[name].shape]
+    if missing or unexpected or misshapen:
+        raise CheckpointError(f"{what}: missing {missing[:20]}, unexpected {unexpected[:20]}, "
+                              f"shapes (file vs model) {misshapen[:20]}")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            targets[name].copy_(tensor)
 
 
 def merge_lora(

@@ -32,7 +32,7 @@ from torch import nn
 from .base import RewardOutput, ScoredItem, register_reward, sampled_batches
 from .errors import CheckpointError, ConfigError
 from .inputs import encode
-from .upstream_weights import merge_lora
+from .upstream_weights import copy_checked, merge_lora
 from .video import DecodeLimits, SampledVideo, VideoSource, VideoSpec
 from .videoreward_layout import (
     DIMENSIONS, EMBED_KEY, HEAD_KEY, SPECIAL_TOKENS, CheckpointTensors, HeadStatistics, VideoRewardConfig,
@@ -200,19 +200,8 @@ def _load_weights(backbone: nn.Module, head: nn.Linear, tensors: CheckpointTenso
         # One tensor with the embedding (the released model.pth holds it under both names): load it once.
         del targets["lm_head.weight"]
         weights.pop("lm_head.weight", None)
-    unexpected = sorted(set(weights) - set(targets))
     required = set(targets) if tensors.complete else {HEAD_KEY, EMBED_KEY}
-    missing = sorted(required - set(weights))
-    misshapen = [f"{name}: {tuple(t.shape)} vs {tuple(targets[name].shape)}" for name, t in weights.items()
-                 if name in targets and t.shape != targets[name].shape]
-    if unexpected or missing or misshapen:
-        raise CheckpointError(
-            f"{folder}: checkpoint does not fit its Qwen2-VL base: missing {missing}, unexpected {unexpected}, "
-            f"shapes (checkpoint vs model) {misshapen}"
-        )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            targets[name].copy_(tensor)
+    copy_checked(weights, targets, required=required, what=f"{folder}: checkpoint does not fit its Qwen2-VL base")
 
 
 def _merge_lora(backbone: nn.Module, lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]], config: VideoRewardConfig,
