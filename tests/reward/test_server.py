@@ -104,6 +104,8 @@ class GatedReward:
         self.entered.release()
         if not self.gate.wait(timeout=60):
             raise RuntimeError("the test never opened the gate")
+        if "explode" in prompts:
+            raise RuntimeError("boom")
         return self.inner.score(videos, prompts)
 
 
@@ -333,6 +335,16 @@ def test_a_burst_past_the_queue_gets_429_and_loses_nothing(closed_gate):
     assert (batches, videos) == (3, 6)  # three batches of two: the queued videos were batched across requests
     assert after[("descore_reward_errors_total", (("status", "429"),))] \
         - before.get(("descore_reward_errors_total", (("status", "429"),)), 0) == 2
+
+
+def test_a_model_error_is_a_503_and_the_server_lives_on(closed_gate):
+    url, model = closed_gate
+    model.gate.set()
+    failed = post(url, score_request([frames_item("explode", raw_frames(0), "a")]), headers={})
+    assert failed.status_code == 503 and failed.json()["error"] == {
+        "field": "model", "message": "gated_brightness raised RuntimeError: boom"}
+    served = post(url, score_request([frames_item("fine", raw_frames(0), "a")]), headers={})
+    assert served.json()["items"][0]["reward"] == local_rewards([VideoFrames(raw_frames(0), FPS)])[0]
 
 
 # ----- configuration and the command -----------------------------------------------------------------------------
