@@ -15,12 +15,14 @@ import ipaddress
 import logging
 import math
 import os
+import socket
 import tempfile
+import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -141,6 +143,31 @@ def run_serve(config: ServeConfig) -> None:
         uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, lifespan="on")).run()
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled once its graceful shutdown is done
         logger.info("stopped")
+
+
+@contextmanager
+def running_server(model: RewardModel, config: ServeConfig) -> Iterator[str]:
+    """The server in a background thread of this process, for tests, benchmarks and notebooks: binds
+    ``config.host`` and ``config.port`` (0: a free port), yields its base URL once it accepts connections, and
+    shuts it down gracefully on exit."""
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    listener = socket.create_server((config.host, config.port), family=family)
+    server = uvicorn.Server(uvicorn.Config(create_app(model, config), lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="reward-server", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"the reward server on {config.host}:{config.port} stopped while starting")
+            time.sleep(0.01)
+        host, port = listener.getsockname()[:2]
+        yield f"http://[{host}]:{port}" if family == socket.AF_INET6 else f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        listener.close()
 
 
 @dataclass
