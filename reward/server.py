@@ -190,7 +190,7 @@ def create_app(model: RewardModel, config: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        worker = ScoringWorker(model, queue, server.metrics)
+        worker = ScoringWorker(model, queue, metrics=server.metrics)
         worker.start()
         with tempfile.TemporaryDirectory(prefix="descore-serve-") as folder:
             server.upload_dir = Path(folder)

@@ -184,7 +184,7 @@ def check_parts(items: list[ItemRequest], parts: set[str]) -> None:
                                                          'with {"kind": "file" | "frames", "part": ...}')
 
 
-def resolve_path(path: str, roots: tuple[Path, ...], field: str) -> Path:
+def resolve_path(path: str, roots: tuple[Path, ...], *, field: str) -> Path:
     """The file a path request names, once symlinks are resolved, if it lies under one of the server's roots.
 
     Escapes are refused (403) before existence is checked (404), so a client learns nothing about files
@@ -203,7 +203,7 @@ def resolve_path(path: str, roots: tuple[Path, ...], field: str) -> Path:
     return resolved
 
 
-def check_part_size(size: int, limits: RequestLimits, field: str) -> None:
+def check_part_size(size: int, limits: RequestLimits, *, field: str) -> None:
     if size > limits.max_video_bytes:
         raise RequestRejected(413, field, f"the part holds {size:,} bytes, above this server's "
                                           f"max_video_bytes = {limits.max_video_bytes:,}")
@@ -212,7 +212,7 @@ def check_part_size(size: int, limits: RequestLimits, field: str) -> None:
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def frames_from_npy(data: bytes, fps: float, limits: RequestLimits, field: str) -> VideoFrames:
+def frames_from_npy(data: bytes, fps: float, *, limits: RequestLimits, field: str) -> VideoFrames:
     """Raw frames from a ``.npy`` part: uint8 ``(T, H, W, 3)``, within ``max_frames`` and ``max_pixels``.
 
     The header is checked before the array is read, and never with pickle.
@@ -240,7 +240,7 @@ def frames_from_npy(data: bytes, fps: float, limits: RequestLimits, field: str) 
     return VideoFrames(frames=array, fps=fps, name=field)
 
 
-def save_upload(source: BinaryIO, folder: Path, filename: str | None) -> Path:
+def save_upload(source: BinaryIO, folder: Path, *, filename: str | None) -> Path:
     """Copy an uploaded video into a temporary file (the video contract reads paths), keeping a plain suffix of
     the client's file name as a hint to the demuxer. The caller removes the file."""
     suffix = Path(filename or "").suffix
@@ -319,17 +319,18 @@ async def queued_items(
         field_name = f"{item.field}.video"
         video = item.video
         if isinstance(video, PathVideo):
-            path = resolve_path(video.path, roots, f"{field_name}.path")
+            path = resolve_path(video.path, roots, field=f"{field_name}.path")
             queued.append(QueuedItem(str(path), item.prompt, item.field))
             continue
         upload = parts[video.part]
-        check_part_size(upload.size or 0, limits, f"{field_name}.part")
+        check_part_size(upload.size or 0, limits, field=f"{field_name}.part")
         if isinstance(video, FramesVideo):
             data = await upload.read()
-            frames = await run_in_threadpool(frames_from_npy, data, video.fps, limits, f"{field_name}.part")
+            frames = await run_in_threadpool(frames_from_npy, data, video.fps, limits=limits,
+                                             field=f"{field_name}.part")
             queued.append(QueuedItem(frames, item.prompt, item.field))
         else:
-            path = await run_in_threadpool(save_upload, upload.file, upload_dir, upload.filename)
+            path = await run_in_threadpool(save_upload, upload.file, upload_dir, filename=upload.filename)
             uploads.append(path)
             queued.append(QueuedItem(str(path), item.prompt, item.field, upload=path))
     return queued

@@ -348,10 +348,12 @@ def test_config_refuses_what_cannot_work(files, tmp_path, monkeypatch):
 
 
 def test_a_reward_that_cannot_load_stops_the_command_before_serving(tmp_path):
+    """The model is built before the port is bound: here the port is taken, so reaching uvicorn would fail
+    otherwise (SystemExit), and the checkpoint error comes first."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "r.yaml").write_text(f"name: descore_no_cot\npath: {tmp_path / 'empty'}\n")
-    with pytest.raises(CheckpointError):
-        run_serve(ServeConfig(reward=str(tmp_path / "r.yaml"), port=1))  # port 1 could not even be bound
+    with socket.create_server(("127.0.0.1", 0)) as taken, pytest.raises(CheckpointError, match="not a DeScore checkpoint"):
+        run_serve(ServeConfig(reward=str(tmp_path / "r.yaml"), port=taken.getsockname()[1]))
 
 
 @pytest.mark.slow  # a fresh interpreter importing the kit: ~30 s on 2 shared cores
