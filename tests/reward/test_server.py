@@ -227,6 +227,7 @@ def _rejections(files: dict[str, Path]) -> list[tuple[dict[str, Any], int, str]]
         (score_request([item] * 5), 413, "items"),
         (score_request([path_item("p" * 41, clip)]), 413, "items[0].prompt"),
         (score_request([("p", {"kind": "file", "part": "big"}, b"x" * (2**20 + 1))]), 413, "items[0].video.part"),
+        (score_request([("p", {"kind": "file", "part": "huge"}, b"x" * 6 * 2**20)]), 413, "body"),
         (score_request([frames_item("p", raw_frames(0, frames=17), "a")]), 413, "items[0].video.part"),
         (score_request([frames_item("p", np.zeros((4, 65, 64, 3), np.uint8), "a")]), 413, "items[0].video.part"),
         (score_request([frames_item("p", frames.astype(np.float32), "a")]), 422, "items[0].video.part"),
