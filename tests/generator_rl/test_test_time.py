@@ -268,3 +268,32 @@ def test_the_noise_search_is_deterministic_and_never_below_its_plain_sample(tiny
         assert finals[0] == brightness_of_file(plain[number]) <= kept[0]
         record = json.loads((tmp_path / "first" / "search" / f"{number:06d}.json").read_text())
         assert record["forward_passes"] == 3 * 1 + 2 * 2 * 1 + len(finals) * 3
+
+
+# ----- bench compare ----------------------------------------------------------------------------------------------
+
+
+def test_compare_reports_a_best_of_column_with_its_deltas(files, tmp_path):
+    """`bench compare --best_of 3 --search_reward brightness` without LoRAs: the column base+best_of_3 is sampled by
+    the search (its candidate 0 is the base video), scored like any model, and its paired deltas are the kept
+    candidates' rewards minus candidate 0's, read back from its candidates.csv (lossless, so exactly)."""
+    from benchmarks.compare import CompareConfig
+    from descore.cli import main
+
+    output = tmp_path / "compare"
+    assert main(["bench", "compare", "--config", "tiny_compare", "--prompts", str(files["prompts"]), "--best_of", "3",
+                 "--search_reward", "brightness", "--videos_per_prompt", "1", "--output_dir", str(output)]) == 0
+    report = json.loads((output / "report.json").read_text())
+    assert report["models"] == {"base": {"lora": None},
+                                "base+best_of_3": {"lora": None, "best_of": 3, "search_reward": "brightness"}}
+    table = rows(output / "samples" / "base+best_of_3")
+    kept = [float(r["reward"]) for r in table if r["kept"] == "1"]
+    plain = [float(r["reward"]) for r in table if r["candidate"] == "0"]
+    assert report["per_prompt"]["base+best_of_3"]["brightness"] == kept
+    assert report["per_prompt"]["base"]["brightness"] == plain
+    delta = report["deltas"]["base+best_of_3"]["brightness"]
+    assert delta["mean"] == pytest.approx(np.mean(np.subtract(kept, plain)), abs=1e-12) and delta["mean"] >= 0
+    assert delta["prompts"] == 2 and "temporal_smoothness" in report["deltas"]["base+best_of_3"]
+    with pytest.raises(ConfigError, match=r"--best_of needs --search_reward, the label of one of --rewards"):
+        CompareConfig(prompts=str(files["prompts"]), output_dir=str(tmp_path / "x"), rewards=[{"name": "brightness"}],
+                      vbench_dimensions=[], best_of=[2], search_reward="aesthetics")
