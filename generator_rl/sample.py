@@ -94,8 +94,11 @@ from .test_time import (
     CANDIDATES,
     SEARCH_RECORDS,
     SEARCHES,
+    FrameScorer,
+    KeepCandidate,
     OdeDenoiser,
     Search,
+    SearchResult,
     SearchSettings,
     best_of_n,
     frame_scorer,
@@ -429,6 +432,11 @@ def as_uint8(frames: np.ndarray) -> np.ndarray:
     return (frames * 255).round().astype("uint8")
 
 
+def decoded_frames(policy: WanPolicy, latents: torch.Tensor) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames of one video's latents (1, C, F, H, W)."""
+    return as_uint8(policy.decode(latents)[0].permute(0, 2, 3, 1).cpu().numpy())
+
+
 def make_sampler(name: Sampler, pipeline: WanPipeline, policy_args: PolicyConfig) -> FrameSampler:
     """The frame function of ``sampler``, resolved once."""
     if name == "pipeline":
@@ -452,8 +460,7 @@ def make_sampler(name: Sampler, pipeline: WanPipeline, policy_args: PolicyConfig
         policy = WanPolicy(pipeline, pipeline.device, policy_args.max_sequence_length, policy_args.negative_prompt)
 
         def euler_ode_frames(video: PlannedVideo) -> np.ndarray:
-            latents = ode_latents(policy, policy_args, video.prompt, video.seed)
-            return as_uint8(policy.decode(latents)[0].permute(0, 2, 3, 1).cpu().numpy())
+            return decoded_frames(policy, ode_latents(policy, policy_args, video.prompt, video.seed))
 
         return euler_ode_frames
     raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
@@ -553,25 +560,42 @@ def search_videos(videos: list[PlannedVideo], plan: list[PlannedVideo], out: Pat
     """Search each of ``videos``: its record (``search/<position>.json``) first, then the kept video's mp4, so
     a video is done once its mp4 exists; a video whose candidates all failed gets a record and no mp4."""
     reward = build_reward(read_reward_entry(sample.reward).entry)
-    settings = sample.search_settings()
-    frames_of = make_sampler(sample.sampler, pipeline, policy_args) if settings.method == "best_of" else None
-    policy = WanPolicy(pipeline, pipeline.device, policy_args.max_sequence_length, policy_args.negative_prompt)
+    search = make_search(sample.search_settings(), sample.sampler, pipeline, policy_args)
     position = {video.file: number for number, video in enumerate(plan)}
-    for video in tqdm(videos, desc=f"sampling ({settings.method})", unit="video", disable=not show_progress):
-        score = frame_scorer(reward, video.prompt)
+    for video in tqdm(videos, desc=f"sampling ({sample.search})", unit="video", disable=not show_progress):
         keep = _candidate_writer(out, video, lossless=sample.lossless) if sample.keep_candidates else None
-        if frames_of is not None:
-            result = best_of_n(lambda seed: frames_of(replace(video, seed=seed)), score, video_seed=video.seed,
-                               count=settings.best_of, num_steps=policy_args.num_steps, keep=keep)
-        else:
-            denoiser = OdeDenoiser(policy, video.prompt, policy_args.num_steps, policy_args.guidance_scale,
-                                   lambda seed: initial_noise(policy, policy_args, seed))
-            result = noise_beam_search(denoiser, score, video_seed=video.seed, settings=settings, keep=keep)
+        result = search(video, frame_scorer(reward, video.prompt), keep)
         write_search_record(search_record_path(out, position[video.file]), prompt_index=position[video.file] //
                             sample.videos_per_prompt, k=video.k, file=video.file, result=result)
         if result.frames is not None:
             (out / video.file).parent.mkdir(parents=True, exist_ok=True)
             write_video_atomically(out / video.file, result.frames, lossless=sample.lossless)
+
+
+VideoSearch = Callable[[PlannedVideo, FrameScorer, KeepCandidate | None], SearchResult]
+
+
+def make_search(settings: SearchSettings, sampler: Sampler, pipeline: WanPipeline, policy_args: PolicyConfig) -> VideoSearch:
+    """The search of ``settings.method`` for one video, resolved once (as :func:`make_sampler` resolves a sampler)."""
+    if settings.method == "best_of":
+        frames_of = make_sampler(sampler, pipeline, policy_args)
+
+        def best_of(video: PlannedVideo, score: FrameScorer, keep: KeepCandidate | None) -> SearchResult:
+            return best_of_n(lambda seed: frames_of(replace(video, seed=seed)), score, video_seed=video.seed,
+                             count=settings.best_of, num_steps=policy_args.num_steps, keep=keep)
+
+        return best_of
+    if settings.method == "noise_beam":
+        policy = WanPolicy(pipeline, pipeline.device, policy_args.max_sequence_length, policy_args.negative_prompt)
+
+        def noise_beam(video: PlannedVideo, score: FrameScorer, keep: KeepCandidate | None) -> SearchResult:
+            denoiser = OdeDenoiser(policy, video.prompt, policy_args.num_steps, policy_args.guidance_scale,
+                                   noise_of=lambda seed: initial_noise(policy, policy_args, seed),
+                                   frames_of=lambda latents: decoded_frames(policy, latents))
+            return noise_beam_search(denoiser, score, video_seed=video.seed, settings=settings, keep=keep)
+
+        return noise_beam
+    raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {settings.method!r}")
 
 
 def _candidate_writer(out: Path, video: PlannedVideo, *, lossless: bool) -> Callable[[int, np.ndarray], None]:

@@ -187,7 +187,8 @@ class OdeDenoiser:
     prompt: str
     num_steps: int
     guidance_scale: float
-    noise_of: Callable[[int], torch.Tensor]
+    noise_of: Callable[[int], torch.Tensor]  # seed -> (1, C, F, H, W) initial noise
+    frames_of: Callable[[torch.Tensor], np.ndarray]  # latents at σ = 0 -> uint8 (T, H, W, 3)
 
     def denoise(self, noise: torch.Tensor, steps: int) -> torch.Tensor:
         """Latents at σ = 0 after ``steps`` ODE steps and the jump to 0 (``steps`` = num_steps: the full sample)."""
@@ -199,9 +200,6 @@ class OdeDenoiser:
             noise, lookahead_sigmas(sigmas, steps),
         )
 
-    def frames(self, latents: torch.Tensor) -> np.ndarray:
-        return (self.policy.decode(latents)[0].permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
-
 
 def noise_beam_search(denoiser: OdeDenoiser, score: FrameScorer, *, video_seed: int, settings: SearchSettings,
                       keep: KeepCandidate | None = None) -> SearchResult:
@@ -211,7 +209,7 @@ def noise_beam_search(denoiser: OdeDenoiser, score: FrameScorer, *, video_seed: 
     lookahead, width, kept_count = settings.lookahead_steps, settings.beam_width, settings.beam_keep
     noises = [denoiser.noise_of(candidate_seed(video_seed, index)) for index in range(width)]
     candidates = [Candidate(index, "lookahead", 0, candidate_seed(video_seed, index), None,
-                            score(denoiser.frames(denoiser.denoise(noise, lookahead))))
+                            score(denoiser.frames_of(denoiser.denoise(noise, lookahead))))
                   for index, noise in enumerate(noises)]
     passes = width * lookahead
     population = list(range(width))
@@ -226,13 +224,13 @@ def noise_beam_search(denoiser: OdeDenoiser, score: FrameScorer, *, video_seed: 
             noises.append(perturbed_noise(noises[parent], fresh.to(noises[parent].device), settings.perturbation))
             latents = denoiser.denoise(noises[-1], lookahead)
             candidates.append(Candidate(len(noises) - 1, "lookahead", round_index, None, parent,
-                                        score(denoiser.frames(latents))))
+                                        score(denoiser.frames_of(latents))))
             population.append(len(noises) - 1)
             passes += lookahead
     finalists = list(dict.fromkeys([*_best_of_population(candidates, population, kept_count), 0]))
     finals, best_frames = [], None
     for index in finalists:
-        frames = denoiser.frames(denoiser.denoise(noises[index], denoiser.num_steps))
+        frames = denoiser.frames_of(denoiser.denoise(noises[index], denoiser.num_steps))
         passes += denoiser.num_steps
         lookahead_row = candidates[index]
         finals.append(Candidate(index, "full", lookahead_row.round, lookahead_row.seed, lookahead_row.parent,
