@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from generator_rl.guards import win_rate  # the tuned model's share of prompts won, ties half
+
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
 _BLOCK_ELEMENTS = 1 << 22  # resampled indices drawn at a time, so memory stays bounded for large suites
@@ -75,12 +77,6 @@ def bootstrap_interval(
     ])
     low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(low), float(high)
-
-
-def win_rate(base: np.ndarray, tuned: np.ndarray) -> float:
-    """Share of prompts where the tuned model's value beats the base's; an exact tie counts one half."""
-    base, tuned = np.asarray(base, dtype=np.float64), np.asarray(tuned, dtype=np.float64)
-    return float(np.mean((tuned > base) + 0.5 * (tuned == base)))
 
 
 def paired_delta(
