@@ -305,7 +305,8 @@ class HeldOutEvaluation:
         message = (f"held-out evaluation at step {step}: the training reward rose to "
                    f"{summary.means[TRAINING_TOTAL]:.5g} (band {low:.5g} .. {high:.5g}) while {moved} moved the "
                    "wrong way beyond its noise band: possible reward hacking")
-        logger.warning(message)
+        if self.run.accelerator.is_main_process:
+            logger.warning(message)
         if self.config.stop_on_alert:
             self.stop_reason = message
             if not (self.run.run_dir / CHECKPOINTS / f"step_{step}").is_dir():

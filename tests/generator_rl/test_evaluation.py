@@ -180,7 +180,7 @@ def test_resumed_run_reuses_its_baseline_and_logs_each_evaluation_once(
 
     monkeypatch.setattr(evaluation_module.HeldOutEvaluation, "_sample_and_score", recording)
     run_dir = tmp_path / "run"
-    settings = {"max_steps": 4, "save_steps": 2}
+    settings = {"max_steps": 4, "save_steps": 2, "prompts_per_step": 1, "group_size": 2}
     evaluation = EvalConfig(eval_every=2, eval_prompts=str(eval_prompt_file), eval_seeds=1, statistics=["contrast"])
     original = grpo_module.update
     monkeypatch.setattr(grpo_module, "update", dies_on_call(original, 3))
