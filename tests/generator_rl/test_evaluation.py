@@ -15,17 +15,18 @@ from descore.cli import parse_command
 from descore.commands import COMMANDS
 from generator_rl.checkpoint import LORA_WEIGHTS
 from generator_rl.config import RunConfig
-from generator_rl.evaluation import EvalConfig, metric_directions, summarize
+from generator_rl.evaluation import EvalConfig, metric_directions, read_best, summarize
 from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo
 from generator_rl.grpo import GrpoConfig, run_grpo
 from generator_rl.guards import STATISTICS
 from reward.errors import ConfigError
+from reward.run_record import RunMismatchError
 
 from ..wandb_records import history_rows, history_steps
 from .helpers import Preempted, dies_on_call, tiny_arguments
 
 # Brightness trained hard (large steps, a wide PPO clip): on the tiny Wan, the held-out brightness rises beyond
-# its noise band within three updates. "darkness" = minus brightness, a guard that must fall when it rises.
+# its noise band within three updates (by about 3 standard errors; the tests use bands of 1). "darkness" = minus brightness, a guard that must fall when it rises.
 HACKING = {"rewards": ["name=brightness"], "learning_rate": 0.3, "clip_range": 1.0}
 DARKNESS = {"name": "composite", "terms": [{"name": "brightness", "weight": -1}], "label": "darkness"}
 
@@ -76,6 +77,16 @@ def test_eval_options_are_checked_and_parsed_with_the_job(eval_prompt_file, tmp_
     assert [term.label for term in parsed.guards] == ["brightness", "flat"]
 
 
+def test_a_best_folder_the_run_did_not_write_is_never_replaced(tmp_path):
+    assert read_best(tmp_path / "best") is None
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "my_lora.safetensors").write_bytes(b"not ours")
+    with pytest.raises(RunMismatchError, match="holds no best.json: this run did not write it"):
+        read_best(tmp_path / "best")
+    (tmp_path / "best" / "best.json").write_text('{"step": 4, "metric": "reward/total", "value": 0.5}')
+    assert read_best(tmp_path / "best") == {"step": 4, "metric": "reward/total", "value": 0.5}
+
+
 def test_a_rising_reward_with_a_falling_guard_alerts_stops_and_keeps_the_best(
     tiny_wan_dir, prompt_file, eval_prompt_file, tmp_path, monkeypatch
 ):
@@ -90,7 +101,7 @@ def test_a_rising_reward_with_a_falling_guard_alerts_stops_and_keeps_the_best(
     arguments = tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, run_dir, max_steps=4, save_steps=4,
                                report_to="wandb", **HACKING)
     evaluation = EvalConfig(eval_every=3, eval_prompts=str(eval_prompt_file), eval_seeds=2, stop_on_alert=True,
-                            guards=[DARKNESS, {"name": "brightness"}], keep_best_by="reward/total")
+                            guards=[DARKNESS, {"name": "brightness"}], keep_best_by="reward/total", alert_sigma=1.0)
     result = run_grpo(*arguments, evaluation)
 
     baseline, last = _evaluations(run_dir)
@@ -111,7 +122,7 @@ def test_a_rising_reward_with_a_falling_guard_alerts_stops_and_keeps_the_best(
     directions = metric_directions(["brightness"], ["brightness"], [])
     columns = [{label: [video["values"][label] for video in record["videos"]] for label in directions}
                for record in (baseline, last)]
-    assert summarize(*columns, directions=directions, sigma=2.0).alerts == []
+    assert summarize(*columns, directions=directions, sigma=1.0).alerts == []
 
     (wandb_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     rows = dict(zip(history_steps(wandb_file), history_rows(wandb_file)))
@@ -205,7 +216,7 @@ def test_a_clean_guard_does_not_alert(tiny_wan_dir, prompt_file, eval_prompt_fil
     arguments = tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, run_dir, max_steps=3, save_steps=3,
                                **HACKING)
     result = run_grpo(*arguments, EvalConfig(eval_every=3, eval_prompts=str(eval_prompt_file), stop_on_alert=True,
-                                             guards=["name=brightness"], statistics=[]))
+                                             guards=["name=brightness"], statistics=[], alert_sigma=1.0))
     evaluations = _evaluations(run_dir)
     assert [record["step"] for record in evaluations] == [0, 3] and all(not r["alerts"] for r in evaluations)
     assert evaluations[1]["means"]["reward/total"] > evaluations[1]["bands"]["reward/total"][1]
