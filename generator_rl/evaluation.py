@@ -130,6 +130,11 @@ class EvalConfig:
         """The held-out prompts (none when evaluation is off)."""
         return read_prompts(self.eval_prompts) if self.enabled else []
 
+    def with_groups(self, groups: Mapping[str, Any]) -> dict[str, Any]:
+        """A job's config groups plus ``eval`` when evaluation is on: a run without it records what runs
+        recorded before held-out evaluation existed, so they still resume (and ``bench ablate`` still matches)."""
+        return {**groups, "eval": self} if self.enabled else dict(groups)
+
     def check_training_terms(self, terms: Sequence[RewardTerm]) -> None:
         """``keep_best_by`` naming a training term must name one of ``terms`` (the job's ``rewards``)."""
         known = [TRAINING_TOTAL, *(f"reward/{term.label}" for term in terms)]

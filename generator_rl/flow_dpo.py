@@ -275,7 +275,7 @@ def run_flow_dpo(
     are then part of the run's record); see :class:`FlowDpoResult` for what comes back."""
     evaluation = evaluation or EvalConfig()
     evaluation.check_training_terms(dpo.rewards)
-    config = {"policy": policy_args, "run": run_args, "dpo": dpo} | ({"eval": evaluation} if evaluation.enabled else {})
+    config = evaluation.with_groups({"policy": policy_args, "run": run_args, "dpo": dpo})
     with training_run(policy_args, run_args, dpo.rewards, job="tune-flow-dpo", project="descore-flow-dpo",
                       config=config, eval_prompts=evaluation.prompts()) as run:
         return _train_flow_dpo(run, policy_args, run_args, dpo, evaluation)

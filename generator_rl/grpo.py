@@ -408,7 +408,7 @@ def run_grpo(
     sde = grpo.sde_settings(policy_args.num_steps)  # checked before the run folder is claimed or a model loads
     evaluation = evaluation or EvalConfig()
     evaluation.check_training_terms(grpo.rewards)
-    config = {"policy": policy_args, "run": run_args, "grpo": grpo} | ({"eval": evaluation} if evaluation.enabled else {})
+    config = evaluation.with_groups({"policy": policy_args, "run": run_args, "grpo": grpo})
     with training_run(policy_args, run_args, grpo.rewards, job="tune-grpo", project="descore-grpo", config=config,
                       eval_prompts=evaluation.prompts()) as run:
         return _train_grpo(run, policy_args, run_args, grpo, sde, evaluation)
