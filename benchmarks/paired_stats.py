@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from generator_rl.guards import Direction, alerting_guards, win_rate
+
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
 _BLOCK_ELEMENTS = 1 << 22  # resampled indices drawn at a time, so memory stays bounded for large suites
@@ -43,6 +45,11 @@ class PairedDelta:
     def fell(self) -> bool:
         """The whole interval lies below 0."""
         return self.high < 0
+
+    @property
+    def movement(self) -> int:
+        """+1 rose, −1 fell, 0 the interval holds 0."""
+        return 1 if self.rose else -1 if self.fell else 0
 
 
 def prompt_means(values: Sequence[Sequence[float]]) -> np.ndarray:
@@ -77,12 +84,6 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
-def win_rate(base: np.ndarray, tuned: np.ndarray) -> float:
-    """Share of prompts where the tuned model's value beats the base's; an exact tie counts one half."""
-    base, tuned = np.asarray(base, dtype=np.float64), np.asarray(tuned, dtype=np.float64)
-    return float(np.mean((tuned > base) + 0.5 * (tuned == base)))
-
-
 def paired_delta(
     base: np.ndarray, tuned: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
     confidence: float = CONFIDENCE,
@@ -110,6 +111,8 @@ def hacked_metrics(deltas: Mapping[str, PairedDelta | None], *, trained_on: str)
     reward did not rise (no gain to explain away) or is not among the columns.
     """
     trained = deltas.get(trained_on)
-    if trained is None or not trained.rose:
+    if trained is None:
         return []
-    return [metric for metric, delta in deltas.items() if metric != trained_on and delta is not None and delta.fell]
+    held_out = {metric: (delta.movement, Direction.HIGHER_IS_BETTER) for metric, delta in deltas.items()
+                if metric != trained_on and delta is not None}
+    return alerting_guards(trained.movement, held_out)  # the training-time guards' rule (docs/guards.md)

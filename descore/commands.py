@@ -115,6 +115,8 @@ def _report_tuning(result: Any) -> str:
     if faults.skipped_steps:
         lines.append(f"skipped steps: {faults.skipped_steps} ({faults.invalid_reward_steps} with no valid reward, "
                      f"{faults.nonfinite_grad} with a non-finite loss or gradient)")
+    if result.stopped:
+        lines.append(f"stopped early: {result.stopped}")
     return "\n".join([*lines, f"LoRA: {result.final}"])
 
 
@@ -134,6 +136,7 @@ def _report_comparison(report: Any) -> str:
 
 _POLICY, _RUN = "generator_rl.config:PolicyConfig", "generator_rl.config:RunConfig"
 _GRPO, _FLOW_DPO = "generator_rl.grpo:GrpoConfig", "generator_rl.flow_dpo:FlowDpoConfig"
+_EVAL = "generator_rl.evaluation:EvalConfig"
 
 GROUPS: dict[str, str] = {
     "reward": "Train, score and export DeScore reward models",
@@ -171,17 +174,18 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         ("reward.server:ServeConfig",), "reward.server:run_serve"),
     ("tune", "grpo"): Command(
         "GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
-        (_POLICY, _RUN, _GRPO), "generator_rl.grpo:run_grpo", _report_tuning),
+        (_POLICY, _RUN, _GRPO, _EVAL), "generator_rl.grpo:run_grpo", _report_tuning),
     ("tune", "flow-dpo"): Command(
         "Flow-DPO on reward-ranked pairs (offline or online)",
-        (_POLICY, _RUN, _FLOW_DPO), "generator_rl.flow_dpo:run_flow_dpo", _report_tuning),
+        (_POLICY, _RUN, _FLOW_DPO, _EVAL), "generator_rl.flow_dpo:run_flow_dpo", _report_tuning),
     ("tune", "sample"): Command(
         "Sample videos from the base model or a LoRA with fixed per-prompt seeds",
         (_POLICY, "generator_rl.sample:SampleConfig"), "generator_rl.sample:run_sample",
-        _report_sample, ignores=(_RUN, _GRPO, _FLOW_DPO), flag_only=("output_dir",)),
+        _report_sample, ignores=(_RUN, _GRPO, _FLOW_DPO, _EVAL), flag_only=("output_dir",)),
     ("tune", "doctor"): Command(
         "A few tiny GRPO steps: log-prob parity, ratio == 1, reward rises",
-        (_POLICY, _RUN, _GRPO, "generator_rl.doctor:DoctorConfig"), "generator_rl.doctor:run_doctor", str),
+        (_POLICY, _RUN, _GRPO, "generator_rl.doctor:DoctorConfig"), "generator_rl.doctor:run_doctor", str,
+        ignores=(_EVAL,)),
     ("bench", "reward-acc"): Command(
         "Preference accuracy of several reward models on one benchmark (with / without ties), cached and resumable",
         ("benchmarks.reward_accuracy:RewardAccuracyConfig",), "benchmarks.reward_accuracy:run_reward_accuracy",

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from reward.errors import ConfigError
-from reward.run_record import check_model_source
+from reward.run_record import check_model_source, looks_like_hub_id
 
 from .policy import LoraSpec, VideoShape, WanPolicy
 from .tiny_wan import resolve_prompt_file, resolve_wan
@@ -143,6 +143,13 @@ class RunConfig:
     disable_tqdm: bool = field(
         default=False, metadata={"help": "No progress bars (they show on the main process when stderr is a terminal)."}
     )
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "At the end, upload final/ (the LoRA) to the Hugging Face Hub repo "
+                                         "hub_model_id (created if missing; needs a logged-in token)."}
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo of push_to_hub: owner/name."})
+    hub_private: bool = field(default=True, metadata={"help": "Create the hub repo private (an existing repo keeps "
+                                                               "its visibility)."})
 
     def __post_init__(self) -> None:
         """Every value is checked here, before any model loads; the message names the option and the fix."""
@@ -166,9 +173,16 @@ class RunConfig:
                 f"ema_decay must lie in (0, 1) (e.g. 0.9), or be left unset to turn the EMA off; got {self.ema_decay}"
             )
         self._check_schedule()
+        self._check_hub()
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError(f"save_total_limit must be >= 1 (the newest checkpoint is always kept), or unset to keep "
                               f"all; got {self.save_total_limit}")
+
+    def _check_hub(self) -> None:
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("push_to_hub needs hub_model_id (the hub repo to upload final/ to, e.g. me/wan-grpo-lora)")
+        if self.hub_model_id is not None and not looks_like_hub_id(self.hub_model_id):
+            raise ConfigError(f"hub_model_id must be a hub repo id owner/name, got {self.hub_model_id!r}")
 
     def _check_schedule(self) -> None:
         if self.lr_scheduler_type not in LR_SCHEDULES:

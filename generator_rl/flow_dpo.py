@@ -37,6 +37,7 @@ from reward.seeds import permuted_slice, seeded_generator
 
 from .checkpoint import save_checkpoint
 from .config import PolicyConfig, RunConfig
+from .evaluation import EvalConfig, HeldOutEvaluation
 from .flow_matching import TimestepDensity, noised_latents, sample_sigmas, scheduler_shift, velocity_target
 from .losses import flow_dpo_loss, share_of_global_mean
 from .pair_store import TRAINING, PairRecord, PairStore
@@ -116,6 +117,7 @@ class FlowDpoResult:
     history: list[dict[str, float]]  # the logged metrics of each step this call ran (train/loss, faults/..., ...)
     faults: FaultCounters  # skipped-step counts of the whole run (they survive a resume)
     resumed_from_step: int | None  # the checkpoint step this call resumed from; None: it started fresh
+    stopped: str | None = None  # why the run stopped before max_steps (a held-out alert); None: it did not
 
 
 def build_pairs(
@@ -266,14 +268,21 @@ def _errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1)
 
 
-def run_flow_dpo(policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig) -> FlowDpoResult:
-    """Train (or resume) to ``max_steps``; see :class:`FlowDpoResult` for what comes back."""
+def run_flow_dpo(
+    policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig, evaluation: EvalConfig | None = None
+) -> FlowDpoResult:
+    """Train (or resume) to ``max_steps``, with held-out evaluation if ``evaluation`` turns it on (its settings
+    are then part of the run's record); see :class:`FlowDpoResult` for what comes back."""
+    evaluation = evaluation or EvalConfig()
+    evaluation.check_training_terms(dpo.rewards)
+    config = evaluation.with_groups({"policy": policy_args, "run": run_args, "dpo": dpo})
     with training_run(policy_args, run_args, dpo.rewards, job="tune-flow-dpo", project="descore-flow-dpo",
-                      config={"policy": policy_args, "run": run_args, "dpo": dpo}) as run:
-        return _train_flow_dpo(run, policy_args, run_args, dpo)
+                      config=config, eval_prompts=evaluation.prompts()) as run:
+        return _train_flow_dpo(run, policy_args, run_args, dpo, evaluation)
 
 
-def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig) -> FlowDpoResult:
+def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, dpo: FlowDpoConfig,
+                    evaluation: EvalConfig) -> FlowDpoResult:
     accelerator, policy = run.accelerator, run.policy
     resumed_from_step = run.state.step or None
     shift = scheduler_shift(policy.pipeline.scheduler.config) if dpo.shift_timesteps else 1.0
@@ -283,7 +292,10 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
     progress = RunProgress.for_run(desc="Flow-DPO", total=run_args.max_steps, initial=run.state.step,
                                    is_main_process=accelerator.is_main_process, disable_tqdm=run_args.disable_tqdm)
     round_ = None
+    held_out = HeldOutEvaluation(evaluation, run, policy_args=policy_args, run_args=run_args)
     for step in range(run.state.step, run_args.max_steps):
+        if held_out.stops_run(step):
+            break
         current = step // dpo.online_every if dpo.online_every else 0
         if dpo.online_every and step > 0 and step % dpo.online_every == 0:
             policy.refresh_reference()  # at a round boundary only: mid-round, the checkpoint restored it
@@ -314,9 +326,10 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"loss": metrics["train/loss"]},
                             save_total_limit=run_args.save_total_limit)
     progress.close()
+    held_out.finish(run.state.step)
     final = finish_run(run, fused=run_args.save_fused)
     return FlowDpoResult(final=final, history=history, faults=replace(run.state.faults),
-                         resumed_from_step=resumed_from_step)
+                         resumed_from_step=resumed_from_step, stopped=held_out.stop_reason)
 
 
 def _optimizer_step(

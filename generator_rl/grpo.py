@@ -46,12 +46,14 @@ from reward.seeds import permuted_slice, seeded_generator
 from .advantages import STD_MODES, StdMode, group_advantages
 from .checkpoint import save_checkpoint
 from .config import PolicyConfig, RunConfig
+from .evaluation import EvalConfig, HeldOutEvaluation
 from .losses import PolicyLoss, ppo_clip_loss, share_of_global_mean
 from .policy import WanPolicy
 from .progress import RunProgress
 from .rewards import RewardMix, RewardTerm, scoring_executor
 from .rollout import SdeSettings, Trajectory, sample_trajectory
 from .run import TrainingRun, finish_run, training_run, write_samples
+from .tables import log_rollout_table
 from .sde import DEFAULT_NOISE_LEVELS, SDE_KINDS, SdeKind, StepOutput, gaussian_kl, sde_kind, sde_step, step_mean_std
 
 logger = logging.getLogger(__name__)
@@ -183,6 +185,7 @@ class GrpoResult:
     first_ratio: float | None  # PPO ratio of the first micro-batch of this call's first applied update (1: on-policy)
     faults: FaultCounters  # skipped-step counts of the whole run (they survive a resume)
     resumed_from_step: int | None  # the checkpoint step this call resumed from; None: it started fresh
+    stopped: str | None = None  # why the run stopped before max_steps (a held-out alert); None: it did not
 
 
 @dataclass
@@ -407,16 +410,23 @@ def step_loss(
     return clipped.loss + grpo.beta * kl, clipped, kl
 
 
-def run_grpo(policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig) -> GrpoResult:
-    """Train (or resume) to ``max_steps``; see :class:`GrpoResult` for what comes back."""
+def run_grpo(
+    policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig, evaluation: EvalConfig | None = None
+) -> GrpoResult:
+    """Train (or resume) to ``max_steps``, with held-out evaluation if ``evaluation`` turns it on (its settings
+    are then part of the run's record); see :class:`GrpoResult` for what comes back."""
     sde = grpo.sde_settings(policy_args.num_steps)  # checked before the run folder is claimed or a model loads
-    with training_run(policy_args, run_args, grpo.rewards, job="tune-grpo", project="descore-grpo",
-                      config={"policy": policy_args, "run": run_args, "grpo": grpo}) as run:
-        return _train_grpo(run, policy_args, run_args, grpo, sde)
+    evaluation = evaluation or EvalConfig()
+    evaluation.check_training_terms(grpo.rewards)
+    config = evaluation.with_groups({"policy": policy_args, "run": run_args, "grpo": grpo})
+    with training_run(policy_args, run_args, grpo.rewards, job="tune-grpo", project="descore-grpo", config=config,
+                      eval_prompts=evaluation.prompts()) as run:
+        return _train_grpo(run, policy_args, run_args, grpo, sde, evaluation)
 
 
 def _train_grpo(
-    run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig, sde: SdeSettings
+    run: TrainingRun, policy_args: PolicyConfig, run_args: RunConfig, grpo: GrpoConfig, sde: SdeSettings,
+    evaluation: EvalConfig,
 ) -> GrpoResult:
     accelerator, policy = run.accelerator, run.policy
     resumed_from_step = run.state.step or None
@@ -430,7 +440,10 @@ def _train_grpo(
     first_ratio = None
     progress = RunProgress.for_run(desc="GRPO", total=run_args.max_steps, initial=run.state.step,
                                    is_main_process=accelerator.is_main_process, disable_tqdm=run_args.disable_tqdm)
+    held_out = HeldOutEvaluation(evaluation, run, policy_args=policy_args, run_args=run_args)
     for step in range(run.state.step, run_args.max_steps):
+        if held_out.stops_run(step):
+            break
         started, learning_rate = time.perf_counter(), run.learning_rate
         indices = permuted_slice(len(run.prompts), step, grpo.prompts_per_step, run_args.seed)
         mine = indices[accelerator.process_index * per_process : (accelerator.process_index + 1) * per_process]
@@ -465,6 +478,7 @@ def _train_grpo(
         _record(accelerator, run.run_dir, step, rollout, advantages.values)
         if accelerator.is_main_process and step % run_args.logging_steps == 0:
             accelerator.log(metrics, step=step)
+            log_rollout_table(accelerator, step, rollout, advantages.values)
         progress.step_done(reward=f"{metrics['reward/total/mean']:.4f}")
         run.state.faults.stop_if_stuck(grpo.max_consecutive_skipped_steps, step=step, reason=skip)
         if run_args.sample_steps and step % run_args.sample_steps == 0 and accelerator.is_main_process:
@@ -473,9 +487,11 @@ def _train_grpo(
             save_checkpoint(accelerator, run.run_dir, run.state.step, {"reward_mean": metrics["reward/total/mean"]},
                             save_total_limit=run_args.save_total_limit)
     progress.close()
+    held_out.finish(run.state.step)
     final = finish_run(run, fused=run_args.save_fused)
     return GrpoResult(final=final, reward_history=history, first_ratio=first_ratio,
-                      faults=replace(run.state.faults), resumed_from_step=resumed_from_step)
+                      faults=replace(run.state.faults), resumed_from_step=resumed_from_step,
+                      stopped=held_out.stop_reason)
 
 
 def _reward_metrics(accelerator: Accelerator, rollout: Rollout, advantages: torch.Tensor, zero_std: float) -> dict[str, float]:

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +45,17 @@ from .rewards import RewardMix, RewardTerm
 logger = logging.getLogger(__name__)
 
 ROLLOUTS = "rollouts.jsonl"
+EVAL_LOG = "eval.jsonl"  # held-out evaluations (generator_rl/evaluation.py), which also writes eval/ and best/
 # Everything a generator run writes into its output_dir; overwrite_output_dir removes these and nothing else.
-RUN_OUTPUTS = (CHECKPOINTS, FINAL, "samples", "logs", "wandb", "pairs", ROLLOUTS, RUN_CONFIG)
+RUN_OUTPUTS = (CHECKPOINTS, FINAL, "samples", "logs", "wandb", "pairs", ROLLOUTS, RUN_CONFIG, "eval", EVAL_LOG,
+               "best")
 # Logs that grow by one record per step ({"step": N, ...} per line): cut back to the checkpoint on resume.
-APPEND_ONLY_LOGS = (ROLLOUTS,)
+APPEND_ONLY_LOGS = (ROLLOUTS, EVAL_LOG)
 # Fields a resumed run may change: how long it trains and how it logs, not what it trains. The output folder
 # itself may move (the run is the folder).
 RESUMABLE_CHANGES = ("max_steps", "save_steps", "sample_steps", "logging_steps", "report_to", "overwrite_output_dir",
-                     "output_dir", "save_total_limit", "disable_tqdm", "overlap_scoring")
+                     "output_dir", "save_total_limit", "disable_tqdm", "overlap_scoring", "push_to_hub", "hub_model_id",
+                     "hub_private")
 # Learning-rate schedules that do not depend on max_steps: only with these may a resumed run train longer.
 SCHEDULES_WITHOUT_HORIZON = ("constant", "constant_with_warmup", "inverse_sqrt")
 
@@ -92,11 +95,13 @@ class TrainingRun:
 
 
 def start_run(
-    policy_args: Any, run_args: Any, reward_terms: list[RewardTerm], *, job: str, project: str, config: dict[str, Any]
+    policy_args: Any, run_args: Any, reward_terms: list[RewardTerm], *, job: str, project: str, config: dict[str, Any],
+    eval_prompts: Sequence[str] = (),
 ) -> TrainingRun:
     """Check that ``output_dir`` is this run's (before any model loads), then the accelerator and trackers,
     the policy with cached prompts, rewards, AdamW on the LoRA weights, the EMA, checkpoint hooks, and — if
-    ``output_dir`` holds a checkpoint — everything restored from the newest one. If setting up fails, the
+    ``output_dir`` holds a checkpoint — everything restored from the newest one. ``eval_prompts`` (held-out
+    prompts) are encoded with the training prompts, before the text encoder is dropped. If setting up fails, the
     trackers are closed again."""
     run_dir = Path(run_args.output_dir)
     for term in reward_terms:
@@ -111,7 +116,7 @@ def start_run(
         set_seed(run_args.seed)
         prompts = read_prompts(run_args.prompts)
         policy = policy_args.load_policy(accelerator.device)
-        policy.cache_prompts(prompts)
+        policy.cache_prompts([*prompts, *eval_prompts])
         policy.offload_text_encoder()
         rewards = RewardMix(reward_terms)
         optimizer = torch.optim.AdamW(
@@ -148,12 +153,14 @@ def start_run(
 
 @contextmanager
 def training_run(
-    policy_args: Any, run_args: Any, reward_terms: list[RewardTerm], *, job: str, project: str, config: dict[str, Any]
+    policy_args: Any, run_args: Any, reward_terms: list[RewardTerm], *, job: str, project: str, config: dict[str, Any],
+    eval_prompts: Sequence[str] = (),
 ) -> Iterator[TrainingRun]:
     """:func:`start_run` as a context manager: a run that raises still closes its trackers, so the next job in
     the same process (the demo, a notebook, a test session) logs to a run of its own. A run that finishes
     closes them in :func:`finish_run`."""
-    run = start_run(policy_args, run_args, reward_terms, job=job, project=project, config=config)
+    run = start_run(policy_args, run_args, reward_terms, job=job, project=project, config=config,
+                    eval_prompts=eval_prompts)
     try:
         yield run
     except BaseException:
@@ -162,7 +169,9 @@ def training_run(
 
 
 def finish_run(run: TrainingRun, *, fused: bool) -> Path:
-    """Swap the EMA weights in (if any), export ``final/`` from the main process, close the trackers."""
+    """Swap the EMA weights in (if any), export ``final/`` from the main process, close the trackers and, with
+    ``push_to_hub``, upload ``final/`` from the main process (after the trackers are closed, so a failed upload
+    leaves a finished run whose ``final/`` can be pushed again)."""
     run.accelerator.wait_for_everyone()
     if run.ema is not None:
         run.ema.copy_to(run.policy.trainable_parameters())
@@ -170,7 +179,23 @@ def finish_run(run: TrainingRun, *, fused: bool) -> Path:
     if run.accelerator.is_main_process:
         export_final(run.policy, run.run_dir, fused=fused, job=run.job, config=run.record)
     close_run(run.accelerator)
+    hub = run.record["run"]
+    if hub.get("push_to_hub") and run.accelerator.is_main_process:
+        push_final(final, repo_id=hub["hub_model_id"], private=hub["hub_private"])
     return final
+
+
+def push_final(final: Path, *, repo_id: str, private: bool) -> str:
+    """Create the hub model repo ``repo_id`` if it does not exist (an existing one keeps its visibility) and
+    upload the files of ``final/`` to its main branch; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(final),
+                               commit_message="Upload LoRA trained with descore")
+    logger.info("pushed %s to https://huggingface.co/%s", final, repo_id)
+    return str(getattr(commit, "commit_url", commit))
 
 
 def run_record(config: Mapping[str, Any], *, prompts: str | Path) -> dict[str, dict[str, Any]]:
@@ -314,17 +339,24 @@ def _scalar(value: Any) -> Any:
     return json.dumps(value, sort_keys=True)
 
 
+def logs_media(accelerator: Accelerator) -> bool:
+    """Whether videos and tables go to a tracker: only wandb takes them (and not when wandb is disabled)."""
+    return any(tracker.name == "wandb" for tracker in accelerator.trackers) and os.environ.get("WANDB_MODE") != "disabled"
+
+
+def write_mp4(path: Path, video: torch.Tensor) -> Path:
+    """Write one video's (T, 3, H, W) frames in [0, 1] as a 16 fps mp4 (an odd side loses its last row/column:
+    yuv420p needs even sizes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    height, width = array.shape[1:3]
+    return write_video(path, array[:, : height - height % 2, : width - width % 2], WAN_FPS)
+
+
 def write_samples(accelerator: Accelerator, folder: Path, step: int, frames: torch.Tensor, prompts: list[str]) -> list[Path]:
     """Write (N, T, 3, H, W) frames in [0, 1] as 16 fps mp4s and log them to wandb when it is the tracker."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, video in enumerate(frames):
-        array = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        height, width = array.shape[1:3]
-        if height % 2 or width % 2:  # yuv420p needs even sizes
-            array = array[:, : height - height % 2, : width - width % 2]
-        paths.append(write_video(folder / f"step_{step:06d}_{index}.mp4", array, WAN_FPS))
-    if any(tracker.name == "wandb" for tracker in accelerator.trackers) and os.environ.get("WANDB_MODE") != "disabled":
+    paths = [write_mp4(folder / f"step_{step:06d}_{index}.mp4", video) for index, video in enumerate(frames)]
+    if logs_media(accelerator):
         import wandb
 
         accelerator.get_tracker("wandb").log(
