@@ -176,7 +176,8 @@ def import_pairs(
     decided = [pair for pair in data.pairs if pair.label != 0]
     waiting = [pair for pair in decided if pair.line not in done]
     mine = waiting[accelerator.process_index :: accelerator.num_processes]
-    encoder = _VideoEncoder(policy, shape, limits, uses=Counter(video for pair in mine for video in (pair.video_a, pair.video_b)))
+    uses = Counter(video for pair in mine for video in (pair.video_a, pair.video_b))
+    encoder = _VideoEncoder(policy, shape, limits, uses=uses)
     failed = []
     progress.start("pairs: encoding", total=len(mine))
     for pair in mine:
@@ -232,7 +233,8 @@ def _store_pair(
 ) -> None:
     conditional, _ = policy.prompt_embeddings([pair.prompt])
     record = PairRecord(
-        round=IMPORT_ROUND, prompt_index=pair.line, prompt=pair.prompt, file=f"pairs/{IMPORT_ROUND}_{pair.line}_0.safetensors",
+        round=IMPORT_ROUND, prompt_index=pair.line, prompt=pair.prompt,
+        file=f"pairs/{IMPORT_ROUND}_{pair.line}_0.safetensors",
         winner_reward=math.nan, loser_reward=math.nan, model=model, latent_shape=list(winner.shape),
     )
     store.add(rank, record, winner=winner, loser=loser, prompt_embeds=conditional[0])

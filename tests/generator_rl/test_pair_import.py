@@ -15,13 +15,14 @@ import torch
 import yaml
 from trl import TrlParser
 
-from generator_rl.config import PolicyConfig, RunConfig
+from descore.cli import main
+from generator_rl.config import PolicyConfig, RunConfig, read_prompts
 from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo
 from generator_rl.pair_import import cover_and_crop, training_frames, wan_frame_indices
 from generator_rl.pair_store import PairStore
 from generator_rl.policy import VideoShape, WanPolicy
 from generator_rl.sample import load_sampling_pipeline, ode_latents
-from reward.errors import ConfigError, DataError, VideoDecodeError
+from reward.errors import ConfigError, VideoDecodeError
 from reward.run_record import RunMismatchError, file_sha256
 from reward.video import write_video
 
@@ -57,29 +58,32 @@ def _write_pairs(folder: Path, rows: list[dict[str, str]], name: str = "pairs.cs
     return path
 
 
-def _bright_vs_dark(folder: Path, pairs_per_prompt: int = 2) -> Path:
-    """Pairs of our layout with relative paths; the bright clip is A or B in turn, the label following it."""
+def _bright_vs_dark(folder: Path) -> Path:
+    """Six pairs of our layout (relative paths) over three bright and three dark clips, each clip in two rows:
+    prompt p compares its bright clip with its dark one (label a) and with the next prompt's dark one (label b)."""
+    bright = [_clip(folder / "clips" / f"bright_{p}.mp4", bright=True, seed=p).relative_to(folder) for p in range(3)]
+    dark = [_clip(folder / "clips" / f"dark_{p}.mp4", bright=False, seed=p).relative_to(folder) for p in range(3)]
     rows = []
     for p, prompt in enumerate(PROMPTS):
-        for k in range(pairs_per_prompt):
-            bright = _clip(folder / "clips" / f"bright_{p}_{k}.mp4", bright=True, seed=10 * p + k)
-            dark = _clip(folder / "clips" / f"dark_{p}_{k}.mp4", bright=False, seed=10 * p + k)
-            first, second, label = (bright, dark, "a") if (p + k) % 2 == 0 else (dark, bright, "b")
-            rows.append({"prompt": prompt, "video_a": str(first.relative_to(folder)),
-                         "video_b": str(second.relative_to(folder)), "label": label})
+        rows.append({"prompt": prompt, "video_a": str(bright[p]), "video_b": str(dark[p]), "label": "a"})
+        rows.append({"prompt": prompt, "video_a": str(dark[(p + 1) % 3]), "video_b": str(bright[p]), "label": "b"})
     return _write_pairs(folder, rows)
 
 
-def _arguments(model: Path, pairs: Path, output_dir: Path, **overrides) -> tuple:
-    """The shipped tiny Flow-DPO recipe made offline: no rewards, no online rounds, the given pairs."""
+def _offline_recipe(path: Path, model: Path, **overrides) -> Path:
+    """The shipped tiny Flow-DPO recipe made offline: no rewards, no online rounds."""
     recipe = yaml.safe_load((RECIPES / "tiny_flow_dpo.yaml").read_text())
     for key in ("rewards", "online_every"):
         recipe.pop(key)
-    recipe |= {"model": str(model), "pairs": str(pairs), "prompts": str(pairs), "output_dir": str(output_dir),
-               "report_to": "none", **overrides}
-    config = output_dir.parent / f"{output_dir.name}.yaml"
-    config.write_text(yaml.safe_dump(recipe))
-    return TrlParser([PolicyConfig, RunConfig, FlowDpoConfig]).parse_args_and_config(["--config", str(config)])
+    path.write_text(yaml.safe_dump(recipe | {"model": str(model), "report_to": "none", **overrides}))
+    return path
+
+
+def _arguments(model: Path, pairs: Path, output_dir: Path, **overrides) -> tuple:
+    """(PolicyConfig, RunConfig, FlowDpoConfig) of the offline tiny recipe on ``pairs``."""
+    recipe = _offline_recipe(output_dir.parent / f"{output_dir.name}.yaml", model, pairs=str(pairs), prompts=str(pairs),
+                             output_dir=str(output_dir), **overrides)
+    return TrlParser([PolicyConfig, RunConfig, FlowDpoConfig]).parse_args_and_config(["--config", str(recipe)])
 
 
 def test_frames_are_the_16_fps_timeline_from_the_start():
@@ -124,7 +128,8 @@ def _sample_projections(policy_args: PolicyConfig, lora: Path | None, direction:
 
 
 def test_offline_flow_dpo_moves_samples_toward_the_chosen_clips(tiny_wan_dir, tmp_path):
-    """Bright, warm, moving clips preferred over dark ones (3 prompts, 6 pairs, A/B in turn). The tiny VAE has
+    """Bright, warm, moving clips preferred over dark ones (3 prompts, 6 pairs over 6 clips, each clip decoded
+    and encoded once though two rows use it; the chosen clip is A or B in turn). The tiny VAE has
     random weights, so it decodes every latent to about the same brightness: the statistic is taken where the
     preference lives, in latent space — the projection of fixed-seed ODE samples on the direction from the mean
     rejected latent to the mean chosen latent. After training it rises by more than 5x the spread of the base
@@ -133,7 +138,7 @@ def test_offline_flow_dpo_moves_samples_toward_the_chosen_clips(tiny_wan_dir, tm
     pairs = _bright_vs_dark(tmp_path)
     policy_args, run_args, dpo = _arguments(tiny_wan_dir, pairs, tmp_path / "run", max_steps=12, learning_rate=0.02)
     result = run_flow_dpo(policy_args, run_args, dpo)
-    assert (result.imported.stored, result.imported.ties, result.imported.encoded_videos) == (6, 0, 12)
+    assert (result.imported.stored, result.imported.ties, result.imported.encoded_videos) == (6, 0, 6)
     assert result.history[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert result.history[0]["pairs/usable"] == 6
     store = PairStore(tmp_path / "run" / "pairs")
@@ -162,7 +167,8 @@ def test_bad_rows_are_listed_and_skipped_and_an_import_resumes(tiny_wan_dir, tmp
     """Rows: two good pairs, a tie, a corrupt mp4, a clip too short for 9 frames at 16 fps, a missing file. The
     bad ones are listed with line, video and error; the good ones are stored exactly as ``policy.encode`` of
     their frames. An import killed at its second pair resumes with only that pair's videos encoded again."""
-    good = [_clip(tmp_path / f"{name}.mp4", bright=name.startswith("b"), seed=i) for i, name in enumerate(["b0", "d0", "b1", "d1"])]
+    good = [_clip(tmp_path / f"{name}.mp4", bright=name.startswith("b"), seed=i)
+            for i, name in enumerate(["b0", "d0", "b1", "d1"])]
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
     short = _clip(tmp_path / "short.mp4", bright=True, seed=9, frames=12)  # 0.5 s at 24 fps: frame 12 is needed
@@ -182,14 +188,16 @@ def test_bad_rows_are_listed_and_skipped_and_an_import_resumes(tiny_wan_dir, tmp
     caplog.set_level("WARNING")
     policy_args, run_args, dpo = _arguments(tiny_wan_dir, pairs, tmp_path / "run", max_steps=1)
     imported = run_flow_dpo(policy_args, run_args, dpo).imported
-    assert len(encodes) == 2  # the unstored pair's; good[1] is not encoded for the corrupt row, good[2] is reused by line 6
+    # The unstored pair's two videos: good[1] is not encoded for the corrupt row, good[2] is reused by line 6.
+    assert len(encodes) == 2
     assert (imported.stored, imported.already_stored, imported.ties, len(imported.skipped)) == (1, 1, 1, 3)
     assert [(row.line, row.video) for row in imported.skipped] == [
         (5, str(corrupt)), (6, str(short)), (7, None)]
     assert "unreadable container" in imported.skipped[0].error or "decoding failed" in imported.skipped[0].error
     assert "too short: 12 frames at 24 fps" in imported.skipped[1].error
     assert f"video file {tmp_path / 'gone.mp4'} does not exist" in imported.skipped[2].error
-    assert f"{pairs} line 5 skipped: video {corrupt}:" in caplog.text and f"line 6 skipped: video {short}:" in caplog.text
+    assert f"{pairs} line 5 skipped: video {corrupt}:" in caplog.text
+    assert f"{pairs} line 6 skipped: video {short}:" in caplog.text
     store = PairStore(tmp_path / "run" / "pairs")
     records = store.pairs(0)
     assert [(r.prompt_index, r.prompt) for r in records] == [(2, "a sunny beach"), (3, "a city street")]
@@ -203,8 +211,8 @@ def test_bad_rows_are_listed_and_skipped_and_an_import_resumes(tiny_wan_dir, tmp
 
 def test_another_pair_file_is_refused_by_the_store(tiny_wan_dir, tmp_path):
     """Reusing a store (pair_dir) with another pair file, or a prompt file other than the pair file, fails."""
-    pairs = _write_pairs(tmp_path, [{"prompt": "a sunny beach", "video_a": _clip(tmp_path / "b.mp4", bright=True, seed=0).name,
-                                     "video_b": _clip(tmp_path / "d.mp4", bright=False, seed=0).name, "label": "a"}])
+    _clip(tmp_path / "b.mp4", bright=True, seed=0), _clip(tmp_path / "d.mp4", bright=False, seed=0)
+    pairs = _write_pairs(tmp_path, [{"prompt": "a sunny beach", "video_a": "b.mp4", "video_b": "d.mp4", "label": "a"}])
     run_flow_dpo(*_arguments(tiny_wan_dir, pairs, tmp_path / "a", max_steps=1, pair_dir=str(tmp_path / "pairs")))
     other = _write_pairs(tmp_path, [{"prompt": "a sunny beach", "video_a": "b.mp4", "video_b": "d.mp4", "label": "b"}],
                          name="other.csv")
@@ -216,21 +224,27 @@ def test_another_pair_file_is_refused_by_the_store(tiny_wan_dir, tmp_path):
         run_flow_dpo(policy_args, run_args, dpo)
 
 
-def test_videogen_rewardbench_rows_and_their_ties(tiny_wan_dir, tmp_path):
-    """VideoGen-RewardBench columns: the Overall label decides, ``same`` rows are skipped and counted; the run
-    record holds the pair file's sha256; a file of ties only has no usable pair."""
+def test_videogen_rewardbench_rows_and_their_ties_from_the_command_line(tiny_wan_dir, tmp_path, capsys):
+    """``descore tune flow-dpo --pairs`` on VideoGen-RewardBench columns: the Overall label decides, ``same``
+    rows are skipped and counted; the run record holds the pair file's sha256; a file of ties only has no
+    usable pair (one line, exit 2)."""
     clips = [_clip(tmp_path / "videos" / f"{k}.mp4", bright=k % 2 == 0, seed=k).relative_to(tmp_path) for k in range(4)]
     base = {"VQ": "A", "MQ": "same", "TA": "B", "fps_A": "24", "fps_B": "24"}
     rows = [{"path_A": str(clips[1]), "path_B": str(clips[0]), "prompt": "a sunny beach", "Overall": "B", **base},
             {"path_A": str(clips[2]), "path_B": str(clips[3]), "prompt": "a city street", "Overall": "same", **base}]
     pairs = _write_pairs(tmp_path, rows, name="videogen.csv")
-    result = run_flow_dpo(*_arguments(tiny_wan_dir, pairs, tmp_path / "run", max_steps=1))
-    assert (result.imported.stored, result.imported.ties, result.imported.encoded_videos) == (1, 1, 2)
-    record = json.loads((tmp_path / "run" / "run_config.json").read_text())
-    assert record["config"]["run"]["prompts_sha256"] == file_sha256(pairs)
+    recipe = _offline_recipe(tmp_path / "offline.yaml", tiny_wan_dir, max_steps=1)
+    command = ["tune", "flow-dpo", "--config", str(recipe), "--output_dir", str(tmp_path / "run")]
+    assert main([*command, "--pairs", str(pairs), "--prompts", str(pairs)]) == 0
+    assert f"pairs from {pairs}: 1 usable (1 encoded now), 1 tie(s) and 0 bad row(s) skipped" in capsys.readouterr().out
+    (record,) = PairStore(tmp_path / "run" / "pairs").pairs(0)
+    assert (record.prompt_index, record.prompt) == (2, "a sunny beach")
+    run_config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert run_config["config"]["run"]["prompts_sha256"] == file_sha256(pairs)
+    assert run_config["config"]["dpo"]["pairs"] == str(pairs)
     ties = _write_pairs(tmp_path, rows[1:], name="ties.csv")
-    with pytest.raises(DataError, match=r"ties.csv: no usable pair: 1 tie\(s\), 0 row\(s\) skipped"):
-        run_flow_dpo(*_arguments(tiny_wan_dir, ties, tmp_path / "ties", max_steps=1))
+    assert main([*command[:-1], str(tmp_path / "ties"), "--pairs", str(ties), "--prompts", str(ties)]) == 2
+    assert "ties.csv: no usable pair: 1 tie(s), 0 row(s) skipped" in capsys.readouterr().err
 
 
 def test_offline_options_are_checked(tmp_path):
@@ -243,3 +257,11 @@ def test_offline_options_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="rewards is required"):
         FlowDpoConfig()
     assert FlowDpoConfig(pairs=str(pairs)).rewards == []
+
+
+def test_a_jsonl_pair_file_gives_its_prompts(tmp_path):
+    """A JSONL pair file can be the run's prompt file too (``--prompts pairs.jsonl``)."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "a dog", "video_a": "a.mp4", "video_b": "b.mp4", "label": "A"}\n\n'
+                    '{"prompt": " a cat ", "video_a": "a.mp4", "video_b": "c.mp4", "label": "tie"}\n')
+    assert read_prompts(path) == ["a dog", "a cat"]
