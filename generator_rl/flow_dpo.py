@@ -196,8 +196,8 @@ def pair_settings(
     ``online_every``, rounds after the first are sampled by the policy being trained, so the settings that
     shape its training (LoRA, optimizer, DPO loss, batch and the number of processes) are recorded too, in
     the group the store compares only once it holds such rounds."""
-    model = Path(policy_args.model)
-    model = str(model.resolve()) if model.exists() else policy_args.model
+    path = Path(policy_args.model)
+    model = str(path.resolve()) if path.exists() else policy_args.model
     if dpo.pairs is not None:
         return import_settings(dpo.pairs, model=model, policy_fields={name: getattr(policy_args, name) for name in (
             "transformer_dtype", "text_encoder_dtype", "height", "width", "num_frames", "max_sequence_length")})
@@ -302,7 +302,7 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
     shift = scheduler_shift(policy.pipeline.scheduler.config) if dpo.shift_timesteps else 1.0
     given = read_pair_file(dpo.pairs) if dpo.pairs is not None else None
     store = PairStore.for_run(dpo.pair_dir or run.run_dir / "pairs",
-                              prompts=prompts_by_line(given) if given else run.prompts,
+                              prompts=run.prompts if given is None else prompts_by_line(given),
                               settings=pair_settings(policy_args, run_args, dpo, processes=accelerator.num_processes))
     history: list[dict[str, float]] = []
     progress = RunProgress.for_run(desc="Flow-DPO", total=run_args.max_steps, initial=run.state.step,

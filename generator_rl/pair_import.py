@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +99,10 @@ def check_prompts_are_pairs(prompts: str, pairs: str) -> None:
 
 
 def read_pair_file(path: str | Path) -> PreferenceData:
-    """The pairs of a pair file; invalid rows (a missing video, an unknown label) are logged and skipped."""
-    return read_preferences(path, skip_invalid=True)
+    """The pairs of a pair file; invalid rows (a missing video, an unknown label) are logged and skipped.
+    Prompts are stripped as ``read_prompts`` strips them, so that the run has cached each one's embedding."""
+    data = read_preferences(path, skip_invalid=True)
+    return replace(data, pairs=[replace(pair, prompt=pair.prompt.strip()) for pair in data.pairs])
 
 
 def prompts_by_line(data: PreferenceData) -> list[str]:
@@ -125,9 +127,10 @@ def wan_frame_indices(name: str, *, total_frames: int, fps: float, num_frames: i
     indices = [math.floor(k * fps / WAN_FPS + 1e-9) for k in range(num_frames)]
     if indices[-1] >= total_frames:
         raise VideoDecodeError(
-            name, f"too short: {total_frames} frames at {fps:g} fps last {total_frames / fps:.3f} s, but num_frames = "
-                  f"{num_frames} at {WAN_FPS:g} fps needs {(num_frames - 1) / WAN_FPS:.3f} s; use longer clips or a "
-                  "smaller num_frames"
+            name, f"too short: num_frames = {num_frames} at {WAN_FPS:g} fps needs the frame on screen at "
+                  f"{(num_frames - 1) / WAN_FPS:.3f} s (source frame {indices[-1]}), but its {total_frames} frames at "
+                  f"{fps:g} fps end with one at {(total_frames - 1) / fps:.3f} s; use longer clips or a smaller "
+                  "num_frames"
         )
     return indices
 
@@ -213,18 +216,21 @@ class _VideoEncoder:
     def take(self, video: str, *, needed: bool = True) -> tuple[torch.Tensor | None, str | None]:
         """(latents (C, F, h, w), None), or (None, the error) for a video that cannot be read; (None, None) when
         not ``needed`` (the row's other video failed) and not computed yet."""
-        if video not in self.cache and not needed:
-            self.uses[video] -= 1
-            return None, None
-        if video not in self.cache:
-            try:
-                self.cache[video] = self.policy.encode(training_frames(video, self.shape, limits=self.limits)[None])[0]
-                self.encoded += 1
-            except VideoDecodeError as error:
-                self.cache[video] = error.reason
         self.uses[video] -= 1
+        if video not in self.cache:
+            if not needed:
+                return None, None
+            self.cache[video] = self._encode(video)
         value = self.cache[video] if self.uses[video] else self.cache.pop(video)
         return (None, value) if isinstance(value, str) else (value, None)
+
+    def _encode(self, video: str) -> torch.Tensor | str:
+        try:
+            latents = self.policy.encode(training_frames(video, self.shape, limits=self.limits)[None])[0]
+        except VideoDecodeError as error:
+            return error.reason
+        self.encoded += 1
+        return latents
 
 
 def _store_pair(

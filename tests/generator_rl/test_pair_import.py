@@ -18,7 +18,7 @@ from trl import TrlParser
 from descore.cli import main
 from generator_rl.config import PolicyConfig, RunConfig, read_prompts
 from generator_rl.flow_dpo import FlowDpoConfig, run_flow_dpo
-from generator_rl.pair_import import cover_and_crop, training_frames, wan_frame_indices
+from generator_rl.pair_import import cover_and_crop, read_pair_file, training_frames, wan_frame_indices
 from generator_rl.pair_store import PairStore
 from generator_rl.policy import VideoShape, WanPolicy
 from generator_rl.sample import load_sampling_pipeline, ode_latents
@@ -90,8 +90,9 @@ def test_frames_are_the_16_fps_timeline_from_the_start():
     """24 fps source: frame k of the 16 fps clip is the one on screen at k/16 s, floor(k * 1.5)."""
     assert wan_frame_indices("c", total_frames=13, fps=24.0, num_frames=9) == [0, 1, 3, 4, 6, 7, 9, 10, 12]
     assert wan_frame_indices("c", total_frames=5, fps=8.0, num_frames=5) == [0, 0, 1, 1, 2]
-    with pytest.raises(VideoDecodeError, match=r"too short: 12 frames at 24 fps last 0\.500 s, but num_frames = 9 "
-                                                r"at 16 fps needs 0\.500 s"):
+    with pytest.raises(VideoDecodeError, match=r"too short: num_frames = 9 at 16 fps needs the frame on screen at "
+                                                r"0\.500 s \(source frame 12\), but its 12 frames at 24 fps end with "
+                                                r"one at 0\.458 s"):
         wan_frame_indices("c", total_frames=12, fps=24.0, num_frames=9)
 
 
@@ -194,7 +195,7 @@ def test_bad_rows_are_listed_and_skipped_and_an_import_resumes(tiny_wan_dir, tmp
     assert [(row.line, row.video) for row in imported.skipped] == [
         (5, str(corrupt)), (6, str(short)), (7, None)]
     assert "unreadable container" in imported.skipped[0].error or "decoding failed" in imported.skipped[0].error
-    assert "too short: 12 frames at 24 fps" in imported.skipped[1].error
+    assert "too short: num_frames = 9 at 16 fps" in imported.skipped[1].error
     assert f"video file {tmp_path / 'gone.mp4'} does not exist" in imported.skipped[2].error
     assert f"{pairs} line 5 skipped: video {corrupt}:" in caplog.text
     assert f"{pairs} line 6 skipped: video {short}:" in caplog.text
@@ -227,12 +228,14 @@ def test_another_pair_file_is_refused_by_the_store(tiny_wan_dir, tmp_path):
 def test_videogen_rewardbench_rows_and_their_ties_from_the_command_line(tiny_wan_dir, tmp_path, capsys):
     """``descore tune flow-dpo --pairs`` on VideoGen-RewardBench columns: the Overall label decides, ``same``
     rows are skipped and counted; the run record holds the pair file's sha256; a file of ties only has no
-    usable pair (one line, exit 2)."""
+    usable pair (one line, exit 2). Prompts are stripped, as the run's prompt list strips them."""
     clips = [_clip(tmp_path / "videos" / f"{k}.mp4", bright=k % 2 == 0, seed=k).relative_to(tmp_path) for k in range(4)]
     base = {"VQ": "A", "MQ": "same", "TA": "B", "fps_A": "24", "fps_B": "24"}
-    rows = [{"path_A": str(clips[1]), "path_B": str(clips[0]), "prompt": "a sunny beach", "Overall": "B", **base},
+    rows = [{"path_A": str(clips[1]), "path_B": str(clips[0]), "prompt": " a sunny beach ", "Overall": "B", **base},
             {"path_A": str(clips[2]), "path_B": str(clips[3]), "prompt": "a city street", "Overall": "same", **base}]
     pairs = _write_pairs(tmp_path, rows, name="videogen.csv")
+    assert [(pair.line, pair.prompt, Path(pair.video_b).name, pair.label) for pair in read_pair_file(pairs).pairs] == [
+        (2, "a sunny beach", "0.mp4", -1), (3, "a city street", "3.mp4", 0)]
     recipe = _offline_recipe(tmp_path / "offline.yaml", tiny_wan_dir, max_steps=1)
     command = ["tune", "flow-dpo", "--config", str(recipe), "--output_dir", str(tmp_path / "run")]
     assert main([*command, "--pairs", str(pairs), "--prompts", str(pairs)]) == 0
