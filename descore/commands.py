@@ -108,6 +108,10 @@ def _report_vbench(result: Any) -> str:
 def _report_tuning(result: Any) -> str:
     """A GrpoResult or FlowDpoResult in a few lines: resume point, reward trend, skipped steps, the LoRA."""
     lines = [f"resumed from step {result.resumed_from_step}"] if result.resumed_from_step else []
+    imported = getattr(result, "imported", None)
+    if imported is not None:
+        lines.append(f"pairs from {imported.source}: {imported.pairs} usable ({imported.stored} encoded now), "
+                     f"{imported.ties} tie(s) and {len(imported.skipped)} bad row(s) skipped")
     history = getattr(result, "reward_history", None)
     if history:
         lines.append(f"mean reward: first step {history[0]:.5f}, last step {history[-1]:.5f}")
@@ -176,7 +180,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         "GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
         (_POLICY, _RUN, _GRPO, _EVAL), "generator_rl.grpo:run_grpo", _report_tuning),
     ("tune", "flow-dpo"): Command(
-        "Flow-DPO on reward-ranked pairs (offline or online)",
+        "Flow-DPO on reward-ranked pairs (offline or online) or on given pairs (--pairs)",
         (_POLICY, _RUN, _FLOW_DPO, _EVAL), "generator_rl.flow_dpo:run_flow_dpo", _report_tuning),
     ("tune", "sample"): Command(
         "Sample videos from the base model or a LoRA with fixed per-prompt seeds",

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from reward.errors import ConfigError
+from reward.records import read_records
 from reward.run_record import check_model_source, looks_like_hub_id
 
 from .policy import LoraSpec, VideoShape, WanPolicy
@@ -195,7 +196,7 @@ class RunConfig:
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a .txt (one per non-empty line) or a .csv/.tsv with a ``prompt`` column (or ``tiny:prompts``)."""
+    """Prompts from a .txt (one per non-empty line) or a .csv/.tsv/.jsonl with a ``prompt`` column (or ``tiny:prompts``)."""
     path = Path(resolve_prompt_file(str(path)))
     if not path.is_file():
         raise ConfigError(f"prompt file {path} does not exist")
@@ -205,6 +206,8 @@ def read_prompts(path: str | Path) -> list[str]:
             if "prompt" not in (reader.fieldnames or []):
                 raise ConfigError(f"{path} has no 'prompt' column (columns: {reader.fieldnames})")
             prompts = [row["prompt"].strip() for row in reader if (row["prompt"] or "").strip()]
+    elif path.suffix.lower() == ".jsonl":
+        prompts = [text for _, row in read_records(path).rows if (text := str(row.get("prompt") or "").strip())]
     else:
         prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:

@@ -12,6 +12,8 @@ formulas and defaults in docs/generator_rl.md).
    The reference is the base model (adapters disabled).
 3. **Online.** With ``online_every = K``, every K steps the reference is refreshed from the current policy and
    a new round of pairs is sampled from it.
+4. **Offline, on given pairs.** With ``pairs`` (a pair file), step 1 is replaced: the file's videos are encoded
+   into the store once (``pair_import.py``; docs/flow_dpo_pairs.md) and no reward model is needed.
 
 A step whose loss or gradient norm is not finite is skipped and counted; ``max_consecutive_skipped_steps`` of
 them in a row stop the run (``reward/faults.py``). A reused pair store must have been made with this run's settings
@@ -40,6 +42,10 @@ from .config import PolicyConfig, RunConfig
 from .evaluation import EvalConfig, HeldOutEvaluation
 from .flow_matching import TimestepDensity, noised_latents, sample_sigmas, scheduler_shift, velocity_target
 from .losses import flow_dpo_loss, share_of_global_mean
+from .pair_import import (
+    IMPORT_ROUND, PairImport, check_pair_options, check_prompts_are_pairs, import_pairs, import_settings,
+    prompts_by_line, read_pair_file,
+)
 from .pair_store import TRAINING, PairRecord, PairStore
 from .policy import WanPolicy
 from .progress import RunProgress
@@ -52,7 +58,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FlowDpoConfig:
-    rewards: list[RewardTerm] | None = field(default=None, metadata={"help": "Reward terms that rank the samples."})
+    rewards: list[RewardTerm] | None = field(
+        default=None, metadata={"help": "Reward terms that rank the samples (not needed with pairs)."}
+    )
+    pairs: str | None = field(
+        default=None,
+        metadata={"help": "Offline Flow-DPO: a pair file (prompt,video_a,video_b,label or VideoGen-RewardBench's "
+                          "path_A,path_B,prompt,Overall) whose videos are encoded and trained on instead of sampled "
+                          "pairs; prompts must then name the same file (docs/flow_dpo_pairs.md)."},
+    )
     samples_per_prompt: int = field(default=4, metadata={"help": "Videos sampled per prompt to build pairs (N)."})
     pair_mode: Literal["best_worst", "all_above_margin"] = field(
         default="best_worst", metadata={"help": "best vs worst sample, or every pair whose reward gap exceeds the margin."}
@@ -83,9 +97,11 @@ class FlowDpoConfig:
     )
 
     def __post_init__(self) -> None:
-        if not self.rewards:
+        if self.pairs is not None:
+            check_pair_options(self.pairs, online_every=self.online_every)
+        elif not self.rewards:
             raise ConfigError("rewards is required, e.g. --rewards name=descore_no_cot,path=runs/descore/final")
-        self.rewards = [term if isinstance(term, RewardTerm) else RewardTerm(term) for term in self.rewards]
+        self.rewards = [term if isinstance(term, RewardTerm) else RewardTerm(term) for term in self.rewards or []]
         if self.samples_per_prompt < 2:
             raise ConfigError(f"samples_per_prompt must be >= 2 to form pairs, got {self.samples_per_prompt}")
         if self.online_every is not None and self.online_every < 1:
@@ -118,6 +134,7 @@ class FlowDpoResult:
     faults: FaultCounters  # skipped-step counts of the whole run (they survive a resume)
     resumed_from_step: int | None  # the checkpoint step this call resumed from; None: it started fresh
     stopped: str | None = None  # why the run stopped before max_steps (a held-out alert); None: it did not
+    imported: PairImport | None = None  # with ``pairs``: what encoding the pair file did (counts, skipped rows)
 
 
 def build_pairs(
@@ -181,10 +198,14 @@ def pair_settings(
     ``online_every``, rounds after the first are sampled by the policy being trained, so the settings that
     shape its training (LoRA, optimizer, DPO loss, batch and the number of processes) are recorded too, in
     the group the store compares only once it holds such rounds."""
-    model = Path(policy_args.model)
+    path = Path(policy_args.model)
+    model = str(path.resolve()) if path.exists() else policy_args.model
+    if dpo.pairs is not None:
+        return import_settings(dpo.pairs, model=model, policy_fields={name: getattr(policy_args, name) for name in (
+            "transformer_dtype", "text_encoder_dtype", "height", "width", "num_frames", "max_sequence_length")})
     settings = {
         "sampling": {
-            "model": str(model.resolve()) if model.exists() else policy_args.model,
+            "model": model,
             **{name: getattr(policy_args, name) for name in (
                 "transformer_dtype", "text_encoder_dtype", "height", "width", "num_frames", "num_steps",
                 "guidance_scale", "negative_prompt", "max_sequence_length")},
@@ -273,8 +294,13 @@ def run_flow_dpo(
 ) -> FlowDpoResult:
     """Train (or resume) to ``max_steps``, with held-out evaluation if ``evaluation`` turns it on (its settings
     are then part of the run's record); see :class:`FlowDpoResult` for what comes back."""
+    if dpo.pairs is not None:
+        check_prompts_are_pairs(run_args.prompts, dpo.pairs)
     evaluation = evaluation or EvalConfig()
-    evaluation.check_training_terms(dpo.rewards)
+    if evaluation.enabled and not dpo.rewards:
+        raise ConfigError("held-out evaluation (eval_every > 0) scores the training reward, and this run has none: "
+                          "with --pairs, give --rewards too (they then score the evaluation only)")
+    evaluation.check_training_terms(dpo.rewards or [])
     config = evaluation.with_groups({"policy": policy_args, "run": run_args, "dpo": dpo})
     with training_run(policy_args, run_args, dpo.rewards, job="tune-flow-dpo", project="descore-flow-dpo",
                       config=config, eval_prompts=evaluation.prompts()) as run:
@@ -286,12 +312,18 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
     accelerator, policy = run.accelerator, run.policy
     resumed_from_step = run.state.step or None
     shift = scheduler_shift(policy.pipeline.scheduler.config) if dpo.shift_timesteps else 1.0
-    store = PairStore.for_run(dpo.pair_dir or run.run_dir / "pairs", prompts=run.prompts,
+    given = read_pair_file(dpo.pairs) if dpo.pairs is not None else None
+    store = PairStore.for_run(dpo.pair_dir or run.run_dir / "pairs",
+                              prompts=run.prompts if given is None else prompts_by_line(given),
                               settings=pair_settings(policy_args, run_args, dpo, processes=accelerator.num_processes))
     history: list[dict[str, float]] = []
     progress = RunProgress.for_run(desc="Flow-DPO", total=run_args.max_steps, initial=run.state.step,
                                    is_main_process=accelerator.is_main_process, disable_tqdm=run_args.disable_tqdm)
-    round_ = None
+    round_, imported = None, None
+    if given is not None:  # offline: the given pairs are round 0, and no round is ever sampled
+        imported = import_pairs(policy, given, store, shape=policy_args.shape, model=policy_args.model,
+                                accelerator=accelerator, progress=progress)
+        round_, records = IMPORT_ROUND, store.pairs(IMPORT_ROUND)
     held_out = HeldOutEvaluation(evaluation, run, policy_args=policy_args, run_args=run_args)
     for step in range(run.state.step, run_args.max_steps):
         if held_out.stops_run(step):
@@ -317,6 +349,8 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
             logger.warning("step %d skipped: non-finite loss or gradient norm", step)
         run.state.faults.record(skip)
         metrics |= run.state.faults.metrics() | {"train/learning_rate": learning_rate}
+        if imported is not None and not history:
+            metrics |= imported.metrics()
         history.append(metrics)
         if accelerator.is_main_process and step % run_args.logging_steps == 0:
             accelerator.log(metrics, step=step)
@@ -329,7 +363,7 @@ def _train_flow_dpo(run: TrainingRun, policy_args: PolicyConfig, run_args: RunCo
     held_out.finish(run.state.step)
     final = finish_run(run, fused=run_args.save_fused)
     return FlowDpoResult(final=final, history=history, faults=replace(run.state.faults),
-                         resumed_from_step=resumed_from_step, stopped=held_out.stop_reason)
+                         resumed_from_step=resumed_from_step, stopped=held_out.stop_reason, imported=imported)
 
 
 def _optimizer_step(

@@ -238,12 +238,30 @@ class WanPolicy:
 
     # ----- decoding ------------------------------------------------------------------------------------
 
+    def _latent_statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's per-channel latent mean and std, shaped (1, C, 1, 1, 1): Wan's transformer works on
+        (z − mean) / std."""
+        config = self.pipeline.vae.config
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(device)
+        std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(device)
+        return mean, std
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (B, T, 3, H, W) in [0, 1] → clean latents (B, C, F, H/8, W/8), float32: the inverse of
+        ``decode``. Deterministic: the mode (= mean) of the VAE's latent distribution, as diffusers' Wan
+        pipelines take it for conditioning latents (``retrieve_latents(..., sample_mode="argmax")``)."""
+        vae = self.pipeline.vae
+        video = (frames.to(self.device, torch.float32) * 2 - 1).permute(0, 2, 1, 3, 4)  # (B, 3, T, H, W) in [-1, 1]
+        latents = vae.encode(video.to(vae.dtype)).latent_dist.mode().float()
+        mean, std = self._latent_statistics(latents.device)
+        return (latents - mean) / std
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → frames (B, T, 3, H, W) in [0, 1], float32, decoded by the float32 VAE."""
         vae = self.pipeline.vae
-        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device)
-        std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device)
+        mean, std = self._latent_statistics(latents.device)
         video = vae.decode((latents.float() * std + mean).to(vae.dtype), return_dict=False)[0]
         return self.pipeline.video_processor.postprocess_video(video, output_type="pt").float()
 

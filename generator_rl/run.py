@@ -72,7 +72,7 @@ class TrainingRun:
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per applied update
     state: RunState
     ema: Any  # diffusers EMAModel of the LoRA weights, or None
-    rewards: RewardMix
+    rewards: RewardMix | None  # None: a job that ranks nothing (Flow-DPO on given pairs)
     prompts: list[str]
     job: str
     record: dict[str, dict[str, Any]]  # the resolved configuration written to run_config.json
@@ -118,7 +118,7 @@ def start_run(
         policy = policy_args.load_policy(accelerator.device)
         policy.cache_prompts([*prompts, *eval_prompts])
         policy.offload_text_encoder()
-        rewards = RewardMix(reward_terms)
+        rewards = RewardMix(reward_terms) if reward_terms else None
         optimizer = torch.optim.AdamW(
             policy.trainable_parameters(), lr=run_args.learning_rate, betas=(0.9, 0.999),
             weight_decay=run_args.weight_decay, eps=1e-8,

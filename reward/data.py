@@ -11,7 +11,10 @@ Two layouts are read:
   ``invalid``), read unchanged. ``invalid`` rows are excluded as the official code excludes them;
 * the official DeScore stage-2 CSV — ``videos``, ``problem`` and ``answer`` (an answer block with ``gsb_result``,
   ``video_1_scores`` and ``video_2_scores``): the verdict becomes the label (anything but "Video 1/2 is better"
-  is a tie) and the scores become ``scores_a`` / ``scores_b``.
+  is a tie) and the scores become ``scores_a`` / ``scores_b``;
+* VideoGen-RewardBench (VideoAlign, arXiv 2501.13918) — ``path_A``, ``path_B``, ``prompt`` and the ``Overall``
+  label (``A`` / ``B`` / ``same``); its per-dimension labels (``VQ``, ``MQ``, ``TA``) are not read here
+  (``benchmarks.preference_data`` evaluates them).
 
 Files are UTF-8 (a byte-order mark is allowed). Relative video paths resolve against the data file's folder.
 Every problem is reported with the file and its line number (the CSV header is line 1): bytes that are not
@@ -48,6 +51,7 @@ OURS_REQUIRED = ("prompt", "video_a", "video_b", "label")
 OFFICIAL_REQUIRED = ("videos", "problem", "CoT_A", "CoT_B", "GSB")
 OFFICIAL_STAGE2_REQUIRED = ("videos", "problem", "answer")
 OURS_OPTIONAL = ("cot_a", "cot_b", "scores_a", "scores_b")
+VIDEOGEN_REQUIRED = ("path_A", "path_B", "prompt", "Overall")
 INDEX_REQUIRED = ("prompt", "file")  # `descore tune sample`'s index.csv
 LISTED_PROBLEMS = 50
 
@@ -317,10 +321,12 @@ def _layout(path: Path, columns: list[str]) -> Callable[[dict[str, Any], int, Pa
         return _official_stage2_row
     if set(OURS_REQUIRED) <= set(columns):
         return _our_row
+    if set(VIDEOGEN_REQUIRED) <= set(columns):
+        return _videogen_row
     raise DataError(
         f"{path}: columns {sorted(columns)} match no known layout; expected {list(OURS_REQUIRED)} "
-        f"(optional {list(OURS_OPTIONAL)}), the official DeScore stage-1 columns {list(OFFICIAL_REQUIRED)} or its "
-        f"stage-2 columns {list(OFFICIAL_STAGE2_REQUIRED)}"
+        f"(optional {list(OURS_OPTIONAL)}), the official DeScore stage-1 columns {list(OFFICIAL_REQUIRED)}, its "
+        f"stage-2 columns {list(OFFICIAL_STAGE2_REQUIRED)} or VideoGen-RewardBench's {list(VIDEOGEN_REQUIRED)}"
     )
 
 
@@ -377,6 +383,17 @@ def _our_row(row: dict[str, Any], line: int, root: Path) -> PreferencePair:
         cot_b=_text(row, "cot_b", required=False),
         scores_a=_scores(row, "scores_a"),
         scores_b=_scores(row, "scores_b"),
+    )
+
+
+def _videogen_row(row: dict[str, Any], line: int, root: Path) -> PreferencePair:
+    """A VideoGen-RewardBench row, labelled by its ``Overall`` preference."""
+    return PreferencePair(
+        prompt=_text(row, "prompt", required=True),
+        video_a=_video_path(_text(row, "path_A", required=True), root),
+        video_b=_video_path(_text(row, "path_B", required=True), root),
+        label=parse_label(row.get("Overall")),
+        line=line,
     )
 
 

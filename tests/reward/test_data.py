@@ -388,8 +388,8 @@ def test_unknown_columns_name_every_layout(folder):
     assert str(caught.value) == (
         f"{path}: columns ['left', 'prompt', 'right', 'winner'] match no known layout; expected "
         "['prompt', 'video_a', 'video_b', 'label'] (optional ['cot_a', 'cot_b', 'scores_a', 'scores_b']), "
-        "the official DeScore stage-1 columns ['videos', 'problem', 'CoT_A', 'CoT_B', 'GSB'] or its stage-2 "
-        "columns ['videos', 'problem', 'answer']"
+        "the official DeScore stage-1 columns ['videos', 'problem', 'CoT_A', 'CoT_B', 'GSB'], its stage-2 "
+        "columns ['videos', 'problem', 'answer'] or VideoGen-RewardBench's ['path_A', 'path_B', 'prompt', 'Overall']"
     )
 
 
