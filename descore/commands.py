@@ -160,6 +160,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         "Import an official DeScore checkpoint (stage 1 LoRA or stage 2 weights) as a merged DeScore checkpoint",
         ("reward.official_import:ImportOfficialConfig",), "reward.official_import:run_import_official",
         lambda path: f"wrote {path}"),
+    ("reward", "serve"): Command(
+        "Serve a reward model over HTTP for RL jobs on other GPUs or nodes: batching, limits, token, /metrics",
+        ("reward.server:ServeConfig",), "reward.server:run_serve"),
     ("tune", "grpo"): Command(
         "GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
         (_POLICY, _RUN, _GRPO), "generator_rl.grpo:run_grpo", _report_tuning),
