@@ -6,17 +6,28 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from reward import VideoFrames
+from benchmarks.synthetic import square_clip
+from reward import RewardOutput, VideoFrames, build_reward
 from reward.base import check_reward_entry
+from reward.calibration import Calibration, DimensionStats, reward_identity, write_calibration
 from reward.errors import ConfigError, DataError, RemoteRewardError, VideoDecodeError
-from reward.remote import Attempt, attempt_plan, build_request, describe_field, refusal, scored_item, scored_items
+from reward.remote import (Attempt, RemoteReward, attempt_plan, build_request, describe_field, refusal, scored_item,
+                           scored_items)
+from reward.server import ServeConfig, create_app
 
 from .helpers import small_clip
+from .test_server import GatedReward, metric_samples, serving, wait_for
 
 URL = "http://127.0.0.1:8000"
 
@@ -135,3 +146,157 @@ def test_entry_options_are_checked(options, message):
 def test_a_valid_entry_builds_without_a_server():
     check_reward_entry({"name": "remote", "urls": [URL, "https://reward-2.internal:443"], "on_error": "nan",
                         "paths": "shared", "retries": 0, "backoff_s": 0, "timeout_s": 5, "batch_size": 2})
+
+
+# ----- against the real server on 127.0.0.1 ------------------------------------------------------------------------
+
+TOKEN_ENV = "DESCORE_TEST_REWARD_TOKEN"
+TOKEN = "remote-test-secret"
+
+
+def _frames(seed: int) -> np.ndarray:
+    return square_clip(np.random.default_rng(seed), colour="green", direction="up", noise=6.0, frames=6)
+
+
+def _local(videos: list, entry: dict | None = None) -> RewardOutput:
+    return build_reward(entry or {"name": "brightness"}).score(videos, ["p"] * len(videos))
+
+
+def _remote(url_list: list[str], **options) -> RemoteReward:
+    return RemoteReward(url_list, token_env=TOKEN_ENV, **options)
+
+
+def _dead_url() -> str:
+    """A port of 127.0.0.1 nothing listens on (connections are refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def _serve_config(folder: Path, entry: dict, **settings) -> ServeConfig:
+    path = folder / f"reward-{len(list(folder.glob('reward-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(entry))
+    return ServeConfig(reward=str(path), **settings)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("remote")
+    return {"root": root, "files": [small_clip(root / f"clip{seed}.mp4", seed=seed) for seed in range(2)]}
+
+
+@pytest.fixture(scope="module")
+def server(clips) -> Iterator[str]:
+    """brightness behind a token, with the clips' folder as a root and a short prompt limit."""
+    config = _serve_config(clips["root"], {"name": "brightness"}, token=TOKEN, roots=[str(clips["root"])],
+                           max_items=4, max_queue=8, max_prompt_chars=40)
+    with serving(create_app(build_reward({"name": "brightness"}), config)) as url:
+        yield url
+
+
+@pytest.fixture
+def token(monkeypatch) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+
+
+def _videos(clips: dict) -> list:
+    """Two mp4 files, float (T, 3, H, W) frames in [0, 1] and uint8 (T, H, W, 3) frames."""
+    floats = torch.from_numpy(_frames(1)).permute(0, 3, 1, 2).float() / 255 * 0.9 + 0.05
+    return [*clips["files"], VideoFrames(floats, fps=4.0, name="float"), VideoFrames(_frames(2), fps=4.0, name="uint8")]
+
+
+@pytest.mark.parametrize("paths", ["upload", "shared"])
+def test_remote_gives_the_local_rewards(server, clips, token, paths):
+    """Files (uploaded or named), float and uint8 frames, over two requests of two videos: the rewards equal the
+    local brightness exactly (JSON floats round-trip), in input order."""
+    videos = _videos(clips)
+    remote = build_reward({"name": "remote", "urls": [server], "token_env": TOKEN_ENV, "paths": paths, "batch_size": 2})
+    assert remote.calibration is None and remote.server_info()["reward"] == "brightness"
+    scored = remote.score(videos, ["p"] * 4)
+    assert scored.rewards.tolist() == _local(videos).rewards.tolist() and scored.failures == 0
+    assert len(set(scored.rewards.tolist())) == 4
+
+
+def test_the_served_calibration_comes_with_the_model(clips, tmp_path):
+    """A calibration the server's model carries reaches the client through /info, stats unchanged."""
+    stats = Calibration(dimensions={"reward": DimensionStats.of([0.1, 0.2, 0.4])},
+                        reward={"label": "brightness", "identity": reward_identity({"name": "brightness"})},
+                        source={"data": "reference.csv"})
+    entry = {"name": "brightness", "calibration": str(write_calibration(tmp_path / "calibration.json", stats))}
+    with serving(create_app(build_reward(entry), _serve_config(tmp_path, entry))) as url:
+        served = build_reward({"name": "remote", "urls": [url]}).calibration
+    assert served.same_stats(stats) and served.stats().mean == pytest.approx(0.7 / 3)
+
+
+def test_a_dead_server_is_skipped_and_requests_take_turns(server, clips, token, caplog):
+    """First URL a closed port: the four requests begin at URLs 0, 1, 0, 1 in turn; the two that begin at the dead
+    one (and /info, read from the first server that answers) fail over to the live server at once."""
+    videos, dead = _videos(clips), _dead_url()
+    remote = _remote([dead, server], batch_size=1, retries=0)
+    with caplog.at_level("WARNING", logger="reward.remote"):
+        assert remote.score(videos, ["p"] * 4).rewards.tolist() == _local(videos).rewards.tolist()
+    failed = [record.getMessage() for record in caplog.records if record.name == "reward.remote"]
+    assert len(failed) == 3 and all(f"{dead}: ConnectError" in message for message in failed)
+    assert sum("POST /score of 1 video(s) failed" in message for message in failed) == 2
+
+
+def test_every_server_dead_raises_or_fails_each_video(clips, caplog):
+    dead = [_dead_url(), _dead_url()]
+    videos = _videos(clips)[2:]
+    with pytest.raises(RemoteRewardError, match=r"GET /info failed on every try \(4 over .*ConnectError"):
+        build_reward({"name": "remote", "urls": dead, "retries": 1, "backoff_s": 0.01})
+    with pytest.raises(RemoteRewardError, match=re.escape(f"over {dead}, 1 retry round(s)); last error: {dead[1]}")):
+        _remote(dead, retries=1, backoff_s=0.01).score(videos, ["p", "p"])
+    scored = _remote(dead, retries=0, on_error="nan").score(videos, ["p", "p"])
+    assert scored.failures == 2 and all(math.isnan(value) for value in scored.rewards.tolist())
+    assert all(item.error.startswith("GET /info failed on every try (2 over") for item in scored.items)
+
+
+def test_refusals_are_raised_at_once_with_the_server_field(server, clips, token):
+    """A 4xx is the request's fault: raised on the first try (the server counts one 413), typed, naming the field
+    and the video; a 401 names the header."""
+    before = metric_samples(server, {"Authorization": f"Bearer {TOKEN}"})
+    remote = _remote([server], retries=3)
+    with pytest.raises(DataError, match=r"\(413\) at items\[0\]\.prompt \(video float\): has 41 characters"):
+        remote.score(_videos(clips)[2:], ["x" * 41, "p"])
+    after = metric_samples(server, {"Authorization": f"Bearer {TOKEN}"})
+    key = ("descore_reward_errors_total", (("status", "413"),))
+    assert after[key] - before.get(key, 0) == 1
+    with pytest.raises(ConfigError, match=r"\(401\) at Authorization: missing or wrong"):
+        RemoteReward([server], token_env="DESCORE_TEST_NO_SUCH_VARIABLE").server_info()
+
+
+def test_a_server_without_roots_refuses_shared_paths(clips, tmp_path):
+    with serving(create_app(build_reward({"name": "brightness"}), _serve_config(tmp_path, {"name": "brightness"}))) as url:
+        with pytest.raises(ConfigError, match=r"\(403\) at items\[0\]\.video\.path \(video .*clip0\.mp4\)"):
+            RemoteReward([url], paths="shared").score(clips["files"][:1], ["p"])
+
+
+def test_a_full_queue_is_retried_after_its_retry_after(tmp_path):
+    """The model holds video A, video B waits (queue of one): C gets 429, waits the Retry-After and gets in."""
+    model = GatedReward()
+    config = _serve_config(tmp_path, {"name": "brightness"}, max_batch_size=1, max_items=1, max_queue=1)
+    with serving(create_app(model, config)) as url:
+        remote = RemoteReward([url], retries=3, backoff_s=0.05)
+        remote.server_info()
+        frames = [VideoFrames(_frames(seed), fps=4.0) for seed in range(3)]
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(remote.score, frames[:1], ["a"])
+            assert model.entered.acquire(timeout=30)
+            second = pool.submit(remote.score, frames[1:2], ["b"])
+            wait_for(lambda: metric_samples(url)[("descore_reward_queue_depth", ())] == 1, "B to wait")
+            third = pool.submit(remote.score, frames[2:], ["c"])
+            wait_for(lambda: metric_samples(url).get(("descore_reward_errors_total", (("status", "429"),))), "C's 429")
+            model.gate.set()
+            scored = [future.result(timeout=60).rewards.tolist()[0] for future in (first, second, third)]
+    assert scored == _local(frames).rewards.tolist()
+
+
+def test_a_tiny_descore_scores_remotely_as_locally(tiny_descore_dir, clips, tmp_path):
+    entry = {"name": "descore_no_cot", "path": str(tiny_descore_dir), "device": "cpu", "batch_size": 4}
+    videos = _videos(clips)
+    with serving(create_app(build_reward(entry), _serve_config(tmp_path, entry, max_batch_size=4))) as url:
+        remote = build_reward({"name": "remote", "urls": [url], "batch_size": 4}).score(videos, ["a red square"] * 4)
+    local = build_reward(entry).score(videos, ["a red square"] * 4)
+    assert remote.failures == 0 and len(set(local.rewards.tolist())) == 4
+    torch.testing.assert_close(remote.rewards, local.rewards, rtol=0, atol=1e-6)
