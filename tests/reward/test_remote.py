@@ -3,6 +3,7 @@ the real server on 127.0.0.1 — the same rewards as local scoring, failover, Na
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -18,6 +19,8 @@ import torch
 import yaml
 
 from benchmarks.synthetic import square_clip
+from generator_rl.grpo import GrpoConfig, run_grpo
+from generator_rl.tiny_wan import save_tiny_wan
 from reward import RewardOutput, VideoFrames, build_reward
 from reward.base import check_reward_entry
 from reward.calibration import Calibration, DimensionStats, reward_identity, write_calibration
@@ -26,6 +29,7 @@ from reward.remote import (Attempt, RemoteReward, attempt_plan, build_request, d
                            scored_items)
 from reward.server import ServeConfig, create_app
 
+from ..generator_rl.helpers import same_lora, tiny_arguments
 from .helpers import small_clip
 from .test_server import GatedReward, metric_samples, serving, wait_for
 
@@ -300,3 +304,21 @@ def test_a_tiny_descore_scores_remotely_as_locally(tiny_descore_dir, clips, tmp_
     local = build_reward(entry).score(videos, ["a red square"] * 4)
     assert remote.failures == 0 and len(set(local.rewards.tolist())) == 4
     torch.testing.assert_close(remote.rewards, local.rewards, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_grpo_trains_with_the_remote_reward_as_with_the_local_one(tmp_path):
+    """Two tiny GRPO steps with brightness scored by a server give the reward history and the LoRA of the same
+    run scored locally (same seeds): the rollouts' float frames reach the server as the very uint8 frames local
+    scoring quantises them to."""
+    wan, prompts = save_tiny_wan(tmp_path / "wan"), tmp_path / "prompts.txt"
+    prompts.write_text("a red square moving left\na blue ball bouncing\n")
+    settings = {"max_steps": 2, "save_steps": 2, "rewards": ["name=brightness"]}
+    local = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, wan, prompts, tmp_path / "local", **settings))
+    policy, run, grpo = tiny_arguments("tiny_grpo", GrpoConfig, wan, prompts, tmp_path / "remote", **settings)
+    config = _serve_config(tmp_path, {"name": "brightness"})
+    with serving(create_app(build_reward({"name": "brightness"}), config)) as url:
+        term = {"name": "remote", "urls": [url], "label": "brightness", "weight": 1.0}
+        remote = run_grpo(policy, run, dataclasses.replace(grpo, rewards=[term]))
+    assert len(local.reward_history) == 2 and remote.reward_history == local.reward_history
+    assert same_lora(tmp_path / "local", tmp_path / "remote")
