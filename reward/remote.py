@@ -1,4 +1,4 @@
-"""``remote``: score on one or more reward servers (``descore reward serve``, docs/reward_server_client.md).
+"""``remote``: score on one or more reward servers (``descore reward serve``; docs/reward_server.md, "Client").
 
     name: remote
     urls: [http://10.0.0.5:8000, http://10.0.0.6:8000]
@@ -30,11 +30,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -52,6 +52,7 @@ ON_ERROR_MODES = ("raise", "nan")
 DEFAULT_TOKEN_ENV = "DESCORE_REWARD_TOKEN"
 _CONFIG_STATUSES = (401, 403)  # a wrong token or a path setting the server refuses: the user's configuration
 _UNSET: Any = object()
+Answer = TypeVar("Answer")
 
 
 def check_url(url: Any) -> str:
@@ -83,8 +84,12 @@ class Attempt:
 def attempt_plan(start: int, *, url_count: int, retries: int, backoff_s: float) -> list[Attempt]:
     """``retries + 1`` rounds over every server, each beginning at server ``start``; before round r >= 1 the
     client waits ``backoff_s · 2^(r-1)`` (failing over within a round costs no wait: the next server may be up)."""
-    return [Attempt((start + offset) % url_count, backoff_s * 2 ** (round_index - 1) if round_index and not offset else 0.0)
-            for round_index in range(retries + 1) for offset in range(url_count)]
+    plan = []
+    for round_index in range(retries + 1):
+        for offset in range(url_count):
+            wait = backoff_s * 2 ** (round_index - 1) if round_index and offset == 0 else 0.0
+            plan.append(Attempt((start + offset) % url_count, wait))
+    return plan
 
 
 @dataclass(frozen=True)
@@ -138,8 +143,8 @@ def build_request(videos: Sequence[VideoSource], prompts: Sequence[str], *, path
 def _optional(result: Mapping[str, Any], key: str, kinds: tuple[type, ...]) -> Any:
     value = result.get(key)
     if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
-        raise RemoteRewardError(f"the server's result has {key}={value!r}, not {' or '.join(k.__name__ for k in kinds)} "
-                                "or null")
+        expected = " or ".join(kind.__name__ for kind in kinds)
+        raise RemoteRewardError(f"the server's result has {key}={value!r}, not {expected} or null")
     return value
 
 
@@ -153,9 +158,13 @@ def scored_item(result: Any) -> ScoredItem:
     if reward is None and error is None:
         error = "the reward server returned no reward and no error"
     return ScoredItem(
-        reward=math.nan if reward is None else float(reward), error=error, cot=_optional(result, "cot", (str,)),
-        sub_scores=_optional(result, "sub_scores", (dict,)), overall_score=_optional(result, "overall_score", (int, float)),
-        parse_ok=_optional(result, "parse_ok", (bool,)), parse_error=_optional(result, "parse_error", (str,)),
+        reward=math.nan if reward is None else float(reward),
+        error=error,
+        cot=_optional(result, "cot", (str,)),
+        sub_scores=_optional(result, "sub_scores", (dict,)),
+        overall_score=_optional(result, "overall_score", (int, float)),
+        parse_ok=_optional(result, "parse_ok", (bool,)),
+        parse_error=_optional(result, "parse_error", (str,)),
         truncated=_optional(result, "truncated", (bool,)),
     )
 
@@ -217,7 +226,8 @@ class RemoteReward:
 
     Args:
         urls: base URLs of servers that serve the same reward entry, e.g. ``["http://127.0.0.1:8000"]``.
-        token_env: name of the environment variable holding the bearer token (unset or empty: no token).
+        token_env: name of the environment variable holding the bearer token, read when the reward is built
+            (unset or empty: no token). The protocol keeps the token itself out of configs and run records.
         timeout_s: seconds one HTTP request may take (connect, send, wait for the scores), per try.
         retries: rounds over all servers after the first one failed.
         backoff_s: wait before the second round; it doubles each round.
@@ -255,7 +265,8 @@ class RemoteReward:
         """
         urls = options.get("urls")
         if not isinstance(urls, (list, tuple)) or not urls:
-            raise ConfigError(f"remote reward needs urls: a non-empty list such as [http://127.0.0.1:8000], got {urls!r}")
+            raise ConfigError(f"remote reward needs urls: a non-empty list such as [http://127.0.0.1:8000], "
+                              f"got {urls!r}")
         for url in urls:
             check_url(url)
         if len({check_url(url) for url in urls}) != len(urls):
@@ -291,8 +302,10 @@ class RemoteReward:
         self._calibration = value
 
     def server_info(self) -> dict[str, Any]:
-        """The ``/info`` of the first server that answers (failing over like a request)."""
-        return self._with_failover(0, lambda url: self._info(url), what="GET /info")
+        """The ``/info`` read first, else that of the first server that answers (failing over like a request)."""
+        with self._lock:
+            known = next(iter(self._infos.values()), None)
+        return known if known is not None else self._with_failover(0, self._info, what="GET /info")
 
     def score(self, videos: Sequence[VideoSource], prompts: Sequence[str]) -> RewardOutput:
         if len(videos) != len(prompts):
@@ -304,10 +317,9 @@ class RemoteReward:
         except RemoteRewardError as error:
             return self._failed(len(videos), error)
         slices = [range(start, min(start + size, len(videos))) for start in range(0, len(videos), size)]
-        requests = [build_request([videos[i] for i in part], [prompts[i] for i in part], paths=self.paths)
-                    for part in slices]
-        with ThreadPoolExecutor(max_workers=len(self.urls)) as pool:
-            futures = [pool.submit(self._score_request, request, self._take_start()) for request in requests]
+        with ThreadPoolExecutor(max_workers=len(self.urls)) as pool:  # a request's body is built by its thread
+            futures = [pool.submit(self._score_slice, [videos[i] for i in part], [prompts[i] for i in part],
+                                   self._take_start()) for part in slices]
             outputs = [self._result(future, len(part)) for future, part in zip(futures, slices)]
         return RewardOutput([item for output in outputs for item in output.items])
 
@@ -334,7 +346,9 @@ class RemoteReward:
             start, self._next_url = self._next_url, (self._next_url + 1) % len(self.urls)
         return start
 
-    def _score_request(self, request: ScoreRequest, start: int) -> list[ScoredItem]:
+    def _score_slice(self, videos: Sequence[VideoSource], prompts: Sequence[str], start: int) -> list[ScoredItem]:
+        request = build_request(videos, prompts, paths=self.paths)
+
         def post(url: str) -> list[ScoredItem]:
             self._info(url)
             response = self._http().post(f"{url}/score", files=request.parts, headers=self._headers())
@@ -343,7 +357,7 @@ class RemoteReward:
 
         return self._with_failover(start, post, what=f"POST /score of {len(request.sources)} video(s)")
 
-    def _with_failover(self, start: int, call: Any, *, what: str) -> Any:
+    def _with_failover(self, start: int, call: Callable[[str], Answer], *, what: str) -> Answer:
         """``call(url)`` over the attempt plan until one returns; typed 4xx errors propagate at once."""
         import httpx
 

@@ -244,6 +244,15 @@ def test_a_dead_server_is_skipped_and_requests_take_turns(server, clips, token, 
     assert sum("POST /score of 1 video(s) failed" in message for message in failed) == 2
 
 
+def test_servers_of_different_rewards_are_refused(server, clips, token, tmp_path):
+    entry = {"name": "temporal_smoothness"}
+    with serving(create_app(build_reward(entry), _serve_config(tmp_path, entry))) as other:
+        remote = _remote([server, other], batch_size=1)
+        with pytest.raises(ConfigError, match=f"reward servers {server} and {other} serve different rewards: "
+                                              r"\{'name': 'brightness'\} and \{'name': 'temporal_smoothness'\}"):
+            remote.score(_videos(clips)[2:], ["p", "p"])
+
+
 def test_every_server_dead_raises_or_fails_each_video(clips, caplog):
     dead = [_dead_url(), _dead_url()]
     videos = _videos(clips)[2:]
