@@ -8,7 +8,8 @@ One optimizer step = one rollout:
    or a Flow-GRPO-Fast window; the step kind is ``sde``, see ``sde.py``) record their log-probabilities. Every sample draws its noise from its own
    generator seeded by (seed, step, sample id): samples do not depend on the batch or the number of processes.
    ``shared_noise`` gives a group one initial noise (DanceGRPO).
-3. **Rewards.** Frames decoded in memory go to the weighted reward mix (any registry reward); each term logged.
+3. **Rewards.** Frames decoded in memory go to the weighted reward mix (any registry reward); each term logged. With
+   ``overlap_scoring`` a batch is scored in a background thread while the next one samples.
 4. **Advantages.** Rewards and group ids are gathered from every process, normalised per group (``std_mode``:
    group / LongCat ``max_group`` / ``global``), and each process keeps its own rows. NaN rewards are masked;
    when a process has no valid reward at all, the step is skipped on every process.
@@ -48,7 +49,7 @@ from .config import PolicyConfig, RunConfig
 from .losses import PolicyLoss, ppo_clip_loss, share_of_global_mean
 from .policy import WanPolicy
 from .progress import RunProgress
-from .rewards import RewardMix, RewardTerm
+from .rewards import RewardMix, RewardTerm, scoring_executor
 from .rollout import SdeSettings, Trajectory, sample_trajectory
 from .run import TrainingRun, finish_run, training_run, write_samples
 from .sde import DEFAULT_NOISE_LEVELS, SDE_KINDS, SdeKind, StepOutput, gaussian_kl, sde_kind, sde_step, step_mean_std
@@ -105,6 +106,11 @@ class GrpoConfig:
     max_consecutive_skipped_steps: int = field(
         default=5, metadata={"help": "Stop the run after this many steps in a row were skipped (all rewards of a "
                                      "process invalid, or a non-finite loss or gradient norm)."}
+    )
+    overlap_scoring: bool = field(
+        default=True,
+        metadata={"help": "Score each rollout batch in a background thread while the next batch samples (the rewards "
+                          "are the same either way; a remote reward server then works while the GPU samples)."},
     )
 
     def __post_init__(self) -> None:
@@ -212,32 +218,36 @@ def collect(
     sample_ids = group_ids * grpo.group_size + torch.arange(grpo.group_size).repeat(len(prompts))
     sample_prompts = [prompts[i] for i in range(len(prompts)) for _ in range(grpo.group_size)]
     shape = policy.latent_shape(1, policy_args.shape)[1:]
-    trajectories, frames, scores = [], [], []
+    trajectories, frames, pending = [], [], []
     progress.start("sampling", total=math.ceil(len(sample_prompts) / grpo.rollout_batch_size))
-    for start in range(0, len(sample_prompts), grpo.rollout_batch_size):
-        progress.label("sampling")
-        ids = range(start, min(start + grpo.rollout_batch_size, len(sample_prompts)))
-        noise_keys = [("noise", int(group_ids[i])) if grpo.shared_noise else ("noise", "sample", int(sample_ids[i])) for i in ids]
-        noise = torch.stack([torch.randn(shape, generator=seeded_generator(seed, step, *key)) for key in noise_keys])
-        conditional, unconditional = policy.prompt_embeddings([sample_prompts[i] for i in ids])
-        with accelerator.autocast():
-            trajectory = sample_trajectory(
-                lambda latents, index: policy.velocity(
-                    latents, timesteps[index], conditional, unconditional, policy_args.guidance_scale
-                ),
-                noise.to(policy.device),
-                sigmas,
-                settings=sde,
-                stochastic=stochastic,
-                generators=[seeded_generator(seed, step, "sde", int(sample_ids[i])) for i in ids],
-            )
-        progress.advance()
+    with scoring_executor(grpo.overlap_scoring) as scoring:
+        for start in range(0, len(sample_prompts), grpo.rollout_batch_size):
+            progress.label("sampling")
+            ids = range(start, min(start + grpo.rollout_batch_size, len(sample_prompts)))
+            noise_keys = [("noise", int(group_ids[i])) if grpo.shared_noise else ("noise", "sample", int(sample_ids[i]))
+                          for i in ids]
+            noise = torch.stack([torch.randn(shape, generator=seeded_generator(seed, step, *key)) for key in noise_keys])
+            conditional, unconditional = policy.prompt_embeddings([sample_prompts[i] for i in ids])
+            with accelerator.autocast():
+                trajectory = sample_trajectory(
+                    lambda latents, index: policy.velocity(
+                        latents, timesteps[index], conditional, unconditional, policy_args.guidance_scale
+                    ),
+                    noise.to(policy.device),
+                    sigmas,
+                    settings=sde,
+                    stochastic=stochastic,
+                    generators=[seeded_generator(seed, step, "sde", int(sample_ids[i])) for i in ids],
+                )
+            progress.advance()
+            progress.label("decoding")
+            decoded = policy.decode(trajectory.final)
+            pending.append(scoring.submit(rewards.score, policy.as_reward_inputs(decoded), [sample_prompts[i] for i in ids]))
+            trajectories.append(trajectory)
+            kept = grpo.group_size - sum(len(chunk) for chunk in frames)  # sample videos show the first group only
+            frames.append(decoded[: max(kept, 0)].cpu())
         progress.label("scoring")
-        decoded = policy.decode(trajectory.final)
-        scores.append(rewards.score(policy.as_reward_inputs(decoded), [sample_prompts[i] for i in ids]))
-        trajectories.append(trajectory)
-        kept = grpo.group_size - sum(len(chunk) for chunk in frames)  # sample videos show the first group only
-        frames.append(decoded[: max(kept, 0)].cpu())
+        scores = [future.result() for future in pending]
     return Rollout(
         prompts=sample_prompts,
         group_ids=group_ids,

@@ -14,7 +14,8 @@ total is Σ weight·reward; an item any term failed to score is NaN (and counted
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +92,22 @@ class RewardMix:
         per_term = {term.label: model.score(videos, prompts).rewards for term, model in zip(self.terms, self.models)}
         total = sum(term.weight * per_term[term.label] for term in self.terms)
         return MixedRewards(total=total.float(), terms=per_term)
+
+
+class InlineExecutor(Executor):
+    """An executor that runs each call at once in the caller's thread (scoring without overlap)."""
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # delivered by future.result(), as a thread pool would
+            future.set_exception(error)
+        return future
+
+
+def scoring_executor(overlap: bool) -> Executor:
+    """Where reward calls run: one background thread when ``overlap`` (the reward of one batch is computed while
+    the next batch samples; a single thread keeps the reward models' calls in order and off each other), else
+    inline. Use it as a context manager: leaving it waits for the calls still running."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward") if overlap else InlineExecutor()

@@ -52,7 +52,7 @@ APPEND_ONLY_LOGS = (ROLLOUTS,)
 # Fields a resumed run may change: how long it trains and how it logs, not what it trains. The output folder
 # itself may move (the run is the folder).
 RESUMABLE_CHANGES = ("max_steps", "save_steps", "sample_steps", "logging_steps", "report_to", "overwrite_output_dir",
-                     "output_dir", "save_total_limit", "disable_tqdm")
+                     "output_dir", "save_total_limit", "disable_tqdm", "overlap_scoring")
 # Learning-rate schedules that do not depend on max_steps: only with these may a resumed run train longer.
 SCHEDULES_WITHOUT_HORIZON = ("constant", "constant_with_warmup", "inverse_sqrt")
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -168,3 +169,37 @@ def test_samples_and_an_offline_wandb_run_are_written(tiny_wan_dir, prompt_file,
 
     clip = load_video(videos[0], VideoSpec(fps=16.0, min_frames=2, max_frames=64, min_pixels=64, max_pixels=4096, pixel_factor=8))
     assert clip.source_fps == pytest.approx(16.0) and clip.total_frames == 9
+
+
+SCORING_THREADS: list[str] = []
+
+if "thread_recording_test_reward" not in registered_rewards():
+
+    @register_reward("thread_recording_test_reward")
+    class ThreadRecordingReward:
+        """Brightness, noting which thread scored each batch (in SCORING_THREADS)."""
+
+        name = "thread_recording_test_reward"
+
+        def __init__(self) -> None:
+            self.brightness = build_reward({"name": "brightness"})
+
+        def score(self, videos, prompts) -> RewardOutput:
+            SCORING_THREADS.append(threading.current_thread().name)
+            return self.brightness.score(videos, prompts)
+
+
+def test_overlapped_scoring_gives_the_same_rollouts(tiny_wan_dir, prompt_file, tmp_path):
+    """With overlap_scoring each batch is scored in the background thread while the next samples; the rewards,
+    advantages and trained LoRA are those of scoring inline."""
+    SCORING_THREADS.clear()
+    settings = {"max_steps": 2, "save_steps": 2, "rollout_batch_size": 2, "rewards": ["name=thread_recording_test_reward"]}
+    run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "inline",
+                             overlap_scoring=False, **settings))
+    assert set(SCORING_THREADS) == {threading.main_thread().name}
+    SCORING_THREADS.clear()
+    run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "overlap",
+                             overlap_scoring=True, **settings))
+    assert len(SCORING_THREADS) == 8 and all(name.startswith("reward") for name in SCORING_THREADS)
+    assert _records(tmp_path / "inline") == _records(tmp_path / "overlap")
+    assert same_lora(tmp_path / "inline", tmp_path / "overlap")

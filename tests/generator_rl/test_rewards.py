@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import reward
-from generator_rl.rewards import MixedRewards, RewardMix, RewardTerm
+from generator_rl.rewards import MixedRewards, RewardMix, RewardTerm, scoring_executor
 from reward import base as reward_base
 from reward.base import RewardOutput, ScoredItem
 from reward.errors import ConfigError, VideoDecodeError
@@ -334,3 +334,13 @@ def test_registry_rejects_unknown_options_and_names():
         reward.build_reward({"name": "brightnes"})
     with pytest.raises(ConfigError, match="unknown reward model None"):
         reward.build_reward({})
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_scoring_executor_returns_results_and_raises_errors_at_result(overlap):
+    with scoring_executor(overlap) as executor:
+        done = executor.submit(lambda a, b: a + b, 2, b=3)
+        failed = executor.submit(lambda: 1 / 0)
+    assert done.result() == 5
+    with pytest.raises(ZeroDivisionError):
+        failed.result()
