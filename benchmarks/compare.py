@@ -9,7 +9,10 @@ Steps (``docs/vbench/compare.md``):
    ``videos_per_prompt`` times through ``descore tune sample``'s own job (:func:`generator_rl.sample.run_sample`,
    VBench file names), into ``samples/<label>/``. Video k of prompt i starts from the noise of seed
    ``seed + 1000·i + k`` for every model, so the videos of a prompt are paired across models. Videos already on
-   disk are kept: a killed comparison resumes where it stopped, and other sampling settings are refused.
+   disk are kept: a killed comparison resumes where it stopped, and other sampling settings are refused. A
+   ``best_of`` column (``base+best_of_N``) is the base model sampled with best-of-N test-time search by
+   ``search_reward`` (:mod:`generator_rl.test_time`): same prompts, seeds (its candidate 0 is the base video) and
+   metrics, so its deltas read like a LoRA's.
 3. **Evaluation.** Every video is scored by each reward of ``rewards`` through ``descore reward score``'s job
    (cached in ``scores/<label>/<reward>.jsonl``, resumable), and by the VBench harness for
    ``vbench_dimensions`` (``vbench/<label>/``). With a VBench suite, a VBench dimension is measured on the
@@ -62,7 +65,7 @@ VBENCH_BACKENDS = ("kit", "official")
 EVALUATION_FIELDS = ("loras", "labels", "rewards", "vbench_dimensions", "vbench_weights", "vbench_backend",
                      "batch_size", "device", "bootstrap_resamples", "bootstrap_seed", "grid_prompts", "output_dir",
                      "lora_rank", "lora_alpha", "lora_target_modules", "gradient_checkpointing", "vae_tiling",
-                     "vae_slicing")
+                     "vae_slicing", "best_of", "search_reward")
 
 
 @dataclass
@@ -84,6 +87,13 @@ class CompareConfig:
     labels: list[str] | None = field(
         default=None, metadata={"help": "A name per LoRA for the report and folders (default: the LoRA folder's name, "
                                         "or its parent's for .../final)."})
+    best_of: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Test-time scaling columns: per N, a model base+best_of_N — the base model, each video the "
+                          "best of N candidates by --search_reward (`tune sample --best_of N`; docs/test_time_scaling.md)."})
+    search_reward: str | None = field(
+        default=None, metadata={"help": "With --best_of: the label of the reward among --rewards that picks the best "
+                                        "candidate (its own delta is then in-sample: the column was selected by it)."})
     seed: int = field(default=0, metadata={"help": "Base seed: video k of prompt i uses seed + 1000·i + k, for every model."})
     videos_per_prompt: int = field(default=5, metadata={"help": "Videos (seeds) per prompt and model (VBench: 5)."})
     sampler: Sampler = field(default="pipeline", metadata={"help": "pipeline (diffusers' WanPipeline, what published "
@@ -132,7 +142,13 @@ class CompareConfig:
                 raise ConfigError(f"--loras {lora} is not a folder (expected a diffusers-format LoRA folder)")
         if self.labels is not None and len(self.labels) != len(self.loras or []):
             raise ConfigError(f"--labels gives {len(self.labels)} name(s) for {len(self.loras or [])} --loras folder(s)")
-        check_labels([BASE, *self.model_labels()], what="model")
+        for count in self.best_of:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigError(f"--best_of values must be integers >= 1, got {count!r}")
+        if self.best_of and self.search_reward not in [term.label for term in self.rewards]:
+            raise ConfigError(f"--best_of needs --search_reward, the label of one of --rewards "
+                              f"({', '.join(term.label for term in self.rewards) or 'none given'}), got {self.search_reward!r}")
+        check_labels([BASE, *self.model_labels(), *(model.label for model in self.test_time_models())], what="model")
 
     def _check_metrics(self) -> None:
         if not self.rewards and not self.vbench_dimensions:
@@ -155,6 +171,10 @@ class CompareConfig:
     def model_labels(self) -> list[str]:
         """The tuned models' names, in --loras order."""
         return list(self.labels) if self.labels is not None else [default_label(lora) for lora in self.loras or []]
+
+    def test_time_models(self) -> list[Model]:
+        """The base model under best-of-N search, one per --best_of value."""
+        return [Model(f"{BASE}+best_of_{count}", None, best_of=count) for count in self.best_of]
 
     def metrics(self) -> list[str]:
         """Every column of the report: the rewards by label, then the VBench dimensions."""
@@ -181,6 +201,7 @@ def check_labels(labels: Sequence[str], *, what: str) -> None:
 class Model:
     label: str
     lora: str | None
+    best_of: int | None = None  # sampled with best-of-N test-time search by CompareConfig.search_reward
 
 
 @dataclass(frozen=True)
@@ -202,8 +223,9 @@ class CompareReport:
 
 def run_compare(policy_args: PolicyConfig, compare: CompareConfig) -> CompareReport:
     """Sample, evaluate and report (see the module docstring)."""
-    if not compare.loras:
-        raise ConfigError("--loras is required: one or more tuned LoRA folders to compare with the base model")
+    if not compare.loras and not compare.best_of:
+        raise ConfigError("--loras or --best_of is required: tuned LoRA folders, or best-of-N test-time columns, to "
+                          "compare with the base model")
     output = claim_output(compare.output_dir, JOB, resolved_config({"policy": policy_args, "compare": compare}))
     return compare_models(policy_args, compare, output, job=JOB)
 
@@ -227,7 +249,8 @@ def compare_models(
     """Steps 1-5 into the claimed ``output``. An ablation passes the reward each LoRA was trained on
     (``trained_on``: label -> metric) and those rewards as ``extra_rewards`` (scored like ``rewards``)."""
     rewards = merged_rewards(compare.rewards, extra_rewards)
-    models = [Model(BASE, None), *(Model(label, lora) for label, lora in zip(compare.model_labels(), compare.loras or []))]
+    models = [Model(BASE, None), *(Model(label, lora) for label, lora in zip(compare.model_labels(), compare.loras or [])),
+              *compare.test_time_models()]
     suite = prompt_suite(compare, output)
     videos = {model.label: sample_model(policy_args, compare, suite=suite, model=model, output=output) for model in models}
     values = {label: evaluate(compare, rewards, suite=suite, videos=paths, output=output, label=label)
@@ -295,11 +318,16 @@ def vbench_suite(full_info: Path, dimensions: Sequence[str]) -> dict[str, tuple[
 
 def sample_model(policy_args: PolicyConfig, compare: CompareConfig, *, suite: PromptSuite, model: Model,
                  output: Path) -> list[list[Path]]:
-    """The model's videos, ``[prompt][k]``, sampled by ``tune sample`` (only those not on disk yet)."""
+    """The model's videos, ``[prompt][k]``, sampled by ``tune sample`` (only those not on disk yet); a test-time
+    model's with its best-of-N search by ``search_reward``."""
+    search = {}
+    if model.best_of is not None:
+        term = next(term for term in compare.rewards if term.label == compare.search_reward)
+        search = {"reward": str(write_reward_file(term, output / "search")), "best_of": model.best_of}
     paths = run_sample(policy_args, SampleConfig(
         prompts=str(suite.file), output_dir=str(output / "samples" / model.label), lora=model.lora, seed=compare.seed,
         videos_per_prompt=compare.videos_per_prompt, sampler=compare.sampler, file_naming="vbench",
-        lossless=compare.lossless, device=compare.device,
+        lossless=compare.lossless, device=compare.device, **search,
     ))
     per_prompt = compare.videos_per_prompt
     return [paths[start : start + per_prompt] for start in range(0, len(paths), per_prompt)]
@@ -329,9 +357,7 @@ def evaluate(compare: CompareConfig, rewards: Sequence[RewardTerm], *, suite: Pr
 def reward_values(term: RewardTerm, index: Path, *, videos: list[list[Path]], scores: Path, batch_size: int) -> np.ndarray:
     """(P, K) rewards of the videos, NaN where scoring failed; cached in ``scores/<label>.jsonl``."""
     scores.mkdir(parents=True, exist_ok=True)
-    entry_file = scores / f"{term.label}.reward.yaml"
-    with atomic_file(entry_file) as handle:
-        yaml.safe_dump({**term.entry, "label": term.label}, handle, sort_keys=False)
+    entry_file = write_reward_file(term, scores)
     output = scores / f"{term.label}.jsonl"
     run_score(ScoreConfig(data=str(index), reward=str(entry_file), output=str(output), skip_invalid=True,
                           batch_size=batch_size))
@@ -340,6 +366,14 @@ def reward_values(term: RewardTerm, index: Path, *, videos: list[list[Path]], sc
         record = json.loads(line)
         rewards[Path(record["video"]).resolve()] = math.nan if record["reward"] is None else float(record["reward"])
     return _grid(videos, lambda path: rewards.get(path.resolve(), math.nan))
+
+
+def write_reward_file(term: RewardTerm, folder: Path) -> Path:
+    """``<folder>/<label>.reward.yaml``: the entry as the ``--reward`` file of ``reward score`` / ``tune sample``."""
+    entry_file = folder / f"{term.label}.reward.yaml"
+    with atomic_file(entry_file) as handle:
+        yaml.safe_dump({**term.entry, "label": term.label}, handle, sort_keys=False)
+    return entry_file
 
 
 def vbench_per_video(index: Path, compare: CompareConfig, *, output: Path) -> dict[str, dict[str, float]]:
@@ -405,7 +439,8 @@ def _record(policy_args: PolicyConfig, compare: CompareConfig, *, suite: PromptS
     return {
         "job": job,
         "config": resolved_config({"policy": policy_args, "compare": compare}),
-        "models": {model.label: {"lora": model.lora} for model in models},
+        "models": {model.label: {"lora": model.lora, **({} if model.best_of is None else {
+            "best_of": model.best_of, "search_reward": compare.search_reward})} for model in models},
         "rewards": {term.label: term.entry for term in rewards},
         "suite": {"source": compare.prompts or compare.vbench_prompts, "prompts": len(suite.prompts),
                   "videos_per_prompt": compare.videos_per_prompt,

@@ -118,6 +118,12 @@ def _report_tuning(result: Any) -> str:
     return "\n".join([*lines, f"LoRA: {result.final}"])
 
 
+def _report_sample(paths: list[Any]) -> str:
+    """Videos written; a test-time search leaves out videos whose every candidate failed (candidates.csv)."""
+    failed = sum(not path.is_file() for path in paths)
+    return f"wrote {len(paths) - failed} video(s)" + (f"; {failed} failed (no candidate scored, see candidates.csv)" if failed else "")
+
+
 def _report_comparison(report: Any) -> str:
     """The deltas of ``bench compare`` / ``bench ablate`` and where the full report is."""
     from benchmarks.report import summary_table
@@ -172,7 +178,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("tune", "sample"): Command(
         "Sample videos from the base model or a LoRA with fixed per-prompt seeds",
         (_POLICY, "generator_rl.sample:SampleConfig"), "generator_rl.sample:run_sample",
-        lambda paths: f"wrote {len(paths)} video(s)", ignores=(_RUN, _GRPO, _FLOW_DPO), flag_only=("output_dir",)),
+        _report_sample, ignores=(_RUN, _GRPO, _FLOW_DPO), flag_only=("output_dir",)),
     ("tune", "doctor"): Command(
         "A few tiny GRPO steps: log-prob parity, ratio == 1, reward rises",
         (_POLICY, _RUN, _GRPO, "generator_rl.doctor:DoctorConfig"), "generator_rl.doctor:run_doctor", str),

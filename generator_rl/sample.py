@@ -37,6 +37,14 @@ and samples everything again. ``--output_dir`` must be new, empty or an earlier 
 holds ``samples.json``); any other folder is refused unless ``--overwrite true``, so sampling never replaces
 files it did not write.
 
+Test-time search (``--reward R.yaml``; ``generator_rl/test_time.py``, ``docs/test_time_scaling.md``): each video
+is the best of several candidates by that reward — ``--search best_of --best_of N`` (full samples from the seeds
+s + 10⁹·j, j = 0 the plain seed) or ``--search noise_beam`` (a reward-guided search over initial noises, Euler ODE
+only). Every candidate's score goes to ``candidates.csv``; ``samples.json`` gains a ``search`` group (method,
+settings, the reward entry), so a re-run with another search is refused like any other change. A video is done
+when its mp4 exists; its ``search/<n>.json`` record is written just before, and a video whose every candidate
+failed is left out of ``index.csv`` (counted in the log) and searched again by a re-run.
+
 Several processes (``accelerate launch -m descore tune sample …`` or ``torchrun``) split the videos still to
 sample; seeds do not depend on the split, so 1 and N processes sample the same frames. The main process shows
 the progress bar and writes ``index.csv`` once every process is done.
@@ -48,8 +56,9 @@ import csv
 import importlib
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,8 +68,11 @@ from accelerate import PartialState
 from diffusers import WanPipeline
 from tqdm.auto import tqdm
 
+from reward import build_reward
+from reward.base import check_reward_entry
 from reward.checkpoint import atomic_file
-from reward.errors import ConfigError
+from reward.entry_file import read_reward_entry
+from reward.errors import ConfigError, DataError
 from reward.run_record import (
     RunMismatchError,
     check_model_source,
@@ -76,6 +88,27 @@ from .checkpoint import LORA_WEIGHTS, lora_fingerprint
 from .config import DTYPES, PolicyConfig, read_prompts
 from .policy import LEARNER, WAN_FPS, WanPolicy, component_dtypes
 from .rollout import SdeSettings, sample_trajectory
+from .test_time import (
+    CANDIDATE_SEED_STRIDE,
+    CANDIDATE_VIDEOS,
+    CANDIDATES,
+    SEARCH_RECORDS,
+    SEARCHES,
+    FrameScorer,
+    KeepCandidate,
+    OdeDenoiser,
+    Search,
+    SearchResult,
+    SearchSettings,
+    best_of_n,
+    frame_scorer,
+    noise_beam_cost,
+    noise_beam_search,
+    read_search_record,
+    search_record_path,
+    write_candidates,
+    write_search_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +154,32 @@ class SampleConfig:
         metadata={"help": "Start afresh: sample every video again (removing what an earlier `tune sample` wrote "
                           "there), also into a non-empty --output_dir that is not a `tune sample` output."},
     )
+    # ----- test-time scaling (generator_rl/test_time.py, docs/test_time_scaling.md) -----
+    reward: str | None = field(
+        default=None,
+        metadata={"help": "Test-time search: a YAML file with one reward registry entry (as `reward score --reward`), "
+                          "e.g. `name: descore_no_cot` + `path: ...`; each video is then the best of a --search by this "
+                          "reward, and every candidate's score goes to candidates.csv. None: plain sampling."},
+    )
+    search: Search = field(
+        default="best_of",
+        metadata={"help": "With --reward. best_of: --best_of full samples per video, the best kept (either sampler); "
+                          "noise_beam: beam search over initial noises scored by a look-ahead (--sampler euler_ode)."},
+    )
+    best_of: int = field(default=1, metadata={"help": "best_of: candidates per video (1: the plain sample, scored)."})
+    beam_width: int = field(default=4, metadata={"help": "noise_beam: noises scored per round (W)."})
+    beam_keep: int = field(default=2, metadata={"help": "noise_beam: noises kept per round and finalists (K < W)."})
+    beam_rounds: int = field(default=2, metadata={"help": "noise_beam: rounds of perturbing the kept noises after the first."})
+    lookahead_steps: int = field(
+        default=2, metadata={"help": "noise_beam: ODE steps before a candidate jumps to its predicted clean latent "
+                                     "and is scored (1 .. num_steps)."})
+    perturbation: float = field(
+        default=0.5, metadata={"help": "noise_beam: a in z' = sqrt(1 - a^2)·z + a·eps, in (0, 1] (1: a fresh noise)."})
+    keep_candidates: bool = field(
+        default=False,
+        metadata={"help": "Also write every fully denoised candidate to candidates/<video>.c<j>.mp4 (not recorded: "
+                          "a resumed run writes them for the videos it samples)."},
+    )
 
     def __post_init__(self) -> None:
         if self.prompts is None or self.output_dir is None:
@@ -139,6 +198,36 @@ class SampleConfig:
             raise ConfigError(f"device must be cpu or cuda (optionally cuda:N), got {self.device!r}")
         if self.lora is not None and not Path(self.lora).is_dir():
             raise ConfigError(f"--lora {self.lora} is not a folder (expected a diffusers-format LoRA folder)")
+        self._check_search()
+
+    def _check_search(self) -> None:
+        if self.search not in SEARCHES:
+            raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
+        for name, smallest in (("best_of", 1), ("beam_width", 2), ("beam_keep", 1), ("beam_rounds", 0), ("lookahead_steps", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+                raise ConfigError(f"{name} must be an integer >= {smallest}, got {value!r}")
+        if self.reward is None:
+            if self.best_of != 1 or self.search != "best_of" or self.keep_candidates:
+                raise ConfigError("--best_of, --search noise_beam and --keep_candidates need --reward (a YAML file with "
+                                  "the reward entry that picks the best candidate)")
+            return
+        check_reward_entry(read_reward_entry(self.reward).entry)
+        if self.search == "noise_beam":
+            if self.sampler != "euler_ode":
+                raise ConfigError("search noise_beam runs the Euler ODE (it scores intermediate latents), not the "
+                                  f"{self.sampler} sampler; pass --sampler euler_ode")
+            if self.best_of != 1:
+                raise ConfigError(f"best_of ({self.best_of}) applies to search best_of; noise_beam's population is beam_width")
+            if self.beam_keep >= self.beam_width:
+                raise ConfigError(f"beam_keep ({self.beam_keep}) must be < beam_width ({self.beam_width}): the rest of "
+                                  "each round's population are new perturbed noises")
+            if not 0 < self.perturbation <= 1:
+                raise ConfigError(f"perturbation must be in (0, 1], got {self.perturbation}")
+
+    def search_settings(self) -> SearchSettings:
+        return SearchSettings(self.search, self.best_of, self.beam_width, self.beam_keep, self.beam_rounds,
+                              self.lookahead_steps, self.perturbation)
 
 
 def _device_type(name: str) -> str | None:
@@ -241,7 +330,24 @@ def sample_settings(
         },
         "plan": {"seed": sample.seed, "videos_per_prompt": sample.videos_per_prompt, "file_naming": sample.file_naming,
                  "videos": plan},
+        **({"search": search_settings(sample, policy_args.num_steps)} if sample.reward is not None else {}),
     })
+
+
+def search_settings(sample: SampleConfig, num_steps: int) -> dict[str, Any]:
+    """The ``search`` group of the record (test-time search only; plain sampling records none): the method, its
+    own settings, the reward entry (and a local checkpoint's fingerprint) and the candidates' seed scheme."""
+    reward = read_reward_entry(sample.reward)
+    settings = sample.search_settings()
+    if settings.method == "best_of":
+        own = {"best_of": settings.best_of}
+    else:
+        own = {name: getattr(settings, name) for name in ("beam_width", "beam_keep", "beam_rounds", "lookahead_steps",
+                                                          "perturbation")}
+        own["max_forward_passes_per_video"] = noise_beam_cost(settings, num_steps)
+    return {"method": settings.method, **own, "reward": {"label": reward.label, **reward.settings()},
+            "candidate_seeds": f"candidate j of the video with seed s: s + {CANDIDATE_SEED_STRIDE}*j",
+            "scored_frames": "uint8 frames after the encoder's yuv420p conversion (what a lossless file decodes to)"}
 
 
 def check_earlier_run(out: Path, settings: Mapping[str, Mapping[str, Any]]) -> None:
@@ -277,6 +383,9 @@ def remove_earlier_run(out: Path) -> None:
             path.unlink(missing_ok=True)
             _staging_path(path).unlink(missing_ok=True)
     (out / INDEX).unlink(missing_ok=True)
+    (out / CANDIDATES).unlink(missing_ok=True)
+    for folder in (SEARCH_RECORDS, CANDIDATE_VIDEOS):  # the test-time search's own folders
+        shutil.rmtree(out / folder, ignore_errors=True)
     (out / SAMPLES_RECORD).unlink()
 
 
@@ -323,6 +432,11 @@ def as_uint8(frames: np.ndarray) -> np.ndarray:
     return (frames * 255).round().astype("uint8")
 
 
+def decoded_frames(policy: WanPolicy, latents: torch.Tensor) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames of one video's latents (1, C, F, H, W)."""
+    return as_uint8(policy.decode(latents)[0].permute(0, 2, 3, 1).cpu().numpy())
+
+
 def make_sampler(name: Sampler, pipeline: WanPipeline, policy_args: PolicyConfig) -> FrameSampler:
     """The frame function of ``sampler``, resolved once."""
     if name == "pipeline":
@@ -346,8 +460,7 @@ def make_sampler(name: Sampler, pipeline: WanPipeline, policy_args: PolicyConfig
         policy = WanPolicy(pipeline, pipeline.device, policy_args.max_sequence_length, policy_args.negative_prompt)
 
         def euler_ode_frames(video: PlannedVideo) -> np.ndarray:
-            latents = ode_latents(policy, policy_args, video.prompt, video.seed)
-            return as_uint8(policy.decode(latents)[0].permute(0, 2, 3, 1).cpu().numpy())
+            return decoded_frames(policy, ode_latents(policy, policy_args, video.prompt, video.seed))
 
         return euler_ode_frames
     raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
@@ -399,6 +512,8 @@ def run_sample(policy_args: PolicyConfig, sample: SampleConfig) -> list[Path]:
     state = PartialState(cpu=not torch.cuda.is_available())
     device = sample_device(sample.device, state.device)
     check_model_source(policy_args.model, what="--model", ask_hub=True)
+    if sample.reward is not None:
+        check_search(sample, prompts=len(prompts), num_steps=policy_args.num_steps)
     settings = sample_settings(policy_args, sample, plan, scheduler_settings(policy_args.model))
     if not sample.overwrite:
         check_earlier_run(out, settings)
@@ -412,12 +527,102 @@ def run_sample(policy_args: PolicyConfig, sample: SampleConfig) -> list[Path]:
                     out, len(plan) - len(pending), len(plan), len(pending), state.num_processes)
     state.wait_for_everyone()  # the earlier run's files are gone before new ones are written
     mine = pending[state.process_index :: state.num_processes]
-    if mine:
+    if mine and sample.reward is not None:
+        search_videos(mine, plan, out, pipeline=load_sampling_pipeline(policy_args, sample.lora, device),
+                      policy_args=policy_args, sample=sample, show_progress=state.is_main_process)
+    elif mine:
         frames_of = make_sampler(sample.sampler, load_sampling_pipeline(policy_args, sample.lora, device), policy_args)
         for video in tqdm(mine, desc="sampling", unit="video", disable=not state.is_main_process):
             (out / video.file).parent.mkdir(parents=True, exist_ok=True)
             write_video_atomically(out / video.file, frames_of(video), lossless=sample.lossless)
     state.wait_for_everyone()
-    if state.is_main_process:
+    if state.is_main_process and sample.reward is not None:
+        finish_search(out, plan, sample)
+    elif state.is_main_process:
         write_index(out, plan, sample.sampler)
     return [out / video.file for video in plan]
+
+
+# ----- test-time search (generator_rl/test_time.py) ----------------------------------------------------------
+
+
+def check_search(sample: SampleConfig, *, prompts: int, num_steps: int) -> None:
+    """What the search settings must satisfy against the prompts and the policy (before any model loads)."""
+    if sample.search == "noise_beam" and sample.lookahead_steps > num_steps:
+        raise ConfigError(f"lookahead_steps ({sample.lookahead_steps}) must be <= num_steps ({num_steps})")
+    if prompts * SEED_STRIDE > CANDIDATE_SEED_STRIDE:
+        raise ConfigError(f"{prompts} prompts: test-time search supports at most {CANDIDATE_SEED_STRIDE // SEED_STRIDE} "
+                          "(beyond that, candidate seeds would repeat other videos' seeds); split the prompt file")
+
+
+def search_videos(videos: list[PlannedVideo], plan: list[PlannedVideo], out: Path, *, pipeline: WanPipeline,
+                  policy_args: PolicyConfig, sample: SampleConfig, show_progress: bool) -> None:
+    """Search each of ``videos``: its record (``search/<position>.json``) first, then the kept video's mp4, so
+    a video is done once its mp4 exists; a video whose candidates all failed gets a record and no mp4."""
+    reward = build_reward(read_reward_entry(sample.reward).entry)
+    search = make_search(sample.search_settings(), sample.sampler, pipeline, policy_args)
+    position = {video.file: number for number, video in enumerate(plan)}
+    for video in tqdm(videos, desc=f"sampling ({sample.search})", unit="video", disable=not show_progress):
+        keep = _candidate_writer(out, video, lossless=sample.lossless) if sample.keep_candidates else None
+        result = search(video, frame_scorer(reward, video.prompt), keep)
+        write_search_record(search_record_path(out, position[video.file]), prompt_index=position[video.file] //
+                            sample.videos_per_prompt, k=video.k, file=video.file, result=result)
+        if result.frames is not None:
+            (out / video.file).parent.mkdir(parents=True, exist_ok=True)
+            write_video_atomically(out / video.file, result.frames, lossless=sample.lossless)
+
+
+VideoSearch = Callable[[PlannedVideo, FrameScorer, KeepCandidate | None], SearchResult]
+
+
+def make_search(settings: SearchSettings, sampler: Sampler, pipeline: WanPipeline, policy_args: PolicyConfig) -> VideoSearch:
+    """The search of ``settings.method`` for one video, resolved once (as :func:`make_sampler` resolves a sampler)."""
+    if settings.method == "best_of":
+        frames_of = make_sampler(sampler, pipeline, policy_args)
+
+        def best_of(video: PlannedVideo, score: FrameScorer, keep: KeepCandidate | None) -> SearchResult:
+            return best_of_n(lambda seed: frames_of(replace(video, seed=seed)), score, video_seed=video.seed,
+                             count=settings.best_of, num_steps=policy_args.num_steps, keep=keep)
+
+        return best_of
+    if settings.method == "noise_beam":
+        policy = WanPolicy(pipeline, pipeline.device, policy_args.max_sequence_length, policy_args.negative_prompt)
+
+        def noise_beam(video: PlannedVideo, score: FrameScorer, keep: KeepCandidate | None) -> SearchResult:
+            denoiser = OdeDenoiser(policy, video.prompt, policy_args.num_steps, policy_args.guidance_scale,
+                                   noise_of=lambda seed: initial_noise(policy, policy_args, seed),
+                                   frames_of=lambda latents: decoded_frames(policy, latents))
+            return noise_beam_search(denoiser, score, video_seed=video.seed, settings=settings, keep=keep)
+
+        return noise_beam
+    raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {settings.method!r}")
+
+
+def _candidate_writer(out: Path, video: PlannedVideo, *, lossless: bool) -> Callable[[int, np.ndarray], None]:
+    def write(candidate: int, frames: np.ndarray) -> None:
+        path = out / CANDIDATE_VIDEOS / f"{Path(video.file).stem}.c{candidate}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video_atomically(path, frames, lossless=lossless)
+
+    return write
+
+
+def finish_search(out: Path, plan: list[PlannedVideo], sample: SampleConfig) -> int:
+    """``candidates.csv`` from every video's record and ``index.csv`` of the videos written; returns (and logs)
+    how many videos failed (every candidate's reward failed: no mp4; a re-run searches them again)."""
+    records = []
+    for number, video in enumerate(plan):
+        path = search_record_path(out, number)
+        if not path.is_file():
+            raise DataError(f"{path} is missing for {out / video.file}: the search record of a video is written "
+                            "before its mp4; run the same command with --overwrite true to search everything again")
+        records.append(read_search_record(path))
+    write_candidates(out, records)
+    written = [video for video in plan if (out / video.file).is_file()]
+    write_index(out, written, sample.sampler)
+    failed = len(plan) - len(written)
+    if failed:
+        logger.warning("%d of %d video(s) failed: the reward failed on every candidate (NaN); they are not written "
+                       "and not in %s, their rows in %s have no kept candidate; a re-run searches them again",
+                       failed, len(plan), INDEX, CANDIDATES)
+    return failed

@@ -15,41 +15,26 @@ import ipaddress
 import logging
 import math
 import os
+import socket
 import tempfile
+import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
-from starlette.types import Message, Receive
 
 from .base import RewardModel, ScoredItem, build_reward, check_reward_entry
 from .entry_file import RewardEntry, read_reward_entry
 from .errors import ConfigError
 from .server_batching import BatchQueue, Job, QueueFull, ScoringFailed, ScoringWorker, ServerClosing
 from .server_metrics import ServerMetrics
-from .server_requests import (
-    FileVideo,
-    FramesVideo,
-    PathVideo,
-    QueuedItem,
-    RequestLimits,
-    RequestRejected,
-    check_part_size,
-    check_parts,
-    frames_from_npy,
-    parse_items,
-    resolve_path,
-    save_upload,
-)
+from .server_requests import QueuedItem, RequestLimits, RequestRejected, queued_items, read_form
 
 logger = logging.getLogger(__name__)
 
@@ -160,11 +145,37 @@ def run_serve(config: ServeConfig) -> None:
         logger.info("stopped")
 
 
+@contextmanager
+def running_server(model: RewardModel, config: ServeConfig) -> Iterator[str]:
+    """The server in a background thread of this process, for tests, benchmarks and notebooks: binds
+    ``config.host`` and ``config.port`` (0: a free port), yields its base URL once it accepts connections, and
+    shuts it down gracefully on exit."""
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    listener = socket.create_server((config.host, config.port), family=family)
+    server = uvicorn.Server(uvicorn.Config(create_app(model, config), lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="reward-server", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"the reward server on {config.host}:{config.port} stopped while starting")
+            time.sleep(0.01)
+        host, port = listener.getsockname()[:2]
+        yield f"http://[{host}]:{port}" if family == socket.AF_INET6 else f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        listener.close()
+
+
 @dataclass
 class _Server:
     """What the routes share: the queue, the metrics and the folder for uploads (set while the app runs)."""
 
-    config: ServeConfig
+    limits: RequestLimits
+    roots: tuple[Path, ...]
     queue: BatchQueue
     metrics: ServerMetrics
     upload_dir: Path | None = None
@@ -174,12 +185,12 @@ def create_app(model: RewardModel, config: ServeConfig) -> FastAPI:
     """The FastAPI app serving ``model``; its lifespan starts the scoring thread and stops it on shutdown."""
     queue = BatchQueue(max_batch_size=config.max_batch_size, max_wait_s=config.max_wait_ms / 1000,
                        max_queue=config.max_queue)
-    server = _Server(config, queue, ServerMetrics.create(lambda: queue.depth))
+    server = _Server(config.limits(), config.resolved_roots(), queue, ServerMetrics.create(lambda: queue.depth))
     info = _info(model, config)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        worker = ScoringWorker(model, queue, server.metrics)
+        worker = ScoringWorker(model, queue, metrics=server.metrics)
         worker.start()
         with tempfile.TemporaryDirectory(prefix="descore-serve-") as folder:
             server.upload_dir = Path(folder)
@@ -249,11 +260,12 @@ def _info(model: RewardModel, config: ServeConfig) -> dict[str, Any]:
 
 async def _score(request: Request, server: _Server, started: float) -> Response:
     """POST /score: read and check the request, queue its videos, await them (or the client leaving), answer."""
-    limits, uploads = server.config.limits(), []
+    uploads: list[Path] = []
     try:
-        form = await _read_form(request, limits)
+        form = await read_form(request, server.limits)
         try:
-            items = await _queued_items(form, server, uploads)
+            items = await queued_items(form, server.limits, roots=server.roots, upload_dir=server.upload_dir,
+                                       uploads=uploads)
         finally:
             await form.close()
         jobs = [Job(item.video, item.prompt) for item in items]
@@ -278,82 +290,6 @@ async def _score(request: Request, server: _Server, started: float) -> Response:
     finally:
         for path in uploads:
             path.unlink(missing_ok=True)
-
-
-# A request without file parts may also come url-encoded: what httpx sends for `data=` without `files=`.
-_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-
-
-async def _read_form(request: Request, limits: RequestLimits) -> FormData:
-    """The multipart body, refused (413) as soon as it grows past what the limits allow."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith(_FORM_TYPES):
-        raise RequestRejected(400, "content-type", f"must be multipart/form-data, got {content_type or 'none'!r}")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.body_bytes():
-        raise RequestRejected(413, "body", f"{int(declared):,} bytes exceed the {limits.body_bytes():,} this server's "
-                                           "limits allow (max_items x max_video_bytes + the request JSON)")
-    capped = Request(request.scope, _capped_receive(request.receive, limits.body_bytes()))
-    try:
-        return await capped.form(max_files=limits.max_items, max_fields=limits.max_items + 1,
-                                 max_part_size=limits.request_json_bytes())
-    except HTTPException as error:  # how Starlette reports a malformed multipart body
-        raise RequestRejected(400, "body", f"is not a valid multipart body: {error.detail}") from error
-    except ClientDisconnect as error:  # answered to nobody; counted with the 400s
-        raise RequestRejected(400, "body", "the client disconnected before sending the whole body") from error
-
-
-def _capped_receive(receive: Receive, max_bytes: int) -> Receive:
-    received = 0
-
-    async def capped() -> Message:
-        nonlocal received
-        message = await receive()
-        received += len(message.get("body", b""))
-        if received > max_bytes:
-            raise RequestRejected(413, "body", f"exceeds the {max_bytes:,} bytes this server's limits allow")
-        return message
-
-    return capped
-
-
-async def _queued_items(form: FormData, server: _Server, uploads: list[Path]) -> list[QueuedItem]:
-    """The request's items with their videos ready for the model; saved uploads are appended to ``uploads``."""
-    texts = [value for key, value in form.multi_items() if key == "request"]
-    if len(texts) != 1:
-        raise RequestRejected(400, "request", f"the form must hold one field `request` (the JSON), got {len(texts)}")
-    text = texts[0] if isinstance(texts[0], str) else (await texts[0].read()).decode("utf-8", errors="replace")
-    items = parse_items(text, server.config.limits())
-    parts: dict[str, UploadFile] = {}
-    for key, value in form.multi_items():
-        if key == "request":
-            continue
-        if not isinstance(value, UploadFile):
-            raise RequestRejected(400, key, "is not a known form field; video parts must be files (with a filename)")
-        if key in parts:
-            raise RequestRejected(400, f"parts.{key}", "is sent twice; give every part its own name")
-        parts[key] = value
-    check_parts(items, set(parts))
-    queued = []
-    for item in items:
-        field_name = f"{item.field}.video"
-        video = item.video
-        if isinstance(video, PathVideo):
-            path = resolve_path(video.path, server.config.resolved_roots(), f"{field_name}.path")
-            queued.append(QueuedItem(str(path), item.prompt, item.field))
-            continue
-        upload = parts[video.part]
-        check_part_size(upload.size or 0, server.config.limits(), f"{field_name}.part")
-        if isinstance(video, FramesVideo):
-            data = await upload.read()
-            frames = await run_in_threadpool(frames_from_npy, data, video.fps, server.config.limits(),
-                                             f"{field_name}.part")
-            queued.append(QueuedItem(frames, item.prompt, item.field))
-        else:
-            path = await run_in_threadpool(save_upload, upload.file, server.upload_dir, upload.filename)
-            uploads.append(path)
-            queued.append(QueuedItem(str(path), item.prompt, item.field, upload=path))
-    return queued
 
 
 async def _results_unless_disconnected(request: Request, jobs: list[Job]) -> list[ScoredItem] | None:

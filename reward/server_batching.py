@@ -135,7 +135,7 @@ def score_batch(model: RewardModel, videos: Sequence[VideoSource], prompts: Sequ
 class ScoringWorker:
     """The thread that owns the model: takes batches from the queue, scores them, fulfils the futures."""
 
-    def __init__(self, model: RewardModel, queue: BatchQueue, metrics: ServerMetrics) -> None:
+    def __init__(self, model: RewardModel, queue: BatchQueue, *, metrics: ServerMetrics) -> None:
         self.model, self.queue, self.metrics = model, queue, metrics
         self._thread = threading.Thread(target=self._run, name="reward-scoring", daemon=True)
 

@@ -1,11 +1,11 @@
 """Reading and checking one ``POST /score`` request of the reward server (protocol v1, docs/reward_server.md).
 
-Everything a request can get wrong is found here, before any of its videos is queued: the ``request`` JSON
-(types, missing or unknown keys, the video kind), the limits (items, prompt length, part size, frame count and
-size), the file parts (each referenced part present and used once, none left over) and paths (under a root
-after symlinks are resolved, then existing). A problem raises :class:`RequestRejected` with the HTTP status and
-the field it concerns, e.g. ``items[2].video.fps``. Only decoding is left to the model, where a video that
-cannot be read is a per-item failure, as in a local score.
+Everything a request can get wrong is found here, before any of its videos is queued: the form itself (content
+type, body size), the ``request`` JSON (types, missing or unknown keys, the video kind), the limits (items,
+prompt length, part size, frame count and size), the file parts (each referenced part present and used once,
+none left over) and paths (under a root after symlinks are resolved, then existing). A problem raises
+:class:`RequestRejected` with the HTTP status and the field it concerns, e.g. ``items[2].video.fps``. Only
+decoding is left to the model, where a video that cannot be read is a per-item failure, as in a local score.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Union
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive
 
 from .video import VideoFrames, VideoSource
 
@@ -179,7 +184,7 @@ def check_parts(items: list[ItemRequest], parts: set[str]) -> None:
                                                          'with {"kind": "file" | "frames", "part": ...}')
 
 
-def resolve_path(path: str, roots: tuple[Path, ...], field: str) -> Path:
+def resolve_path(path: str, roots: tuple[Path, ...], *, field: str) -> Path:
     """The file a path request names, once symlinks are resolved, if it lies under one of the server's roots.
 
     Escapes are refused (403) before existence is checked (404), so a client learns nothing about files
@@ -198,7 +203,7 @@ def resolve_path(path: str, roots: tuple[Path, ...], field: str) -> Path:
     return resolved
 
 
-def check_part_size(size: int, limits: RequestLimits, field: str) -> None:
+def check_part_size(size: int, limits: RequestLimits, *, field: str) -> None:
     if size > limits.max_video_bytes:
         raise RequestRejected(413, field, f"the part holds {size:,} bytes, above this server's "
                                           f"max_video_bytes = {limits.max_video_bytes:,}")
@@ -207,7 +212,7 @@ def check_part_size(size: int, limits: RequestLimits, field: str) -> None:
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def frames_from_npy(data: bytes, fps: float, limits: RequestLimits, field: str) -> VideoFrames:
+def frames_from_npy(data: bytes, fps: float, *, limits: RequestLimits, field: str) -> VideoFrames:
     """Raw frames from a ``.npy`` part: uint8 ``(T, H, W, 3)``, within ``max_frames`` and ``max_pixels``.
 
     The header is checked before the array is read, and never with pickle.
@@ -235,7 +240,7 @@ def frames_from_npy(data: bytes, fps: float, limits: RequestLimits, field: str) 
     return VideoFrames(frames=array, fps=fps, name=field)
 
 
-def save_upload(source: BinaryIO, folder: Path, filename: str | None) -> Path:
+def save_upload(source: BinaryIO, folder: Path, *, filename: str | None) -> Path:
     """Copy an uploaded video into a temporary file (the video contract reads paths), keeping a plain suffix of
     the client's file name as a hint to the demuxer. The caller removes the file."""
     suffix = Path(filename or "").suffix
@@ -244,3 +249,88 @@ def save_upload(source: BinaryIO, folder: Path, filename: str | None) -> Path:
     with tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False) as handle:
         shutil.copyfileobj(source, handle)
     return Path(handle.name)
+
+
+# A request without file parts may also come url-encoded: what httpx sends for `data=` without `files=`.
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+async def read_form(request: Request, limits: RequestLimits) -> FormData:
+    """The form (multipart, or url-encoded when it carries no files), refused (413) as soon as the body grows
+    past what the limits allow."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(_FORM_TYPES):
+        raise RequestRejected(400, "content-type", f"must be multipart/form-data, got {content_type or 'none'!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.body_bytes():
+        raise RequestRejected(413, "body", f"{int(declared):,} bytes exceed the {limits.body_bytes():,} this server's "
+                                           "limits allow (max_items x max_video_bytes + the request JSON)")
+    capped = Request(request.scope, _capped_receive(request.receive, limits.body_bytes()))
+    try:
+        return await capped.form(max_files=limits.max_items, max_fields=limits.max_items + 1,
+                                 max_part_size=limits.request_json_bytes())
+    except HTTPException as error:  # how Starlette reports a malformed multipart body
+        raise RequestRejected(400, "body", f"is not a valid multipart body: {error.detail}") from error
+    except ClientDisconnect as error:  # answered to nobody; counted with the 400s
+        raise RequestRejected(400, "body", "the client disconnected before sending the whole body") from error
+
+
+def _capped_receive(receive: Receive, max_bytes: int) -> Receive:
+    received = 0
+
+    async def capped() -> Message:
+        nonlocal received
+        message = await receive()
+        received += len(message.get("body", b""))
+        if received > max_bytes:
+            raise RequestRejected(413, "body", f"exceeds the {max_bytes:,} bytes this server's limits allow")
+        return message
+
+    return capped
+
+
+async def queued_items(
+    form: FormData, limits: RequestLimits, *, roots: tuple[Path, ...], upload_dir: Path, uploads: list[Path]
+) -> list[QueuedItem]:
+    """The request's items with their videos ready for the model: paths resolved, frames read, uploads saved to
+    ``upload_dir`` (and appended to ``uploads``, which the caller removes once the request is answered)."""
+    texts = [value for key, value in form.multi_items() if key == "request"]
+    if len(texts) != 1:
+        raise RequestRejected(400, "request", f"the form must hold one field `request` (the JSON), got {len(texts)}")
+    text = texts[0]
+    if isinstance(text, UploadFile):  # sent as a file part: accepted, within the size a plain field may have
+        if (text.size or 0) > limits.request_json_bytes():
+            raise RequestRejected(413, "request", f"holds {text.size:,} bytes, above the "
+                                                  f"{limits.request_json_bytes():,} this server's limits allow")
+        text = (await text.read()).decode("utf-8", errors="replace")
+    items = parse_items(text, limits)
+    parts: dict[str, UploadFile] = {}
+    for key, value in form.multi_items():
+        if key == "request":
+            continue
+        if not isinstance(value, UploadFile):
+            raise RequestRejected(400, key, "is not a known form field; video parts must be files (with a filename)")
+        if key in parts:
+            raise RequestRejected(400, f"parts.{key}", "is sent twice; give every part its own name")
+        parts[key] = value
+    check_parts(items, set(parts))
+    queued = []
+    for item in items:
+        field_name = f"{item.field}.video"
+        video = item.video
+        if isinstance(video, PathVideo):
+            path = resolve_path(video.path, roots, field=f"{field_name}.path")
+            queued.append(QueuedItem(str(path), item.prompt, item.field))
+            continue
+        upload = parts[video.part]
+        check_part_size(upload.size or 0, limits, field=f"{field_name}.part")
+        if isinstance(video, FramesVideo):
+            data = await upload.read()
+            frames = await run_in_threadpool(frames_from_npy, data, video.fps, limits=limits,
+                                             field=f"{field_name}.part")
+            queued.append(QueuedItem(frames, item.prompt, item.field))
+        else:
+            path = await run_in_threadpool(save_upload, upload.file, upload_dir, filename=upload.filename)
+            uploads.append(path)
+            queued.append(QueuedItem(str(path), item.prompt, item.field, upload=path))
+    return queued

@@ -21,13 +21,12 @@ from typing import Any, Iterator
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.synthetic import square_clip
 from reward.base import build_reward
 from reward.errors import CheckpointError, ConfigError
-from reward.server import ServeConfig, create_app, run_serve
+from reward.server import ServeConfig, run_serve, running_server
 from reward.video import VideoFrames
 
 from .helpers import REPO_ROOT, small_clip
@@ -61,32 +60,12 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@contextlib.contextmanager
-def serving(app) -> Iterator[str]:
-    """uvicorn on a socket bound to a free port of 127.0.0.1, in a thread; yields the base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def server(files) -> Iterator[str]:
-    config = ServeConfig(reward=str(files["yaml"]), token=TOKEN, roots=[str(files["root"])], max_batch_size=4,
+    config = ServeConfig(reward=str(files["yaml"]), port=0, token=TOKEN, roots=[str(files["root"])], max_batch_size=4,
                          max_wait_ms=50, max_items=4, max_queue=16, max_video_bytes=2**20, max_frames=16,
                          max_pixels=64 * 64, max_prompt_chars=40)
-    with serving(create_app(build_reward({"name": "brightness"}), config)) as url:
+    with running_server(build_reward({"name": "brightness"}), config) as url:
         yield url
 
 
@@ -104,14 +83,16 @@ class GatedReward:
         self.entered.release()
         if not self.gate.wait(timeout=60):
             raise RuntimeError("the test never opened the gate")
+        if "explode" in prompts:
+            raise RuntimeError("boom")
         return self.inner.score(videos, prompts)
 
 
 @pytest.fixture(scope="module")
 def gated(files) -> Iterator[tuple[str, GatedReward]]:
     model = GatedReward()
-    config = ServeConfig(reward=str(files["yaml"]), max_batch_size=2, max_wait_ms=10, max_queue=4, max_items=2)
-    with serving(create_app(model, config)) as url:
+    config = ServeConfig(reward=str(files["yaml"]), port=0, max_batch_size=2, max_wait_ms=10, max_queue=4, max_items=2)
+    with running_server(model, config) as url:
         try:
             yield url, model
         finally:
@@ -246,6 +227,7 @@ def _rejections(files: dict[str, Path]) -> list[tuple[dict[str, Any], int, str]]
         (score_request([item] * 5), 413, "items"),
         (score_request([path_item("p" * 41, clip)]), 413, "items[0].prompt"),
         (score_request([("p", {"kind": "file", "part": "big"}, b"x" * (2**20 + 1))]), 413, "items[0].video.part"),
+        (score_request([("p", {"kind": "file", "part": "huge"}, b"x" * 6 * 2**20)]), 413, "body"),
         (score_request([frames_item("p", raw_frames(0, frames=17), "a")]), 413, "items[0].video.part"),
         (score_request([frames_item("p", np.zeros((4, 65, 64, 3), np.uint8), "a")]), 413, "items[0].video.part"),
         (score_request([frames_item("p", frames.astype(np.float32), "a")]), 422, "items[0].video.part"),
@@ -272,8 +254,8 @@ def test_bad_requests_are_refused_with_status_and_field(server, files):
 
 
 def test_a_server_without_roots_refuses_paths(files):
-    config = ServeConfig(reward=str(files["yaml"]))
-    with serving(create_app(build_reward({"name": "brightness"}), config)) as url:
+    config = ServeConfig(reward=str(files["yaml"]), port=0)
+    with running_server(build_reward({"name": "brightness"}), config) as url:
         response = post(url, score_request([path_item("p", files["clip0"])]), headers={})
     assert response.status_code == 403 and response.json()["error"]["field"] == "items[0].video.path"
 
@@ -335,6 +317,16 @@ def test_a_burst_past_the_queue_gets_429_and_loses_nothing(closed_gate):
         - before.get(("descore_reward_errors_total", (("status", "429"),)), 0) == 2
 
 
+def test_a_model_error_is_a_503_and_the_server_lives_on(closed_gate):
+    url, model = closed_gate
+    model.gate.set()
+    failed = post(url, score_request([frames_item("explode", raw_frames(0), "a")]), headers={})
+    assert failed.status_code == 503 and failed.json()["error"] == {
+        "field": "model", "message": "gated_brightness raised RuntimeError: boom"}
+    served = post(url, score_request([frames_item("fine", raw_frames(0), "a")]), headers={})
+    assert served.json()["items"][0]["reward"] == local_rewards([VideoFrames(raw_frames(0), FPS)])[0]
+
+
 # ----- configuration and the command -----------------------------------------------------------------------------
 
 def test_config_refuses_what_cannot_work(files, tmp_path, monkeypatch):
@@ -357,10 +349,12 @@ def test_config_refuses_what_cannot_work(files, tmp_path, monkeypatch):
 
 
 def test_a_reward_that_cannot_load_stops_the_command_before_serving(tmp_path):
+    """The model is built before the port is bound: here the port is taken, so reaching uvicorn would fail
+    otherwise (SystemExit), and the checkpoint error comes first."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "r.yaml").write_text(f"name: descore_no_cot\npath: {tmp_path / 'empty'}\n")
-    with pytest.raises(CheckpointError):
-        run_serve(ServeConfig(reward=str(tmp_path / "r.yaml"), port=1))  # port 1 could not even be bound
+    with socket.create_server(("127.0.0.1", 0)) as taken, pytest.raises(CheckpointError, match="not a DeScore checkpoint"):
+        run_serve(ServeConfig(reward=str(tmp_path / "r.yaml"), port=taken.getsockname()[1]))
 
 
 @pytest.mark.slow  # a fresh interpreter importing the kit: ~30 s on 2 shared cores
@@ -400,7 +394,7 @@ def test_a_tiny_descore_model_serves_its_local_rewards(tiny_descore_dir, tmp_pat
     model = build_reward(entry)
     clips = [raw_frames(seed) for seed in range(2)]
     expected = model.score([VideoFrames(clip, FPS) for clip in clips], ["a blue square", "a cat"]).rewards.double().tolist()
-    with serving(create_app(model, ServeConfig(reward=str(tmp_path / "descore.yaml")))) as url:
+    with running_server(model, ServeConfig(reward=str(tmp_path / "descore.yaml"), port=0)) as url:
         info = httpx.get(f"{url}/info").json()
         response = post(url, score_request([frames_item("a blue square", clips[0], "a"),
                                             frames_item("a cat", clips[1], "b")]), headers={})
