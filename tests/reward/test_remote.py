@@ -27,11 +27,11 @@ from reward.calibration import Calibration, DimensionStats, reward_identity, wri
 from reward.errors import ConfigError, DataError, RemoteRewardError, VideoDecodeError
 from reward.remote import (Attempt, RemoteReward, attempt_plan, build_request, describe_field, refusal, scored_item,
                            scored_items)
-from reward.server import ServeConfig, create_app
+from reward.server import ServeConfig, running_server
 
 from ..generator_rl.helpers import same_lora, tiny_arguments
 from .helpers import small_clip
-from .test_server import GatedReward, metric_samples, serving, wait_for
+from .test_server import GatedReward, metric_samples, wait_for
 
 URL = "http://127.0.0.1:8000"
 
@@ -180,7 +180,7 @@ def _dead_url() -> str:
 def _serve_config(folder: Path, entry: dict, **settings) -> ServeConfig:
     path = folder / f"reward-{len(list(folder.glob('reward-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(entry))
-    return ServeConfig(reward=str(path), **settings)
+    return ServeConfig(reward=str(path), port=0, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def server(clips) -> Iterator[str]:
     """brightness behind a token, with the clips' folder as a root and a short prompt limit."""
     config = _serve_config(clips["root"], {"name": "brightness"}, token=TOKEN, roots=[str(clips["root"])],
                            max_items=4, max_queue=8, max_prompt_chars=40)
-    with serving(create_app(build_reward({"name": "brightness"}), config)) as url:
+    with running_server(build_reward({"name": "brightness"}), config) as url:
         yield url
 
 
@@ -227,7 +227,7 @@ def test_the_served_calibration_comes_with_the_model(clips, tmp_path):
                         reward={"label": "brightness", "identity": reward_identity({"name": "brightness"})},
                         source={"data": "reference.csv"})
     entry = {"name": "brightness", "calibration": str(write_calibration(tmp_path / "calibration.json", stats))}
-    with serving(create_app(build_reward(entry), _serve_config(tmp_path, entry))) as url:
+    with running_server(build_reward(entry), _serve_config(tmp_path, entry)) as url:
         served = build_reward({"name": "remote", "urls": [url]}).calibration
     assert served.same_stats(stats) and served.stats().mean == pytest.approx(0.7 / 3)
 
@@ -246,7 +246,7 @@ def test_a_dead_server_is_skipped_and_requests_take_turns(server, clips, token, 
 
 def test_servers_of_different_rewards_are_refused(server, clips, token, tmp_path):
     entry = {"name": "temporal_smoothness"}
-    with serving(create_app(build_reward(entry), _serve_config(tmp_path, entry))) as other:
+    with running_server(build_reward(entry), _serve_config(tmp_path, entry)) as other:
         remote = _remote([server, other], batch_size=1)
         with pytest.raises(ConfigError, match=f"reward servers {server} and {other} serve different rewards: "
                                               r"\{'name': 'brightness'\} and \{'name': 'temporal_smoothness'\}"):
@@ -280,7 +280,7 @@ def test_refusals_are_raised_at_once_with_the_server_field(server, clips, token)
 
 
 def test_a_server_without_roots_refuses_shared_paths(clips, tmp_path):
-    with serving(create_app(build_reward({"name": "brightness"}), _serve_config(tmp_path, {"name": "brightness"}))) as url:
+    with running_server(build_reward({"name": "brightness"}), _serve_config(tmp_path, {"name": "brightness"})) as url:
         with pytest.raises(ConfigError, match=r"\(403\) at items\[0\]\.video\.path \(video .*clip0\.mp4\)"):
             RemoteReward([url], paths="shared").score(clips["files"][:1], ["p"])
 
@@ -289,7 +289,7 @@ def test_a_full_queue_is_retried_after_its_retry_after(tmp_path):
     """The model holds video A, video B waits (queue of one): C gets 429, waits the Retry-After and gets in."""
     model = GatedReward()
     config = _serve_config(tmp_path, {"name": "brightness"}, max_batch_size=1, max_items=1, max_queue=1)
-    with serving(create_app(model, config)) as url:
+    with running_server(model, config) as url:
         remote = RemoteReward([url], retries=3, backoff_s=0.05)
         remote.server_info()
         frames = [VideoFrames(_frames(seed), fps=4.0) for seed in range(3)]
@@ -308,7 +308,7 @@ def test_a_full_queue_is_retried_after_its_retry_after(tmp_path):
 def test_a_tiny_descore_scores_remotely_as_locally(tiny_descore_dir, clips, tmp_path):
     entry = {"name": "descore_no_cot", "path": str(tiny_descore_dir), "device": "cpu", "batch_size": 4}
     videos = _videos(clips)
-    with serving(create_app(build_reward(entry), _serve_config(tmp_path, entry, max_batch_size=4))) as url:
+    with running_server(build_reward(entry), _serve_config(tmp_path, entry, max_batch_size=4)) as url:
         remote = build_reward({"name": "remote", "urls": [url], "batch_size": 4}).score(videos, ["a red square"] * 4)
     local = build_reward(entry).score(videos, ["a red square"] * 4)
     assert remote.failures == 0 and len(set(local.rewards.tolist())) == 4
@@ -326,7 +326,7 @@ def test_grpo_trains_with_the_remote_reward_as_with_the_local_one(tmp_path):
     local = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, wan, prompts, tmp_path / "local", **settings))
     policy, run, grpo = tiny_arguments("tiny_grpo", GrpoConfig, wan, prompts, tmp_path / "remote", **settings)
     config = _serve_config(tmp_path, {"name": "brightness"})
-    with serving(create_app(build_reward({"name": "brightness"}), config)) as url:
+    with running_server(build_reward({"name": "brightness"}), config) as url:
         term = {"name": "remote", "urls": [url], "label": "brightness", "weight": 1.0}
         remote = run_grpo(policy, run, dataclasses.replace(grpo, rewards=[term]))
     assert len(local.reward_history) == 2 and remote.reward_history == local.reward_history
