@@ -44,6 +44,7 @@ from transformers import HfArgumentParser
 
 from reward import VideoFrames
 from reward.calibration import quantile
+from reward.entry_file import read_reward_entry
 from reward.errors import ConfigError
 from reward.remote import ScoreRequest, build_request
 
@@ -78,8 +79,8 @@ class ServeLoadConfig:
     def __post_init__(self) -> None:
         if self.reward is not None and self.tiny:
             raise ConfigError("pass either --reward or --tiny, not both")
-        if self.reward is not None and not Path(self.reward).is_file():
-            raise ConfigError(f"--reward {self.reward} is not a file")
+        if self.reward is not None:
+            read_reward_entry(self.reward)  # a missing file or a malformed entry fails before any server starts
         counts = {"concurrency": self.concurrency, "batch_sizes": self.batch_sizes}
         for name, values in counts.items():
             if not values or min(values) < 1:
@@ -124,10 +125,14 @@ def tiny_descore_entry(folder: Path, *, batch_size: int) -> dict[str, Any]:
             "batch_size": batch_size}
 
 
-def served_entry(config: ServeLoadConfig, scratch: Path) -> dict[str, Any]:
+def reward_file(config: ServeLoadConfig, scratch: Path) -> Path:
+    """The --reward file to serve: the user's, or one written in ``scratch`` for the tiny DeScore / brightness."""
     if config.reward is not None:
-        return yaml.safe_load(Path(config.reward).read_text(encoding="utf-8"))
-    return {"name": "brightness"} if config.tiny else tiny_descore_entry(scratch, batch_size=max(config.batch_sizes))
+        return Path(config.reward)
+    entry = {"name": "brightness"} if config.tiny else tiny_descore_entry(scratch, batch_size=max(config.batch_sizes))
+    path = scratch / "reward.yaml"
+    path.write_text(yaml.safe_dump(entry))
+    return path
 
 
 def free_port() -> int:
@@ -138,15 +143,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(entry: dict[str, Any], scratch: Path, *, max_batch_size: int, config: ServeLoadConfig) -> Iterator[str]:
-    """A ``descore reward serve`` process for ``entry`` (its own Python, as deployed); yields its base URL once
+def serving(reward: Path, scratch: Path, *, max_batch_size: int, config: ServeLoadConfig) -> Iterator[str]:
+    """A ``descore reward serve --reward reward`` process (its own Python, as deployed); yields its base URL once
     /health answers, and stops it (SIGTERM, then kill) on exit. The server's log is quoted if it fails to start."""
     import httpx
 
-    reward_file = scratch / f"reward-{max_batch_size}.yaml"
-    reward_file.write_text(yaml.safe_dump(entry))
     port = free_port()
-    command = [sys.executable, "-m", "descore", "reward", "serve", "--reward", str(reward_file), "--host",
+    command = [sys.executable, "-m", "descore", "reward", "serve", "--reward", str(reward), "--host",
                "127.0.0.1", "--port", str(port), "--max_batch_size", str(max_batch_size), "--max_items",
                str(max_batch_size), "--max_wait_ms", str(config.max_wait_ms), "--max_queue", str(config.max_queue)]
     log = scratch / f"server-{max_batch_size}.log"
@@ -262,11 +265,11 @@ def run(config: ServeLoadConfig) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        entry = served_entry(config, scratch)
-        report["reward"] = entry
+        reward = reward_file(config, scratch)
+        report["reward"] = read_reward_entry(str(reward)).entry
         for batch_size in config.batch_sizes:
             request = build_request(clips[:batch_size], [PROMPT] * batch_size, paths="upload")
-            with serving(entry, scratch, max_batch_size=batch_size, config=config) as url:
+            with serving(reward, scratch, max_batch_size=batch_size, config=config) as url:
                 with httpx.Client(timeout=config.timeout_s) as client:
                     warm = send(client, url, request)
                 if warm.latency_s is None:

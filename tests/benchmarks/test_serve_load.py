@@ -46,5 +46,5 @@ def test_settings_are_checked_before_anything_starts(tmp_path):
         ServeLoadConfig(reward=str(tmp_path / "r.yaml"), tiny=True)
     with pytest.raises(ConfigError, match="--batch_sizes must list integers >= 1"):
         ServeLoadConfig(tiny=True, batch_sizes=[0])
-    with pytest.raises(ConfigError, match="is not a file"):
+    with pytest.raises(ConfigError, match="missing.yaml is not a file"):
         ServeLoadConfig(reward=str(tmp_path / "missing.yaml"))
