@@ -16,6 +16,7 @@ from . import sanity  # noqa: F401  (registers the sanity-check rewards)
 from . import clip_scorers  # noqa: F401  (registers clip_score, pickscore, hpsv2, aesthetic)
 from . import videoreward  # noqa: F401  (registers videoreward)
 from . import vlm_judge  # noqa: F401  (registers vlm_judge)
+from . import remote  # noqa: F401  (registers remote: a client of `descore reward serve`)
 from .calibration import Calibration, read_calibration
 from .composite import CompositeReward
 from .scoring import DeScoreReward

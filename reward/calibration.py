@@ -164,17 +164,26 @@ def read_calibration(path: str | Path) -> Calibration:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"calibration file {path} is not valid JSON ({error})") from error
+    return calibration_from_json(payload, where=f"calibration file {path}")
+
+
+def calibration_from_json(payload: Any, *, where: str) -> Calibration:
+    """Check a parsed ``calibration.json`` (or the same object sent by a reward server's ``/info``).
+
+    Raises:
+        ConfigError: another format version, or a key missing or malformed (named, after ``where``).
+    """
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
-        raise ConfigError(f"calibration file {path}: format_version {found!r} is not {FORMAT_VERSION}")
+        raise ConfigError(f"{where}: format_version {found!r} is not {FORMAT_VERSION}")
     for key, kind in (("reward", dict), ("source", dict), ("dimensions", dict)):
         if not isinstance(payload.get(key), kind) or not payload[key]:
-            raise ConfigError(f"calibration file {path}: '{key}' must be a non-empty mapping")
+            raise ConfigError(f"{where}: '{key}' must be a non-empty mapping")
     identity = payload["reward"].get("identity")
     if not isinstance(identity, dict) or not isinstance(identity.get("entry"), dict) or "fingerprint" not in identity:
-        raise ConfigError(f"calibration file {path}: 'reward.identity' must map 'entry' (the reward entry the stats "
+        raise ConfigError(f"{where}: 'reward.identity' must map 'entry' (the reward entry the stats "
                           f"describe) and 'fingerprint', got {identity!r}")
-    dimensions = {name: DimensionStats.from_json(stats, where=f"{path}: dimensions.{name}")
+    dimensions = {name: DimensionStats.from_json(stats, where=f"{where}: dimensions.{name}")
                   for name, stats in payload["dimensions"].items()}
     return Calibration(dimensions=dimensions, reward=payload["reward"], source=payload["source"])
 

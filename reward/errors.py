@@ -26,3 +26,8 @@ class ConfigError(ValueError):
 
 class NumericalFaultError(RuntimeError):
     """A training run skipped too many steps in a row (invalid rewards, non-finite loss or gradients)."""
+
+
+class RemoteRewardError(RuntimeError):
+    """Every try to score on the reward servers failed (unreachable, timed out, busy, failing, or answering
+    outside the protocol); the message names the servers and the last error."""

@@ -203,7 +203,7 @@ def load_video(source: VideoSource, spec: VideoSpec, *, limits: DecodeLimits = D
             in-memory frames have the wrong shape, dtype or range. The message names the source and the reason.
     """
     if isinstance(source, VideoFrames):
-        frames = _frames_from_memory(source)
+        frames = frames_as_uint8(source)
         name, source_fps = source.name, float(source.fps)
         if not (source_fps > 0 and math.isfinite(source_fps)):
             raise VideoDecodeError(name, f"fps must be a positive number, got {source.fps}")
@@ -360,8 +360,9 @@ def _sample_indices(name: str, total_frames: int, source_fps: float, spec: Video
     return torch.linspace(0, total_frames - 1, count).round().long().tolist()
 
 
-def _frames_from_memory(video: VideoFrames) -> np.ndarray:
-    """Validate in-memory frames and return them as uint8 ``(T, H, W, 3)``."""
+def frames_as_uint8(video: VideoFrames) -> np.ndarray:
+    """Validate in-memory frames and return them as uint8 ``(T, H, W, 3)`` (floats quantised as a video encoder
+    would): what :func:`load_video` samples from, and what the ``remote`` reward sends to a reward server."""
     frames = video.frames
     array = frames.detach().cpu() if isinstance(frames, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(frames))
     if array.ndim != 4:
