@@ -31,7 +31,7 @@ from reward.server import ServeConfig, running_server
 
 from ..generator_rl.helpers import same_lora, tiny_arguments
 from .helpers import small_clip
-from .test_server import GatedReward, metric_samples, wait_for
+from .server_helpers import GatedReward, metric_samples, wait_for
 
 URL = "http://127.0.0.1:8000"
 

@@ -12,8 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +19,6 @@ from typing import Any, Iterator
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.synthetic import square_clip
 from reward.base import build_reward
@@ -30,6 +27,7 @@ from reward.server import ServeConfig, run_serve, running_server
 from reward.video import VideoFrames
 
 from .helpers import REPO_ROOT, small_clip
+from .server_helpers import GatedReward, metric_samples, wait_for
 
 TOKEN = "test-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -67,25 +65,6 @@ def server(files) -> Iterator[str]:
                          max_pixels=64 * 64, max_prompt_chars=40)
     with running_server(build_reward({"name": "brightness"}), config) as url:
         yield url
-
-
-class GatedReward:
-    """brightness, except that each batch announces itself and then waits until the test opens the gate."""
-
-    name = "gated_brightness"
-
-    def __init__(self) -> None:
-        self.inner = build_reward({"name": "brightness"})
-        self.spec, self.calibration = self.inner.spec, None
-        self.gate, self.entered = threading.Event(), threading.Semaphore(0)
-
-    def score(self, videos, prompts):
-        self.entered.release()
-        if not self.gate.wait(timeout=60):
-            raise RuntimeError("the test never opened the gate")
-        if "explode" in prompts:
-            raise RuntimeError("boom")
-        return self.inner.score(videos, prompts)
 
 
 @pytest.fixture(scope="module")
@@ -139,20 +118,6 @@ def local_rewards(sources: list) -> list[float]:
 
 def post(url: str, request: dict[str, Any], *, headers: dict[str, str] = AUTH) -> httpx.Response:
     return httpx.post(f"{url}/score", headers=headers, timeout=60, **request)
-
-
-def metric_samples(url: str, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(f"{url}/metrics", headers=headers or {}, timeout=10).text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def wait_for(condition, what: str) -> None:
-    """Poll until ``condition()`` holds (an ordering wait, not a timing assertion)."""
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 # ----- scoring ---------------------------------------------------------------------------------------------------
