@@ -78,8 +78,9 @@ def test_no_bars_off_a_terminal_off_the_main_process_or_when_disabled(terminal, 
 
 
 def test_grpo_step_shows_sampling_scoring_and_update(tiny_wan_dir, prompt_file, tmp_path, monkeypatch):
-    """2 prompts x group 4 = 8 videos in rollout batches of 4: sampling/scoring 1/2 and 2/2; then 2 micro-batches
-    of 4 videos x 5 stochastic steps = 10 update micro-steps."""
+    """2 prompts x group 4 = 8 videos in rollout batches of 4: sampling/decoding 1/2 and 2/2 (each batch is scored
+    in the background while the next samples), then waiting for the last scores; then 2 micro-batches of 4 videos
+    x 5 stochastic steps = 10 update micro-steps."""
     stream = Terminal()
     monkeypatch.setattr(sys, "stderr", stream)
     run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", max_steps=1,
@@ -87,8 +88,8 @@ def test_grpo_step_shows_sampling_scoring_and_update(tiny_wan_dir, prompt_file, 
     text = stream.getvalue()
     shown = [state for state in phases(text) if state[0] != "starting"]
     assert shown == [
-        ("sampling", 0, 2), ("sampling", 1, 2), ("scoring", 1, 2), ("sampling", 1, 2), ("sampling", 2, 2),
-        ("scoring", 2, 2), *(("update", done, 10) for done in range(11)),
+        ("sampling", 0, 2), ("sampling", 1, 2), ("decoding", 1, 2), ("sampling", 1, 2), ("sampling", 2, 2),
+        ("decoding", 2, 2), ("scoring", 2, 2), *(("update", done, 10) for done in range(11)),
     ]
     assert steps(text, "GRPO") == [(0, 1), (1, 1)]
 
