@@ -4,7 +4,15 @@ Every reward model — DeScore with or without CoT, and later VideoAlign, VLM ju
 clients — scores a batch of (video, prompt) and returns one :class:`ScoredItem` per input. A failure is
 reported as such (``reward`` NaN, ``error`` set), never replaced by a made-up number. A registry maps a
 config entry ``{"name": ..., "path": ..., **options}`` to an instance, so reward models are swapped from
-YAML alone.
+YAML alone. A reward defined outside the ``reward`` package (which imports nothing above it) joins the registry
+as a plugin: an entry point in the group ``descore.rewards`` whose import registers it, e.g. in a
+``pyproject.toml``::
+
+    [project.entry-points."descore.rewards"]
+    vbench = "benchmarks.vbench.reward"
+
+The first lookup of a name the registry lacks reads the declared plugins (so ``import reward`` stays cheap) and
+imports the one of that name.
 """
 
 from __future__ import annotations
@@ -12,8 +20,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -114,6 +123,8 @@ def sampled_batches(
 
 RewardFactory = Callable[..., RewardModel]
 _REGISTRY: dict[str, RewardFactory] = {}
+PLUGIN_GROUP = "descore.rewards"
+_plugins: dict[str, EntryPoint] | None = None  # declared plugins by name; None until first needed
 
 
 def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
@@ -128,29 +139,80 @@ def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
     return decorate
 
 
+def declare_reward_plugins(entry_points: Iterable[EntryPoint] | None = None) -> dict[str, EntryPoint]:
+    """Declare the reward plugins: ``entry_points``, or (None) those the installed packages list under
+    :data:`PLUGIN_GROUP`. Nothing is imported here; a plugin is imported when its name is first looked up.
+    The lookup calls this once; call it yourself to declare plugins that are not installed (tests).
+
+    Raises:
+        ConfigError: two entry points declare one name with different modules.
+    """
+    global _plugins
+    if entry_points is None:
+        from importlib.metadata import entry_points as installed
+
+        entry_points = installed(group=PLUGIN_GROUP)
+    declared: dict[str, EntryPoint] = {}
+    for entry_point in entry_points:
+        other = declared.setdefault(entry_point.name, entry_point)
+        if other.value != entry_point.value:
+            raise ConfigError(f"reward plugin {entry_point.name!r} is declared twice under {PLUGIN_GROUP!r}: "
+                              f"{other.value!r} and {entry_point.value!r}; uninstall one of them")
+    _plugins = declared
+    return dict(declared)
+
+
+def _declared_plugins() -> dict[str, EntryPoint]:
+    return declare_reward_plugins() if _plugins is None else _plugins
+
+
 def registered_rewards() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every name :func:`build_reward` resolves: the registry and the declared plugins (not yet imported)."""
+    return sorted(set(_REGISTRY) | set(_declared_plugins()))
+
+
+def _factory(name: Any) -> RewardFactory:
+    """The factory of ``name``, importing the plugin that declares it when the registry lacks it.
+
+    Raises:
+        ConfigError: the name is neither registered nor declared (the message lists those that are), or its
+            plugin fails to import or does not register it.
+    """
+    plugins = _declared_plugins()
+    if name not in _REGISTRY and isinstance(name, str) and name in plugins:
+        entry_point = plugins[name]
+        try:
+            entry_point.load()
+        except Exception as error:  # an import can raise anything; the user needs the plugin's name and module
+            raise ConfigError(f"reward plugin {name!r} ({PLUGIN_GROUP} entry point {entry_point.value!r}) failed "
+                              f"to import: {type(error).__name__}: {error}") from error
+        if name not in _REGISTRY:
+            raise ConfigError(f"reward plugin {name!r}: importing {entry_point.value!r} registered no reward of that "
+                              "name (it must call register_reward with the entry point's name)")
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown reward model {name!r}; registered: {registered_rewards()}")
+    return _REGISTRY[name]
 
 
 def check_reward_entry(entry: Mapping[str, Any]) -> None:
-    """Check a config entry without building the model: a registered name, options the model takes, and a
-    ``path`` that exists (or is a hub id). Jobs call this before loading anything else, so a typo fails in a
-    second instead of after the generator has loaded.
+    """Check a config entry without building the model: a registered name (a plugin's is imported now), options
+    the model takes, and a ``path`` that exists (or is a hub id). Jobs call this before loading anything else,
+    so a typo fails in a second instead of after the generator has loaded.
 
     Raises:
-        ConfigError: unknown name (the message lists the registered ones), unknown options, or a missing path.
+        ConfigError: unknown name (the message lists the registered ones), a plugin that fails to import,
+            unknown options, or a missing path.
     """
     options = dict(entry)
     name = options.pop("name", None)
     calibration = options.pop("calibration", None)  # reserved for every model: read by build_reward
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown reward model {name!r}; registered: {registered_rewards()}")
-    accepted = inspect.signature(_REGISTRY[name]).parameters
+    factory = _factory(name)
+    accepted = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise ConfigError(f"reward model {name!r} does not take options {unknown}; it takes {sorted(accepted)}")
-    check_options = getattr(_REGISTRY[name], "check_options", None)  # a model that holds entries (composite)
+    check_options = getattr(factory, "check_options", None)  # option values (composite, remote, vbench)
     if check_options is not None:
         check_options(options)
     if options.get("path") is not None:
@@ -180,7 +242,7 @@ def build_reward(entry: Mapping[str, Any]) -> RewardModel:
     check_reward_entry(entry)
     options = dict(entry)
     options.pop("calibration", None)
-    model = _REGISTRY[options.pop("name")](**options)
+    model = _factory(options.pop("name"))(**options)
     calibration = entry_calibration(entry)
     if calibration is not None or not hasattr(model, "calibration"):
         model.calibration = calibration

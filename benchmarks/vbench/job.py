@@ -162,15 +162,31 @@ def list_videos(source: Path) -> list[str]:
 
 
 def probe_all(videos: list[str], *, limits: DecodeLimits) -> list[str]:
-    """Read every header before any work: a bad file fails now, not hours in. All frames are decoded, so
-    their bytes are held to ``limits.max_decoded_bytes`` (VBench reads every frame for every dimension)."""
+    """Read every header before any work: a bad file fails now, not hours in."""
     for video in tqdm(videos, desc="checking videos", disable=len(videos) < 100):
-        info = probe_video(video, limits=limits)
-        decoded = info.total_frames * info.width * info.height * 3
-        if decoded > limits.max_decoded_bytes:
-            raise VideoDecodeError(video, f"its {info.total_frames} frames decode to {decoded:,} bytes, above "
-                                          f"--max_video_decoded_bytes {limits.max_decoded_bytes:,}")
+        check_video(video, limits=limits)
     return videos
+
+
+def check_video(video: str, *, limits: DecodeLimits) -> None:
+    """Read the header of ``video`` and check it against ``limits``. All frames are decoded, so their bytes are
+    held to ``limits.max_decoded_bytes`` (VBench reads every frame for every dimension).
+
+    Raises:
+        VideoDecodeError: the file is unreadable or over a limit.
+    """
+    info = probe_video(video, limits=limits)
+    decoded = info.total_frames * info.width * info.height * 3
+    if decoded > limits.max_decoded_bytes:
+        raise VideoDecodeError(video, f"its {info.total_frames} frames decode to {decoded:,} bytes, above "
+                                      f"--max_video_decoded_bytes {limits.max_decoded_bytes:,}")
+
+
+def decode_video(video: str) -> tuple[torch.Tensor, float]:
+    """What every dimension reads: all frames of the file, uint8 ``(T, 3, H, W)`` at native resolution, and
+    the container's fps."""
+    reader = open_reader(video)
+    return reader.frames(list(range(reader.total_frames))), reader.fps
 
 
 def claim_output(config: VBenchConfig) -> Path:
@@ -220,12 +236,11 @@ def measure(config: VBenchConfig, videos: list[str], *, output: Path, extractors
         logger.info("resuming: %d of %d videos already measured", len(videos) - len(pending), len(videos))
     with cache.appending(caches) as handles, torch.inference_mode():
         for video in tqdm(pending, desc="VBench"):
-            reader = open_reader(video)
-            frames = reader.frames(list(range(reader.total_frames))).to(device)
+            frames, fps = decode_video(video)
+            frames = frames.to(device)
             for dimension in config.dimensions:
                 if video not in scores[dimension]:
-                    score = score_video(dimension, frames, fps=reader.fps, extractors=extractors,
-                                        batch_size=config.batch_size)
+                    score = score_video(dimension, frames, fps=fps, extractors=extractors, batch_size=config.batch_size)
                     cache.append_score(handles[dimension], video, score)
                     scores[dimension][video] = score
     return {dimension: {video: scores[dimension][video] for video in videos} for dimension in config.dimensions}

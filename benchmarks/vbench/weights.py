@@ -197,7 +197,7 @@ def load_extractors(
     from .metrics import Extractors
 
     device = torch.device(device)
-    resolved = _resolve_dtype(dtype)
+    resolved = resolve_dtype(dtype)
     fields = required_fields(dimensions)
     check_weights(weights_dir, fields)
     loaders = _loaders(device, resolved)
@@ -207,7 +207,7 @@ def load_extractors(
     return Extractors(**{**dict.fromkeys(WEIGHT_FILES), **loaded})
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """None, a floating torch dtype, or its name (``"float16"``); anything else is a :class:`ConfigError`."""
     if dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         return dtype
