@@ -75,3 +75,17 @@ def test_the_installed_demo_runs_twice_in_one_folder(installed, tmp_path):
         demo = _run(bin_folder / "descore", "demo", "--output_dir", "demo", cwd=tmp_path)
         assert demo.returncode == 0, f"{attempt} run:\n{demo.stdout}\n{demo.stderr}"
         assert "[reward] held-out pairwise accuracy" in demo.stdout
+
+
+@pytest.mark.slow
+def test_the_installed_metadata_declares_the_vbench_reward_plugin(installed, tmp_path):
+    """The entry point in pyproject.toml reaches the installed metadata, and the registry imports it by name."""
+    _, bin_folder = installed
+    code = ("import sys; from reward.base import check_reward_entry, registered_rewards; "
+            "assert 'benchmarks.vbench.reward' not in sys.modules; print('vbench' in registered_rewards()); "
+            "check_reward_entry({'name': 'vbench', 'dimension': 'temporal_flickering'}); "
+            "print(sys.modules['benchmarks.vbench.reward'].__file__)")
+    checked = _run(bin_folder / "python", "-c", code, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    declared, module = checked.stdout.split()
+    assert declared == "True" and module.startswith(str(bin_folder.parent))
