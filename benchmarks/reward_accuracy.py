@@ -36,6 +36,7 @@ from reward.checkpoint import atomic_file
 from reward.entry_file import RewardEntry, read_reward_entry
 from reward.errors import ConfigError
 from reward.jobs import ScoreConfig, run_score
+from reward.json_values import finite_or_none
 from reward.run_record import check_output_directory, check_same_run, file_sha256, write_run_config
 
 from .preference_accuracy import Accuracy, accuracy_with_ties, accuracy_without_ties, three_way_accuracy
@@ -227,18 +228,15 @@ def _judge_pairs(config: RewardAccuracyConfig, entry: RewardEntry, cache: Path, 
 def _verdict_record(key: tuple[str, str, str], verdict: Any) -> dict[str, Any]:
     """One cached verdict (a :class:`reward.judge_rating.PairJudgement`); failed ones keep their reason."""
     video_a, video_b, prompt = key
-    record = {"video": video_a, "video_b": video_b, "prompt": prompt, "prob_a": _finite(verdict.prob_a),
-              "prob_b": _finite(verdict.prob_b), "prob_tie": verdict.prob_tie,
-              "margin": _finite(verdict.margin), "decision": verdict.decision}
+    record = {"video": video_a, "video_b": video_b, "prompt": prompt, "prob_a": finite_or_none(verdict.prob_a),
+              "prob_b": finite_or_none(verdict.prob_b), "prob_tie": verdict.prob_tie,
+              "margin": finite_or_none(verdict.margin), "decision": verdict.decision}
     if verdict.parse_error is not None:
         record["parse_error"] = verdict.parse_error
     if verdict.error is not None:
         record["error"] = verdict.error
     return record
 
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _timing(scores: Path, seconds: float, videos: int) -> float | None:

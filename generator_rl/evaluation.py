@@ -35,6 +35,7 @@ from accelerate.utils import gather_object
 from reward.base import check_reward_entry
 from reward.checkpoint import atomic_directory, atomic_file
 from reward.errors import ConfigError, DataError
+from reward.json_values import finite_or_none, json_safe
 from reward.run_record import RunMismatchError
 from reward.seeds import seeded_generator
 
@@ -280,7 +281,7 @@ class HeldOutEvaluation:
                 path = write_mp4(folder / f"{video.prompt_index}_{video.seed}.mp4", frames[row])
                 rows.append({"index": video.index, "prompt": video.prompt, "seed": video.seed,
                              "file": str(path.relative_to(self.run.run_dir)),
-                             "values": {label: _number(column[row]) for label, column in values.items()}})
+                             "values": {label: finite_or_none(column[row]) for label, column in values.items()}})
         return sorted(gather_object(rows), key=lambda row: row["index"])
 
     def _score(self, frames: torch.Tensor, prompts: list[str]) -> dict[str, list[float]]:
@@ -299,7 +300,7 @@ class HeldOutEvaluation:
                   "win_rates": summary.win_rates, "bands": summary.bands, "alerts": summary.alerts,
                   "videos": rows}
         with (self.run.run_dir / EVAL_LOG).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(_finite(record)) + "\n")
+            handle.write(json.dumps(json_safe(record)) + "\n")
         self.run.accelerator.log(summary.metrics(), step=step)
         log_evaluation_table(self.run.accelerator, step, self.run.run_dir, rows, list(self.directions))
 
@@ -360,18 +361,3 @@ def _columns(rows: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[s
     return {label: [math.nan if row["values"][label] is None else row["values"][label] for row in rows]
             for label in labels}
 
-
-def _number(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _finite(value: Any) -> Any:
-    """JSON without NaN/Infinity tokens: non-finite floats become null."""
-    if isinstance(value, float):
-        return _number(value)
-    if isinstance(value, Mapping):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value

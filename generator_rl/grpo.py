@@ -41,6 +41,7 @@ from accelerate.utils import gather_object
 
 from reward.errors import ConfigError
 from reward.faults import FaultCounters, SkipReason, check_skip_limit, guarded_optimizer_step
+from reward.json_values import finite_or_none
 from reward.seeds import permuted_slice, seeded_generator
 
 from .advantages import STD_MODES, StdMode, group_advantages
@@ -517,9 +518,9 @@ def _record(accelerator: Accelerator, run_dir: Path, step: int, rollout: Rollout
             "sample": int(rollout.sample_ids[i]),
             "group": int(rollout.group_ids[i]),
             "prompt": rollout.prompts[i],
-            "reward": _number(rollout.rewards[i]),
-            "terms": {label: _number(values[i]) for label, values in rollout.terms.items()},
-            "advantage": _number(advantages[i]),
+            "reward": finite_or_none(rollout.rewards[i]),
+            "terms": {label: finite_or_none(values[i]) for label, values in rollout.terms.items()},
+            "advantage": finite_or_none(advantages[i]),
         }
         for i in range(len(rollout.prompts))
     ]
@@ -528,8 +529,3 @@ def _record(accelerator: Accelerator, run_dir: Path, step: int, rollout: Rollout
         with (run_dir / "rollouts.jsonl").open("a", encoding="utf-8") as handle:
             for record in sorted(records, key=lambda r: r["sample"]):
                 handle.write(json.dumps(record) + "\n")
-
-
-def _number(value: torch.Tensor) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None

@@ -4,7 +4,6 @@ video counterpart of trl's completions table. Logged from the main process, only
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
+
+from reward.json_values import finite_or_none
 
 from .run import logs_media, write_mp4
 
@@ -31,7 +32,7 @@ def log_evaluation_table(accelerator: Accelerator, step: int, run_dir: Path, row
     table = wandb.Table(columns=["prompt", "seed", "video", *labels])
     for row in rows:
         table.add_data(row["prompt"], row["seed"], wandb.Video(str(run_dir / row["file"]), format="mp4"),
-                       *(_cell(row["values"][label]) for label in labels))
+                       *(finite_or_none(row["values"][label]) for label in labels))
     accelerator.get_tracker("wandb").log({EVAL_TABLE: table}, step=step)
 
 
@@ -49,11 +50,6 @@ def log_rollout_table(accelerator: Accelerator, step: int, rollout: Rollout, adv
             video = None
             if index < len(rollout.frames):
                 video = wandb.Video(str(write_mp4(Path(folder) / f"{index}.mp4", rollout.frames[index])), format="mp4")
-            table.add_data(prompt, int(rollout.group_ids[index]), *(_cell(rollout.terms[t][index]) for t in terms),
-                           _cell(rollout.rewards[index]), _cell(advantages[index]), video)
+            table.add_data(prompt, int(rollout.group_ids[index]), *(finite_or_none(rollout.terms[t][index]) for t in terms),
+                           finite_or_none(rollout.rewards[index]), finite_or_none(advantages[index]), video)
         accelerator.get_tracker("wandb").log({ROLLOUT_TABLE: table}, step=step)
-
-
-def _cell(value: Any) -> float | None:
-    value = float(value) if value is not None else math.nan
-    return value if math.isfinite(value) else None

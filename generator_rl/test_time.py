@@ -37,6 +37,7 @@ import torch
 from reward import RewardModel, VideoFrames
 from reward.checkpoint import atomic_file
 from reward.errors import DataError
+from reward.json_values import finite_or_none
 from reward.seeds import seeded_generator
 
 from .policy import WAN_FPS, WanPolicy
@@ -264,7 +265,7 @@ def write_search_record(path: Path, *, prompt_index: int, k: int, file: str, res
     """One video's search (atomically): its candidates, the kept one (null: every candidate failed), the cost."""
     record = {"prompt_index": prompt_index, "k": k, "file": file, "kept": result.kept,
               "forward_passes": result.forward_passes,
-              "candidates": [{**asdict(c), "reward": c.reward if math.isfinite(c.reward) else None}
+              "candidates": [{**asdict(c), "reward": finite_or_none(c.reward)}
                              for c in result.candidates]}
     with atomic_file(path) as handle:
         handle.write(json.dumps(record, indent=1) + "\n")

@@ -23,6 +23,7 @@ from typing import Any
 
 from .base import RewardModel, RewardOutput, ScoredItem, build_reward, check_reward_entry, register_reward
 from .errors import ConfigError
+from .json_values import finite_or_none
 from .video import VideoSource
 
 NORMALIZATIONS = ("none", "zscore", "rank")
@@ -143,8 +144,8 @@ class CompositeReward:
             total = math.nan if failures else math.fsum(weighted)
             sub_scores = {}
             for label in per_term:
-                sub_scores[f"{label}/raw"] = _or_none(raw[label][index])
-                sub_scores[f"{label}/normalized"] = _or_none(normalized[label][index])
+                sub_scores[f"{label}/raw"] = finite_or_none(raw[label][index])
+                sub_scores[f"{label}/normalized"] = finite_or_none(normalized[label][index])
             combined.append(ScoredItem(reward=total, sub_scores=sub_scores, error="; ".join(failures) or None))
         return RewardOutput(combined)
 
@@ -155,7 +156,3 @@ class CompositeReward:
         if term.normalize == "rank":
             return batch_rank(values)
         return list(values)
-
-
-def _or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from .base import RewardModel, ScoredItem, build_reward, check_reward_entry
 from .entry_file import RewardEntry, read_reward_entry
 from .errors import ConfigError
+from .json_values import json_safe
 from .server_batching import BatchQueue, Job, QueueFull, ScoringFailed, ScoringWorker, ServerClosing
 from .server_metrics import ServerMetrics
 from .server_requests import QueuedItem, RequestLimits, RequestRejected, queued_items, read_form
@@ -309,7 +310,7 @@ def _result(item: QueuedItem, scored: ScoredItem) -> dict[str, Any]:
     error = scored.error
     if error is not None and item.upload is not None:
         error = error.replace(str(item.upload), f"{item.field} (uploaded file)")
-    return _json_safe({
+    return json_safe({
         "reward": scored.reward if scored.ok else None,
         "error": error,
         "cot": scored.cot,
@@ -319,14 +320,3 @@ def _result(item: QueuedItem, scored: ScoredItem) -> dict[str, Any]:
         "parse_error": scored.parse_error,
         "truncated": scored.truncated,
     })
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (JSON has no NaN; the protocol says null)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _json_safe(inner) for key, inner in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(inner) for inner in value]
-    return value
