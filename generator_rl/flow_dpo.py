@@ -89,7 +89,8 @@ class FlowDpoConfig:
                           "shifted training timesteps. false: sigma = u."},
     )
     online_every: int | None = field(
-        default=None, metadata={"help": "Online Flow-DPO: refresh the reference and re-sample pairs every K steps."}
+        default=None, metadata={"help": "Online Flow-DPO: refresh the reference and re-sample pairs every K steps; "
+                                        "unset or 0: offline (one round of pairs, or the --pairs file)."}
     )
     max_consecutive_skipped_steps: int = field(
         default=5, metadata={"help": "Stop the run after this many steps in a row were skipped (non-finite loss or "
@@ -97,6 +98,8 @@ class FlowDpoConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.online_every == 0:  # the flag's spelling of "unset", e.g. to run an online recipe on --pairs
+            self.online_every = None
         if self.pairs is not None:
             check_pair_options(self.pairs, online_every=self.online_every)
         elif not self.rewards:

@@ -264,6 +264,7 @@ def test_offline_options_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="rewards is required"):
         FlowDpoConfig()
     assert FlowDpoConfig(pairs=str(pairs)).rewards == []
+    assert FlowDpoConfig(pairs=str(pairs), online_every=0).online_every is None  # runs an online recipe on pairs
 
 
 def test_a_jsonl_pair_file_gives_its_prompts(tmp_path):
