@@ -108,7 +108,7 @@ class FlowDpoConfig:
         if self.samples_per_prompt < 2:
             raise ConfigError(f"samples_per_prompt must be >= 2 to form pairs, got {self.samples_per_prompt}")
         if self.online_every is not None and self.online_every < 1:
-            raise ConfigError(f"online_every must be >= 1, got {self.online_every}")
+            raise ConfigError(f"online_every must be >= 1 (0 or unset: offline), got {self.online_every}")
         for name in ("train_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -123,7 +123,7 @@ FLOW_DPO_CASES = [
     ({"train_batch_size": 0}, r"train_batch_size must be >= 1, got 0"),
     ({"gradient_accumulation_steps": 0}, r"gradient_accumulation_steps must be >= 1, got 0"),
     ({"logit_std": 0.0}, r"logit_std must be > 0 and logit_mean finite, got 0\.0 and 0\.0"),
-    ({"online_every": 0}, r"online_every must be >= 1, got 0"),
+    ({"online_every": -1}, r"online_every must be >= 1 \(0 or unset: offline\), got -1"),
     ({"pair_mode": "top_k"}, r"pair_mode must be one of \['best_worst', 'all_above_margin'\], got 'top_k'"),
     ({"timestep_sampling": "cosine"}, r"timestep_sampling must be one of \['logit_normal', 'uniform'\], got 'cosine'"),
 ]
