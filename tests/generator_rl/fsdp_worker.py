@@ -18,7 +18,10 @@ from diffusers.training_utils import EMAModel  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
-from generator_rl.checkpoint import ema_state, load_ema, load_lora, lora_state_dict, save_ema, save_lora  # noqa: E402
+from generator_rl.checkpoint import (  # noqa: E402
+    ema_state, load_ema, load_lora, load_reference, lora_state_dict, reference_state, save_ema, save_lora,
+    save_reference,
+)
 from generator_rl.policy import VideoShape  # noqa: E402
 from tests.generator_rl.test_policy import tiny_policy_arguments  # noqa: E402
 
@@ -69,10 +72,12 @@ if __name__ == "__main__":
     optimizer = torch.optim.AdamW(named.values(), lr=1e-3)
     ema = EMAModel(list(named.values()), decay=0.5)
     train(policy, ema, optimizer, steps=2)
-    lora, shadow = lora_state_dict(policy), ema_state(ema, named)  # every rank: collectives
+    policy.refresh_reference()  # online Flow-DPO's frozen copy, sliced like the LoRA
+    lora, shadow, reference = lora_state_dict(policy), ema_state(ema, named), reference_state(policy)  # collectives
     if rank == 0:
         save_lora(policy, output / "checkpoint", lora)
         save_ema(ema, named, output / "checkpoint", shadow)
+        save_reference(reference, output / "checkpoint")
     dist.barrier()
     trained = gathered_by_hand(named)
     ema_trained = gathered_by_hand(dict(zip(named, ema.shadow_params)))
@@ -82,8 +87,10 @@ if __name__ == "__main__":
     fresh_ema = EMAModel(list(fresh_named.values()), decay=0.5)
     load_lora(fresh, output / "checkpoint")
     load_ema(fresh_ema, fresh_named, output / "checkpoint")
+    load_reference(fresh, output / "checkpoint")
     loaded = gathered_by_hand(fresh_named)
     ema_loaded = gathered_by_hand(dict(zip(fresh_named, fresh_ema.shadow_params)))
+    reference_loaded = gathered_by_hand(fresh.reference_lora)
     first = next(iter(named))
     flags = {
         "sharded": named[first].to_local().shape[0] < trained[first].shape[0],
@@ -91,7 +98,7 @@ if __name__ == "__main__":
     }
     tensors = {f"{stage}/{name}": tensor
                for stage, values in [("trained", trained), ("loaded", loaded), ("ema_trained", ema_trained),
-                                     ("ema_loaded", ema_loaded)]
+                                     ("ema_loaded", ema_loaded), ("reference_loaded", reference_loaded)]
                for name, tensor in values.items()}
     tensors.update({name: torch.tensor(value) for name, value in flags.items()})
     save_file(tensors, str(output / f"rank_{rank}.safetensors"))

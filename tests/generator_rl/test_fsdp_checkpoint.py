@@ -1,5 +1,5 @@
 """LoRA-only checkpoints under FSDP2: two gloo (CPU) ranks shard the tiny Wan policy with ``fully_shard``, train
-two steps, save the LoRA and the EMA through ``generator_rl.checkpoint`` and load them into a fresh policy
+two steps, save the LoRA, the EMA and a frozen reference through ``generator_rl.checkpoint`` and load them into a fresh policy
 sharded differently (fsdp_worker.py). accelerate 1.15 runs its FSDP plugin only on accelerator devices (on CPU
 it falls back to DDP), so the sharding here is built directly with torch."""
 
@@ -16,7 +16,7 @@ from diffusers import WanPipeline
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from generator_rl.checkpoint import EMA_WEIGHTS, LORA_WEIGHTS, load_lora
+from generator_rl.checkpoint import EMA_WEIGHTS, LORA_WEIGHTS, REFERENCE_WEIGHTS, load_lora
 from generator_rl.policy import LEARNER
 from tests.generator_rl.test_policy import tiny_policy_arguments
 
@@ -35,7 +35,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 @pytest.mark.slow
-def test_fsdp2_lora_and_ema_round_trip_bit_exactly(tiny_wan_dir, tmp_path):
+def test_fsdp2_lora_ema_and_reference_round_trip_bit_exactly(tiny_wan_dir, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
                str(Path(__file__).with_name("fsdp_worker.py")), str(tiny_wan_dir), str(tmp_path)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600,
@@ -43,6 +43,7 @@ def test_fsdp2_lora_and_ema_round_trip_bit_exactly(tiny_wan_dir, tmp_path):
     assert finished.returncode == 0, finished.stderr[-4000:]
     saved = load_file(tmp_path / "checkpoint" / LORA_WEIGHTS)
     saved_ema = load_file(tmp_path / "checkpoint" / EMA_WEIGHTS)
+    saved_reference = load_file(tmp_path / "checkpoint" / REFERENCE_WEIGHTS)
     for rank in range(2):
         result = load_file(tmp_path / f"rank_{rank}.safetensors")
         assert result["sharded"] and result["local_equal"], rank  # each rank held a slice; loading restored it
@@ -50,9 +51,11 @@ def test_fsdp2_lora_and_ema_round_trip_bit_exactly(tiny_wan_dir, tmp_path):
         # (a) the file holds the LoRA gathered in memory, whole, bit for bit (and nothing else)
         assert _equal({_file_key(name): value for name, value in trained.items()}, saved)
         assert _equal(_stage(result, "ema_trained"), saved_ema)
+        assert _equal(trained, saved_reference)  # the reference was frozen from the trained LoRA
         # (b) the fresh, differently sharded policy (other initial LoRA) got exactly those weights back
         assert _equal(_stage(result, "loaded"), trained)
         assert _equal(_stage(result, "ema_loaded"), _stage(result, "ema_trained"))
+        assert _equal(_stage(result, "reference_loaded"), trained)
     assert any(value.abs().max() > 0 for name, value in saved.items() if "lora_B" in name)  # it trained
     # (c) one process: the file loads with diffusers, and into an unsharded policy, unchanged
     pipeline = WanPipeline.from_pretrained(str(tiny_wan_dir))
