@@ -94,7 +94,7 @@ if __name__ == "__main__":
     first = next(iter(named))
     flags = {
         "sharded": named[first].to_local().shape[0] < trained[first].shape[0],
-        "local_equal": all(torch.equal(a.to_local(), b.to_local()) for a, b in zip(named.values(), fresh_named.values())),
+        "local_equal": all(torch.equal(named[name].to_local(), fresh_named[name].to_local()) for name in named),
     }
     tensors = {f"{stage}/{name}": tensor
                for stage, values in [("trained", trained), ("loaded", loaded), ("ema_trained", ema_trained),

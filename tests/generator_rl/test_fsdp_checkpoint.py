@@ -1,7 +1,7 @@
 """LoRA-only checkpoints under FSDP2: two gloo (CPU) ranks shard the tiny Wan policy with ``fully_shard``, train
-two steps, save the LoRA, the EMA and a frozen reference through ``generator_rl.checkpoint`` and load them into a fresh policy
-sharded differently (fsdp_worker.py). accelerate 1.15 runs its FSDP plugin only on accelerator devices (on CPU
-it falls back to DDP), so the sharding here is built directly with torch."""
+two steps, save the LoRA, the EMA and a frozen reference through ``generator_rl.checkpoint`` and load them into
+a fresh policy sharded differently (fsdp_worker.py). accelerate 1.15 runs its FSDP plugin only on accelerator
+devices (on CPU it falls back to DDP), so the sharding here is built directly with torch."""
 
 from __future__ import annotations
 
