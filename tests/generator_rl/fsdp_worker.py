@@ -6,7 +6,6 @@ hand with ``all_gather`` (not by the code under test), so the test compares them
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
