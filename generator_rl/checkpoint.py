@@ -13,6 +13,9 @@
 * ``save_checkpoint`` writes ``checkpoints/step_N`` through a staging folder renamed at the end: only
   complete checkpoints carry the final name, and resuming picks the newest one. ``export_final`` replaces
   ``final/`` the same way: a kill leaves the previous complete ``final/`` or none.
+* Under FSDP2 the LoRA (and the EMA that shadows it) are DTensors, each rank holding a slice: they are gathered
+  whole before writing (:func:`lora_state_dict`, a collective every rank joins) and sliced again like the
+  model's parameters when loading, so the files are the same whatever the sharding or number of processes.
 * ``rotate_checkpoints`` (``save_total_limit``) deletes the oldest ``checkpoints/step_N`` folders, each first
   renamed out of the ``step_N`` pattern in one atomic step, so a kill mid-rotation never leaves a half-deleted
   folder that resuming could pick.
@@ -34,6 +37,7 @@ from diffusers import WanPipeline
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from reward.checkpoint import atomic_directory
 from reward.errors import CheckpointError
@@ -66,12 +70,33 @@ class RunState:
         self.faults.load_state_dict(state["faults"])
 
 
-def save_lora(policy: WanPolicy, directory: str | Path) -> Path:
-    """Write the learner LoRA of ``policy`` in the diffusers Wan LoRA format."""
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in full: an FSDP2 DTensor is gathered from every rank (a collective, so every rank must call
+    this); any other tensor is returned as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def laid_out_like(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A whole tensor read from a file, placed like ``target``: under FSDP2 this rank's slice of it (every rank
+    read the same file, so no communication), otherwise ``value`` on ``target``'s device."""
+    if isinstance(target, DTensor):
+        return distribute_tensor(value.to(target.device), target.device_mesh, target.placements, src_data_rank=None)
+    return value.to(target.device)
+
+
+def lora_state_dict(policy: WanPolicy) -> dict[str, torch.Tensor]:
+    """The learner LoRA in peft's naming, each tensor whole. Under FSDP2 every rank must call this."""
+    state = get_peft_model_state_dict(policy.transformer, adapter_name=LEARNER)
+    return {name: whole(tensor).detach() for name, tensor in state.items()}
+
+
+def save_lora(policy: WanPolicy, directory: str | Path, lora: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write the learner LoRA of ``policy`` in the diffusers Wan LoRA format. Under FSDP2 pass ``lora`` (from
+    :func:`lora_state_dict`, called on every rank) so that only the main process writes."""
     transformer = policy.transformer
     WanPipeline.save_lora_weights(
         save_directory=str(directory),
-        transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=LEARNER),
+        transformer_lora_layers=dict(lora) if lora is not None else lora_state_dict(policy),
         transformer_lora_adapter_metadata=lora_metadata(transformer.peft_config[LEARNER].to_dict()),
         safe_serialization=True,
     )
@@ -101,16 +126,18 @@ def lora_metadata(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_lora(policy: WanPolicy, directory: str | Path) -> None:
-    """Load a diffusers-format LoRA into the learner adapter, failing on any key mismatch."""
+    """Load a diffusers-format LoRA into the learner adapter, failing on any key mismatch; under FSDP2 each rank
+    keeps its slice of every tensor."""
     path = Path(directory) / LORA_WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{directory}: {LORA_WEIGHTS} is missing")
     stored = {key.removeprefix("transformer."): value for key, value in load_file(path).items()}
-    expected = set(get_peft_model_state_dict(policy.transformer, adapter_name=LEARNER))
-    missing, unexpected = sorted(expected - set(stored)), sorted(set(stored) - expected)
+    expected = get_peft_model_state_dict(policy.transformer, adapter_name=LEARNER)
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{path}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
-    set_peft_model_state_dict(policy.transformer, stored, adapter_name=LEARNER)
+    placed = {name: laid_out_like(value, expected[name]) for name, value in stored.items()}
+    set_peft_model_state_dict(policy.transformer, placed, adapter_name=LEARNER)
 
 
 def save_run_state(state: Any, directory: str | Path, name: str = RUN_STATE) -> None:
@@ -122,11 +149,18 @@ def load_run_state(state: Any, directory: str | Path, name: str = RUN_STATE) -> 
     state.load_state_dict(_read_json(Path(directory) / name))
 
 
-def save_reference(policy: WanPolicy, directory: str | Path) -> None:
-    """Online Flow-DPO's frozen reference LoRA (if the policy has one), keyed like the learner parameters."""
-    if policy.reference_lora is not None:
-        tensors = {name: tensor.contiguous() for name, tensor in policy.reference_lora.items()}
-        save_file(tensors, str(Path(directory) / REFERENCE_WEIGHTS))
+def reference_state(policy: WanPolicy) -> dict[str, torch.Tensor] | None:
+    """Online Flow-DPO's frozen reference LoRA (``None``: there is none), each tensor whole, keyed like the
+    learner parameters. Under FSDP2 every rank must call this."""
+    if policy.reference_lora is None:
+        return None
+    return {name: whole(tensor).contiguous() for name, tensor in policy.reference_lora.items()}
+
+
+def save_reference(reference: Mapping[str, torch.Tensor] | None, directory: str | Path) -> None:
+    """Write :func:`reference_state`'s tensors, if there are any."""
+    if reference is not None:
+        save_file(dict(reference), str(Path(directory) / REFERENCE_WEIGHTS))
 
 
 def load_reference(policy: WanPolicy, directory: str | Path) -> None:
@@ -142,22 +176,31 @@ def load_reference(policy: WanPolicy, directory: str | Path) -> None:
     if missing or unexpected or wrong:
         raise CheckpointError(f"{path}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}, "
                               f"other shapes {sorted(wrong)[:10]}")
-    policy.reference_lora = {name: stored[name].to(parameter.device) for name, parameter in learner.items()}
+    policy.reference_lora = {name: laid_out_like(stored[name], parameter) for name, parameter in learner.items()}
 
 
-def save_ema(ema: Any, named: Mapping[str, torch.nn.Parameter], directory: str | Path) -> None:
-    """An EMA (diffusers ``EMAModel``) as safetensors, its shadow weights named like the parameters they
-    follow, and JSON for its scalars (decay, step count, warm-up settings)."""
+def ema_state(ema: Any, named: Mapping[str, torch.nn.Parameter]) -> dict[str, Any]:
+    """``ema.state_dict()`` with its shadow weights whole and named like the parameters they follow. Under
+    FSDP2 every rank must call this (the shadows are sliced like the parameters)."""
     state = ema.state_dict()
     shadow = state.pop("shadow_params")
-    tensors = {name: tensor.detach().contiguous() for name, tensor in zip(named, shadow)}
-    save_file(tensors, str(Path(directory) / EMA_WEIGHTS))
+    state["shadow_params"] = {name: whole(tensor).detach().contiguous() for name, tensor in zip(named, shadow)}
+    return state
+
+
+def save_ema(ema: Any, named: Mapping[str, torch.nn.Parameter], directory: str | Path,
+             state: dict[str, Any] | None = None) -> None:
+    """An EMA (diffusers ``EMAModel``) as safetensors, its shadow weights named like the parameters they
+    follow, and JSON for its scalars (decay, step count, warm-up settings). Under FSDP2 pass ``state`` (from
+    :func:`ema_state`, called on every rank) so that only the main process writes."""
+    state = dict(state if state is not None else ema_state(ema, named))
+    save_file(state.pop("shadow_params"), str(Path(directory) / EMA_WEIGHTS))
     (Path(directory) / EMA_STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
 def load_ema(ema: Any, named: Mapping[str, torch.nn.Parameter], directory: str | Path) -> None:
-    """Restore ``ema`` from :func:`save_ema`'s files; each shadow tensor goes to its parameter's device and
-    keeps the stored dtype (float32). A key or shape mismatch is a :class:`CheckpointError`."""
+    """Restore ``ema`` from :func:`save_ema`'s files; each shadow tensor is placed like its parameter (device,
+    FSDP2 slice) and keeps the stored dtype (float32). A key or shape mismatch is a :class:`CheckpointError`."""
     path = Path(directory) / EMA_WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{directory}: {EMA_WEIGHTS} is missing (was the run saved without an EMA?)")
@@ -171,7 +214,7 @@ def load_ema(ema: Any, named: Mapping[str, torch.nn.Parameter], directory: str |
                 f"{path}: {name} has shape {tuple(stored[name].shape)}, the model's is {tuple(parameter.shape)}"
             )
     state = _read_json(Path(directory) / EMA_STATE)
-    state["shadow_params"] = [stored[name].to(parameter.device) for name, parameter in named.items()]
+    state["shadow_params"] = [laid_out_like(stored[name], parameter) for name, parameter in named.items()]
     try:
         ema.load_state_dict(state)
     except ValueError as error:
@@ -201,24 +244,29 @@ def register_checkpoint_hooks(
         return accelerator.unwrap_model(model) is policy.transformer
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
+        # Gathers run on every rank (collectives under FSDP2); only the main process writes.
         for index in reversed(range(len(models))):
             if is_transformer(models[index]):
+                lora, reference = lora_state_dict(policy), reference_state(policy)
                 if accelerator.is_main_process:
-                    save_lora(policy, output_dir)
-                    save_reference(policy, output_dir)
-                weights.pop(index)
+                    save_lora(policy, output_dir, lora)
+                    save_reference(reference, output_dir)
+                if weights:  # accelerate passes no weights under FSDP: it saves the model itself
+                    weights.pop(index)
+        named = policy.named_trainable_parameters()
+        shadow = ema_state(ema, named) if ema is not None else None
         if accelerator.is_main_process:
             save_run_state(state, output_dir)
             save_run_state(lr_scheduler, output_dir, LR_SCHEDULER_STATE)
             if ema is not None:
-                save_ema(ema, policy.named_trainable_parameters(), output_dir)
+                save_ema(ema, named, output_dir, shadow)
 
     def load_hook(models: list, input_dir: str) -> None:
         for index in reversed(range(len(models))):
             if is_transformer(models[index]):
                 load_lora(policy, input_dir)
-                load_reference(policy, input_dir)
                 models.pop(index)
+        load_reference(policy, input_dir)  # also under FSDP, where accelerate loads the model itself
         load_run_state(state, input_dir)
         load_run_state(lr_scheduler, input_dir, LR_SCHEDULER_STATE)
         if ema is not None:
@@ -295,15 +343,16 @@ def rotate_checkpoints(run_dir: Path, *, keep: int) -> list[str]:
     return deleted
 
 
-def export_final(policy: WanPolicy, run_dir: Path, *, fused: bool, job: str, config: Mapping[str, Any]) -> Path:
+def export_final(policy: WanPolicy, run_dir: Path, *, fused: bool, job: str, config: Mapping[str, Any],
+                 lora: Mapping[str, torch.Tensor] | None = None) -> Path:
     """``run_dir/final``: the LoRA (diffusers format), the run's ``run_config.json`` and, if asked, a plain
     transformer with the LoRA fused in (``transformer_fused/``, loadable by
     ``WanTransformer3DModel.from_pretrained``). Written in a staging folder that replaces ``final/`` at the end,
     so a kill leaves the previous complete export or none. Fusing removes the adapters from ``policy``, so it
-    is the last thing a run does."""
+    is the last thing a run does. ``lora``: as in :func:`save_lora`."""
     final = run_dir / FINAL
     with atomic_directory(final) as staging:
-        save_lora(policy, staging)
+        save_lora(policy, staging, lora)
         write_run_config(staging, job, config)
         if fused:
             transformer = policy.transformer

@@ -39,7 +39,7 @@ from reward.json_values import finite_or_none, json_safe
 from reward.run_record import RunMismatchError
 from reward.seeds import seeded_generator
 
-from .checkpoint import CHECKPOINTS, save_checkpoint, save_lora
+from .checkpoint import CHECKPOINTS, lora_state_dict, save_checkpoint, save_lora
 from .config import PolicyConfig, RunConfig, read_prompts
 from .guards import STATISTICS, Direction, alerting_guards, frame_statistics, noise_band, reference_win_rate
 from .rewards import RewardMix, RewardTerm
@@ -324,9 +324,10 @@ class HeldOutEvaluation:
         if not math.isfinite(value) or (self.best is not None and value <= self.best["value"]):
             return
         self.best = {"step": step, "metric": self.config.keep_best_by, "value": value}
+        lora = lora_state_dict(self.run.policy)  # on every rank: a gather under FSDP2
         if self.run.accelerator.is_main_process:
             with atomic_directory(self.run.run_dir / BEST) as staging:
-                save_lora(self.run.policy, staging)
+                save_lora(self.run.policy, staging, lora)
                 (staging / BEST_RECORD).write_text(json.dumps(self.best, indent=2) + "\n")
 
     def _read_baseline(self) -> list[dict[str, Any]] | None:

@@ -24,19 +24,20 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from transformers import get_scheduler
 
 from reward.base import check_reward_entry
 from reward.checkpoint import atomic_file
-from reward.errors import DataError
+from reward.errors import ConfigError, DataError
 from reward.run_record import (
     RUN_CONFIG, RunMismatchError, check_model_source, check_same_run, file_sha256, resolved_config, write_run_config,
 )
 from reward.video import write_video
 
 from .checkpoint import (
-    CHECKPOINTS, FINAL, RunState, export_final, latest_checkpoint, refuse_pickled_state, register_checkpoint_hooks,
+    CHECKPOINTS, FINAL, RunState, export_final, latest_checkpoint, lora_state_dict, refuse_pickled_state,
+    register_checkpoint_hooks,
 )
 from .config import read_prompts
 from .policy import WAN_FPS, WanPolicy
@@ -176,8 +177,9 @@ def finish_run(run: TrainingRun, *, fused: bool) -> Path:
     if run.ema is not None:
         run.ema.copy_to(run.policy.trainable_parameters())
     final = run.run_dir / FINAL
+    lora = lora_state_dict(run.policy)  # on every rank: a gather under FSDP2
     if run.accelerator.is_main_process:
-        export_final(run.policy, run.run_dir, fused=fused, job=run.job, config=run.record)
+        export_final(run.policy, run.run_dir, fused=fused, job=run.job, config=run.record, lora=lora)
     close_run(run.accelerator)
     hub = run.record["run"]
     if hub.get("push_to_hub") and run.accelerator.is_main_process:
@@ -299,6 +301,12 @@ def new_accelerator(run_args: Any) -> Accelerator:
         raise RuntimeError(
             f"launched with WORLD_SIZE={launched} but accelerate sees {accelerator.num_processes} process(es); "
             "the processes would train independently — check the launcher and the accelerate config"
+        )
+    asks_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"  # set by an FSDP accelerate config
+    if asks_fsdp and accelerator.distributed_type != DistributedType.FSDP:
+        raise ConfigError(
+            f"the accelerate config asks for FSDP but accelerate runs {accelerator.distributed_type.value} here: "
+            "its FSDP needs accelerator devices (GPUs), and without them the model would train unsharded"
         )
     return accelerator
 
