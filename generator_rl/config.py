@@ -89,6 +89,7 @@ class PolicyConfig:
                 attention_backend(self.attention_backend)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
+            self.attention_backend = self.attention_backend.lower()  # one spelling per kernel in the run record
 
     @property
     def shape(self) -> VideoShape:

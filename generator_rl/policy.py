@@ -18,7 +18,7 @@
   conditional and unconditional halves in one batched forward.
 * ``decode`` returns frames in [0, 1] (B, T, 3, H, W) that go to reward models in memory, at Wan's 16 fps.
 * Speed switches: ``compile_transformer_blocks`` compiles each repeated transformer block (regional
-  compilation: one graph serves every block, so compiling takes seconds, not minutes) with static shapes,
+  compilation: one graph serves every block, so compiling costs one block, not the whole model) with static shapes,
   after LoRA injection so the adapters are traced into the graph; ``attention_backend`` pins the
   scaled-dot-product attention kernel that every transformer forward uses (None: PyTorch chooses per call).
 """
@@ -52,8 +52,8 @@ def attention_backend(name: str) -> SDPBackend:
 
 
 def compiled_frames() -> int:
-    """Frames torch.compile has compiled in this process so far. A compiled block is compiled once per new
-    input shape, dtype or grad mode; the count growing during training means it is recompiling."""
+    """Frames torch.compile has compiled in this process so far. A compiled block is compiled again for each
+    new input shape or dtype; the count growing during training means it keeps recompiling."""
     from torch._dynamo.utils import counters
 
     return counters["frames"]["ok"]
@@ -150,8 +150,8 @@ class WanPolicy:
 
     @property
     def recompiles(self) -> int:
-        """Compilations beyond the first since the blocks were compiled (0 when eager): a few in the first
-        step (sampling without gradients, training with them, each batch size), then constant for fixed shapes."""
+        """Compilations beyond the first since the blocks were compiled (0 when eager): one per new input
+        shape (e.g. rollout and training batch sizes that differ), then constant while shapes repeat."""
         if self.compile_baseline is None:
             return 0
         return max(0, compiled_frames() - self.compile_baseline - 1)
