@@ -51,20 +51,21 @@ def attention_backend(name: str) -> SDPBackend:
     return SDPBackend.__members__[name.upper()]
 
 
-def compiled_frames() -> int:
-    """Frames torch.compile has compiled in this process so far. A compiled block is compiled again for each
-    new input shape or dtype; the count growing during training means it keeps recompiling."""
+def compiled_graphs() -> int:
+    """Graphs torch.compile has captured in this process so far (whole-graph compiles: one per compilation).
+    A compiled block is compiled again for each new input shape or dtype; the count growing during training
+    means it keeps recompiling."""
     from torch._dynamo.utils import counters
 
-    return counters["frames"]["ok"]
+    return counters["stats"]["unique_graphs"]
 
 
 def compile_transformer_blocks(transformer: torch.nn.Module) -> int:
     """Compile the transformer's repeated blocks in place (diffusers' regional compilation), whole-graph and
-    with static shapes; call it after LoRA injection. Returns ``compiled_frames()`` before the first compile,
+    with static shapes; call it after LoRA injection. Returns ``compiled_graphs()`` before the first compile,
     the baseline of ``WanPolicy.recompiles``."""
     transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
-    return compiled_frames()
+    return compiled_graphs()
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class WanPolicy:
     reference_lora: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     # The SDPA kernel pinned around every transformer forward; None: PyTorch's own choice per call.
     attention: SDPBackend | None = None
-    # compiled_frames() when the blocks were compiled; None: the transformer runs eagerly.
+    # compiled_graphs() when the blocks were compiled; None: the transformer runs eagerly.
     compile_baseline: int | None = None
     _in_reference: bool = field(default=False, repr=False)
     _embeddings: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -150,11 +151,12 @@ class WanPolicy:
 
     @property
     def recompiles(self) -> int:
-        """Compilations beyond the first since the blocks were compiled (0 when eager): one per new input
-        shape (e.g. rollout and training batch sizes that differ), then constant while shapes repeat."""
+        """Compilations beyond the first since the blocks were compiled (0 when eager). Training adds two (with
+        gradients: the first block, whose input needs none, and the later ones, whose input carries the LoRA's
+        gradient), each new input shape more; then the count stays put while shapes repeat."""
         if self.compile_baseline is None:
             return 0
-        return max(0, compiled_frames() - self.compile_baseline - 1)
+        return max(0, compiled_graphs() - self.compile_baseline - 1)
 
     @property
     def transformer(self) -> torch.nn.Module:

@@ -14,6 +14,7 @@ import torch
 
 from generator_rl.config import PolicyConfig
 from generator_rl.grpo import GrpoConfig, run_grpo
+from generator_rl.policy import compiled_graphs
 from generator_rl.rollout import SdeSettings, ode_sample, sample_trajectory
 from generator_rl.sde import sde_step
 from reward.errors import ConfigError
@@ -102,7 +103,22 @@ def test_backend_names_are_case_insensitive_and_an_unknown_one_is_refused(tiny_w
         tiny_policy(tiny_wan_dir, attention_backend="flash3")
 
 
-# ----- compiled blocks (slow) ------------------------------------------------------------------------
+# ----- compiled blocks -------------------------------------------------------------------------------
+
+
+def test_the_compile_counter_sees_each_new_shape():
+    """What ``WanPolicy.recompiles`` counts: one compilation per new static shape, none for a repeated one
+    (dynamo's eager backend, so no C++ build)."""
+    layer = torch.nn.Linear(4, 4)
+    layer.compile(backend="eager", fullgraph=True, dynamic=False)
+    before = compiled_graphs()
+    with torch.no_grad():
+        layer(torch.zeros(2, 4))
+        layer(torch.ones(2, 4))
+        assert compiled_graphs() == before + 1
+        layer(torch.zeros(3, 4))
+    assert compiled_graphs() == before + 2
+
 
 
 @pytest.mark.slow
@@ -123,11 +139,12 @@ def test_compiled_blocks_give_the_eager_samples_and_log_probs(tiny_wan_dir, eage
     gradients = [parameter.grad for parameter in compiled.trainable_parameters()]
     assert all(gradient is not None for gradient in gradients)
     assert sum(float(gradient.abs().sum()) for gradient in gradients) > 0
-    # Warm: the same shapes again, sampling and training, compile nothing new.
+    # Warm-up recompiled twice (TORCH_LOGS=recompiles): gradients on, then the blocks after the first, whose
+    # input carries the LoRA's gradient. The same calls again compile nothing.
     warm = compiled.recompiles
     _samples(compiled, arguments)
     velocity(trajectory.states[:, 0], 0).square().mean().backward()
-    assert compiled.recompiles == warm == 0
+    assert compiled.recompiles == warm
 
 
 @pytest.mark.slow
