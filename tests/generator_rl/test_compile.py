@@ -19,6 +19,7 @@ from generator_rl.rollout import SdeSettings, ode_sample, sample_trajectory
 from generator_rl.sde import sde_step
 from reward.errors import ConfigError
 
+from ..wandb_records import history_rows
 from .conftest import PROMPTS
 from .helpers import tiny_arguments
 
@@ -148,9 +149,16 @@ def test_compiled_blocks_give_the_eager_samples_and_log_probs(tiny_wan_dir, eage
 
 
 @pytest.mark.slow
-def test_grpo_runs_on_policy_with_compiled_blocks(tiny_wan_dir, prompt_file, tmp_path):
+def test_grpo_runs_on_policy_with_compiled_blocks(tiny_wan_dir, prompt_file, tmp_path, monkeypatch):
+    """Rollout and training micro-batches of one shape: after the first step, nothing recompiles."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     result = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run",
-                                      compile_transformer="true", num_steps=3, max_steps=2, save_steps=2,
-                                      group_size=2, prompts_per_step=1, rollout_batch_size=1, train_batch_size=1))
+                                      compile_transformer="true", num_steps=3, max_steps=3, save_steps=3,
+                                      group_size=2, prompts_per_step=1, rollout_batch_size=1, train_batch_size=1,
+                                      report_to="wandb"))
     assert result.first_ratio == pytest.approx(1.0, abs=1e-5)
     assert all(math.isfinite(value) for value in result.reward_history)
+    [path] = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    recompiles = [row["perf/recompiles"] for row in history_rows(path) if "perf/recompiles" in row]
+    assert len(recompiles) == 3 and recompiles[0] <= 2 and len(set(recompiles)) == 1
