@@ -16,7 +16,7 @@ from reward.errors import ConfigError
 from reward.records import read_records
 from reward.run_record import check_model_source, looks_like_hub_id
 
-from .policy import LoraSpec, VideoShape, WanPolicy
+from .policy import ATTENTION_BACKENDS, LoraSpec, VideoShape, WanPolicy, attention_backend
 from .tiny_wan import resolve_prompt_file, resolve_wan
 
 # transformers.get_scheduler names whose schedule is fixed by learning_rate, warmup_steps and max_steps alone.
@@ -52,6 +52,17 @@ class PolicyConfig:
     max_sequence_length: int = field(default=512, metadata={"help": "UMT5 tokens per prompt (Wan: 512)."})
     vae_tiling: bool = field(default=False, metadata={"help": "Decode in tiles (less memory)."})
     vae_slicing: bool = field(default=False, metadata={"help": "Decode one video at a time (less memory)."})
+    compile_transformer: bool = field(
+        default=False,
+        metadata={"help": "torch.compile each repeated transformer block (regional compilation, static shapes), "
+                          "after LoRA injection; the first step compiles, later ones reuse the graphs. Off by "
+                          "default: so far only checked on CPU (same samples as eager), not timed on a GPU."},
+    )
+    attention_backend: str | None = field(
+        default=None,
+        metadata={"help": "Pin the scaled-dot-product attention kernel of every transformer forward: "
+                          f"{', '.join(ATTENTION_BACKENDS)}; None: PyTorch picks one per call."},
+    )
 
     def __post_init__(self) -> None:
         """Every value is checked here, before any model loads; the message names the option and the fix."""
@@ -73,6 +84,12 @@ class PolicyConfig:
             raise ConfigError("lora_target_modules is empty: name at least one module, e.g. to_q")
         if self.max_sequence_length < 1:
             raise ConfigError(f"max_sequence_length must be >= 1, got {self.max_sequence_length}")
+        if self.attention_backend is not None:
+            try:
+                attention_backend(self.attention_backend)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            self.attention_backend = self.attention_backend.lower()  # one spelling per kernel in the run record
 
     @property
     def shape(self) -> VideoShape:
@@ -91,6 +108,8 @@ class PolicyConfig:
             max_sequence_length=self.max_sequence_length,
             vae_tiling=self.vae_tiling,
             vae_slicing=self.vae_slicing,
+            compile_transformer=self.compile_transformer,
+            attention=None if self.attention_backend is None else attention_backend(self.attention_backend),
         )
         policy.negative_prompt = self.negative_prompt
         if self.gradient_checkpointing:

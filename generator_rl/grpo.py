@@ -474,7 +474,7 @@ def _train_grpo(
         metrics |= _reward_metrics(accelerator, rollout, advantages.values, advantages.zero_std_fraction)
         metrics |= run.state.faults.metrics()
         metrics |= {"time/rollout_s": sampled - started, "time/update_s": time.perf_counter() - sampled,
-                    "train/learning_rate": learning_rate}
+                    "train/learning_rate": learning_rate, "perf/recompiles": float(policy.recompiles)}
         history.append(metrics["reward/total/mean"])
         _record(accelerator, run.run_dir, step, rollout, advantages.values)
         if accelerator.is_main_process and step % run_args.logging_steps == 0:

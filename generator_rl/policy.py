@@ -17,6 +17,10 @@
 * ``velocity`` applies classifier-free guidance as Wan's pipeline does: v = v_u + w·(v_c − v_u), with the
   conditional and unconditional halves in one batched forward.
 * ``decode`` returns frames in [0, 1] (B, T, 3, H, W) that go to reward models in memory, at Wan's 16 fps.
+* Speed switches: ``compile_transformer_blocks`` compiles each repeated transformer block (regional
+  compilation: one graph serves every block, so compiling costs one block, not the whole model) with static shapes,
+  after LoRA injection so the adapters are traced into the graph; ``attention_backend`` pins the
+  scaled-dot-product attention kernel that every transformer forward uses (None: PyTorch chooses per call).
 """
 
 from __future__ import annotations
@@ -30,11 +34,38 @@ import torch
 from diffusers import WanPipeline
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from reward import VideoFrames
 
 WAN_FPS = 16.0
 LEARNER = "default"
+# SDPA kernels one can pin (torch.nn.attention.SDPBackend, lower-case); ERROR is PyTorch's "none" marker.
+ATTENTION_BACKENDS = tuple(name.lower() for name in SDPBackend.__members__ if name != "ERROR")
+
+
+def attention_backend(name: str) -> SDPBackend:
+    """The SDPA backend called ``name`` (case-insensitive); a ValueError lists the valid names."""
+    if name.lower() not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend {name!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+    return SDPBackend.__members__[name.upper()]
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has captured in this process so far (whole-graph compiles: one per compilation).
+    A compiled block is compiled again for each new input shape or dtype; the count growing during training
+    means it keeps recompiling."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def compile_transformer_blocks(transformer: torch.nn.Module) -> int:
+    """Compile the transformer's repeated blocks in place (diffusers' regional compilation), whole-graph and
+    with static shapes; call it after LoRA injection. Returns ``compiled_graphs()`` before the first compile,
+    the baseline of ``WanPolicy.recompiles``."""
+    transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
+    return compiled_graphs()
 
 
 @dataclass(frozen=True)
@@ -76,6 +107,10 @@ class WanPolicy:
     runner: torch.nn.Module | None = field(default=None, repr=False)
     # Online Flow-DPO's frozen reference: learner parameter name -> float32 copy; None: the base model.
     reference_lora: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    # The SDPA kernel pinned around every transformer forward; None: PyTorch's own choice per call.
+    attention: SDPBackend | None = None
+    # compiled_graphs() when the blocks were compiled; None: the transformer runs eagerly.
+    compile_baseline: int | None = None
     _in_reference: bool = field(default=False, repr=False)
     _embeddings: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _schedules: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
@@ -92,6 +127,8 @@ class WanPolicy:
         max_sequence_length: int = 512,
         vae_tiling: bool = False,
         vae_slicing: bool = False,
+        compile_transformer: bool = False,
+        attention: SDPBackend | None = None,
     ) -> WanPolicy:
         pipeline = WanPipeline.from_pretrained(str(model), dtype=component_dtypes(transformer_dtype, text_encoder_dtype))
         if vae_tiling:
@@ -103,12 +140,23 @@ class WanPolicy:
         pipeline.transformer.requires_grad_(False)
         pipeline.text_encoder.requires_grad_(False)
         pipeline.vae.requires_grad_(False)
-        policy = cls(pipeline, torch.device(device), max_sequence_length)
+        policy = cls(pipeline, torch.device(device), max_sequence_length, attention=attention)
         if lora is not None:
             pipeline.transformer.add_adapter(lora.peft_config(), adapter_name=LEARNER)
             # Trainable LoRA weights in float32 even when the frozen base is bf16 (AdamW on bf16 loses updates).
             cast_training_params(pipeline.transformer, dtype=torch.float32)
+        if compile_transformer:
+            policy.compile_baseline = compile_transformer_blocks(pipeline.transformer)
         return policy
+
+    @property
+    def recompiles(self) -> int:
+        """Compilations beyond the first since the blocks were compiled (0 when eager). Training adds two (with
+        gradients: the first block, whose input needs none, and the later ones, whose input carries the LoRA's
+        gradient), each new input shape more; then the count stays put while shapes repeat."""
+        if self.compile_baseline is None:
+            return 0
+        return max(0, compiled_graphs() - self.compile_baseline - 1)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -199,12 +247,13 @@ class WanPolicy:
         steps = torch.as_tensor(timestep, device=latents.device).float().expand(hidden.shape[0])
         inputs = dict(hidden_states=hidden.to(dtype), timestep=steps, encoder_hidden_states=text.to(dtype),
                       return_dict=False)
-        if self._in_reference:
-            # The frozen copy replaces the learner's LoRA tensors for this call only; nothing is trained through
-            # it, so the bare transformer runs (no DDP wrapper, whose forward prepares a gradient sync).
-            output = torch.func.functional_call(self.transformer, self.reference_lora, args=(), kwargs=inputs)[0]
-        else:
-            output = (self.runner if self.runner is not None else self.transformer)(**inputs)[0]
+        with contextlib.nullcontext() if self.attention is None else sdpa_kernel(self.attention):
+            if self._in_reference:
+                # The frozen copy replaces the learner's LoRA tensors for this call only; nothing is trained
+                # through it, so the bare transformer runs (no DDP wrapper, whose forward prepares a gradient sync).
+                output = torch.func.functional_call(self.transformer, self.reference_lora, args=(), kwargs=inputs)[0]
+            else:
+                output = (self.runner if self.runner is not None else self.transformer)(**inputs)[0]
         output = output.float()
         if not guided:
             return output

@@ -52,11 +52,12 @@ RUN_OUTPUTS = (CHECKPOINTS, FINAL, "samples", "logs", "wandb", "pairs", ROLLOUTS
                "best")
 # Logs that grow by one record per step ({"step": N, ...} per line): cut back to the checkpoint on resume.
 APPEND_ONLY_LOGS = (ROLLOUTS, EVAL_LOG)
-# Fields a resumed run may change: how long it trains and how it logs, not what it trains. The output folder
-# itself may move (the run is the folder).
+# Fields a resumed run may change: how long it trains, how it logs and how fast it runs (compiled blocks and the
+# attention kernel change results by float rounding only), not what it trains. The output folder itself may
+# move (the run is the folder).
 RESUMABLE_CHANGES = ("max_steps", "save_steps", "sample_steps", "logging_steps", "report_to", "overwrite_output_dir",
                      "output_dir", "save_total_limit", "disable_tqdm", "overlap_scoring", "push_to_hub", "hub_model_id",
-                     "hub_private")
+                     "hub_private", "compile_transformer", "attention_backend")
 # Learning-rate schedules that do not depend on max_steps: only with these may a resumed run train longer.
 SCHEDULES_WITHOUT_HORIZON = ("constant", "constant_with_warmup", "inverse_sqrt")
 
