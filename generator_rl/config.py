@@ -130,6 +130,11 @@ class RunConfig:
     max_steps: int = field(default=100, metadata={"help": "Optimizer steps (GRPO: one rollout each)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA weights."})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (flow_grpo: 1e-4)."})
+    fused_adamw: bool = field(
+        default=True,
+        metadata={"help": "AdamW as PyTorch's fused kernel (faster than the foreach kernel, the same update up to "
+                          "float rounding: benchmarks/optimizer_kernels.py); false: the foreach kernel."},
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip."})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="bf16", metadata={"help": "accelerate mixed precision."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resumable state + LoRA)."})

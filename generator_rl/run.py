@@ -57,7 +57,7 @@ APPEND_ONLY_LOGS = (ROLLOUTS, EVAL_LOG)
 # move (the run is the folder).
 RESUMABLE_CHANGES = ("max_steps", "save_steps", "sample_steps", "logging_steps", "report_to", "overwrite_output_dir",
                      "output_dir", "save_total_limit", "disable_tqdm", "overlap_scoring", "push_to_hub", "hub_model_id",
-                     "hub_private", "compile_transformer", "attention_backend")
+                     "hub_private", "compile_transformer", "attention_backend", "fused_adamw")
 # Learning-rate schedules that do not depend on max_steps: only with these may a resumed run train longer.
 SCHEDULES_WITHOUT_HORIZON = ("constant", "constant_with_warmup", "inverse_sqrt")
 
@@ -123,7 +123,8 @@ def start_run(
         rewards = RewardMix(reward_terms) if reward_terms else None
         optimizer = torch.optim.AdamW(
             policy.trainable_parameters(), lr=run_args.learning_rate, betas=(0.9, 0.999),
-            weight_decay=run_args.weight_decay, eps=1e-8,
+            weight_decay=run_args.weight_decay, eps=1e-8, fused=run_args.fused_adamw or None,
+            foreach=None if run_args.fused_adamw else True,
         )
         model, optimizer = accelerator.prepare(policy.transformer, optimizer)
         # Not prepared by accelerate, which would step it once per process; its state is JSON in our hooks.
