@@ -10,13 +10,16 @@ Parts, in order (each survives a failure of another: the error is recorded and t
    activation checkpointing) at 33 and 81 frames 480×832: rollout step, GRPO train step, Flow-DPO micro-step and
    VAE decode (``wan_rl_steps.units``), for each variant: ``eager`` (PyTorch picks the SDPA kernel per call), one
    pinned SDPA backend each (``WanPolicy.attention``: cudnn_attention, flash_attention, efficient_attention; math
-   only with --tiny, since its T×T scores at 81 frames — 32,760² × 24 heads·batch × 2 bytes ≈ 51 GB per layer —
-   do not fit), and ``compiled`` (``compile_transformer_blocks``, the code path of
+   only with --tiny, since its T×T scores at 81 frames — 32,760² × 24 heads·batch × 2 bytes ≈ 51 GB per
+   layer — do not fit), and ``compiled`` (``compile_transformer_blocks``, the code path of
    ``PolicyConfig.compile_transformer``: diffusers' regional compile after LoRA, fullgraph, static shapes). The
-   variants change only the transformer, so the VAE decode is measured once, in ``eager``. ``compiled`` runs
-   last on a fresh build (compilation is in place and cannot be undone); each row counts the graphs dynamo
-   captured during its warm-up and during its timed calls (the second should be 0: no recompiles in steady
-   state). A backend this GPU/torch lacks is ``unsupported``, an out-of-memory ``OOM``.
+   variants change only the transformer, so the VAE decode is measured once, in ``eager``. ``compiled`` gets a
+   fresh build, and so does the variant after it (compilation works in place and cannot be undone); each row
+   counts the graphs dynamo captured during its warm-up and during its timed calls (the second should be 0: no
+   recompiles in steady state). A pinned backend runs the whole step under ``sdpa_kernel``, backward included:
+   ``WanPolicy.attention`` alone pins the forward, and activation checkpointing's recomputation in backward
+   would pick PyTorch's default kernel (see ``pinned``). A backend this GPU/torch lacks is ``unsupported``, an
+   out-of-memory ``OOM``.
 2. ``descore`` — ``descore_stage1`` at Qwen3-VL-8B scale: the stage-1 train step and no-CoT scoring (batch 1 and
    8) per ``attn_implementation`` (sdpa, eager, and flash_attention_2 where the package is importable), on one
    random checkpoint.
@@ -36,13 +39,16 @@ useful FLOPs per transformer forward over T video tokens = 2·P·T + layers × (
 cross-attention), P the base parameters and d the width; a gradient forward counts ×3 (forward + backward;
 checkpointing's recomputation is not useful work) and CFG doubles the batch.
 
-Time budget (``--budget_s``, default 480 s), designed from the H200 numbers in BENCHMARKS.md: the parts share
-it 5 : 2 : 3 (wan, descore, wan14b) and the Wan variants share theirs (compiled counts double: its warm-up
-compiles), what is left over rolling on; a row that would start after its share is ``skipped``. With --quick
-on an H200: 1.3B build ~15 s, eager ~50 s (incl. decode), each pinned backend 40–90 s, compiled ~35 s plus
-compilation; DeScore: random 8B checkpoint ~20 s, then ~15 s per implementation; 14B: build, then ~55 s per
-33-frame pass. The JSON (``issue12.json``) and the markdown (``issue12.md``) in ``--out`` are rewritten after
-each variant, so a run cut short keeps what it measured.
+Time budget (``--budget_s``, default 480 s), designed from the H200 units in BENCHMARKS.md (estimates, not
+measurements, for --quick: each row runs twice): the parts share it 6 : 1.5 : 2.5 (wan ~290 s, descore ~70 s,
+wan14b ~120 s) and the Wan variants share theirs by expected cost — eager 1.5 (build ~10 s + 33 frames ~12 s +
+81 frames ~37 s with decode), compiled 3 (~32 s of steps plus compiling a few graphs per shape), cuDNN 1
+(~40 s), flash 1.2 (~50 s), memory-efficient 2 (~85 s); DeScore: random 8B checkpoint ~20 s, then ~15 s per
+implementation; 14B: ~55 s per 33-frame pass, 81 frames only if time is left. Time one share leaves unused
+rolls on; a row that would start after its share is ``skipped`` (a started row is never cut), so an overrun —
+compilation is the unknown — costs the last variants (memory-efficient first), not the run. Rerun those alone
+with ``--parts wan --variants ...``. The JSON (``issue12.json``) and the markdown (``issue12.md``) in ``--out``
+are rewritten after each variant, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -73,9 +79,12 @@ from .harness import (
 logger = logging.getLogger(__name__)
 
 PARTS = ("wan", "descore", "wan14b")
-PART_SHARES = {"wan": 5.0, "descore": 2.0, "wan14b": 3.0}
+# Shares of the time budget: parts, and Wan variants by their expected cost on an H200 (compiled: compilation).
+PART_SHARES = {"wan": 6.0, "descore": 1.5, "wan14b": 2.5}
 BACKENDS = ("cudnn_attention", "flash_attention", "efficient_attention")
-VARIANTS = ("eager", *BACKENDS, "math", "compiled")
+VARIANTS = ("eager", "compiled", *BACKENDS, "math")
+VARIANT_SHARES = {"eager": 1.5, "compiled": 3.0, "cudnn_attention": 1.0, "flash_attention": 1.2,
+                  "efficient_attention": 2.0, "math": 1.0}
 MFU_FORMULA = (
     "useful FLOPs / s / dense bf16 peak; per transformer forward over T video tokens: 2·P·T + layers·(4·T²·d + "
     "4·T·512·d), x3 with gradient (forward + backward, recomputation not counted), x2 batch with CFG"
@@ -209,7 +218,8 @@ def wan_rows(
         shape = config.shape(count)
         measured = wan_rl_steps.units(policy, params, shape, device)
         for key in units:
-            row = {"part": part, "variant": variant, "frames": count, "tokens": wan_rl_steps.video_tokens(policy, shape),
+            tokens = wan_rl_steps.video_tokens(policy, shape)
+            row = {"part": part, "variant": variant, "frames": count, "tokens": tokens,
                    "measurement": measured[key].name, "unit": key}
             if deadline.passed:
                 yield row | {"status": SKIPPED, "error": "time budget"}
@@ -226,15 +236,14 @@ def failed_rows(config: Issue12Config, *, part: str, variant: str, frames: Seque
 
 
 def wan_part(config: Issue12Config, report: Report, deadline: Deadline, save: Callable[[], None]) -> None:
-    """The 1.3B: each variant's rows; ``eager`` and the pinned backends share one build, ``compiled`` gets its own."""
+    """The 1.3B: each variant's rows in the order given; compilation works in place and cannot be undone, so
+    ``compiled`` gets a fresh build, and so does the variant after it."""
     device = torch.device(config.device)
-    ordered = sorted(config.variants, key=lambda name: name == "compiled")  # compiled last: it cannot be undone
-    weights = {name: 2.0 if name == "compiled" else 1.0 for name in ordered}
     policy = None
-    for variant, share in shares(weights, deadline):
+    for variant, share in shares({name: VARIANT_SHARES[name] for name in config.variants}, deadline):
         units = [key for key in config.units if variant == "eager" or key != "decode"]
-        if variant == "compiled":
-            policy = None  # compilation works in place and cannot be undone: it gets a fresh build
+        if policy is not None and (variant == "compiled" or policy.compile_baseline is not None):
+            policy = None
             release_memory(device)
         try:
             if policy is None:
@@ -252,14 +261,16 @@ def wan_part(config: Issue12Config, report: Report, deadline: Deadline, save: Ca
                                     units=units, deadline=share, peak_tflops=report.peak_tflops, repeats=config.repeats)
             if variant == "compiled":
                 report.notes.append(f"wan compiled: {policy.recompiles} recompiles after the first compile "
-                                    "(WanPolicy.recompiles: each gradient mode, adapter switch and shape compiles once)")
+                                    "(WanPolicy.recompiles: each gradient mode, adapter switch and shape compiles "
+                                    "once)")
         except Exception as error:  # one variant's failure (a compile error) must not cost the others
             logger.exception("wan variant %r failed", variant)
             report.errors.append(f"wan {variant}: {type(error).__name__}: {error}")
-            done = {(row["frames"], row["unit"]) for row in report.rows if row["part"] == "wan" and row["variant"] == variant}
-            report.rows += [row for row in failed_rows(config, part="wan", variant=variant, frames=config.frames,
-                                                       units=units, status="error", error=f"{type(error).__name__}: {error}")
-                            if (row["frames"], row["unit"]) not in done]
+            done = {(row["frames"], row["unit"]) for row in report.rows
+                    if row["part"] == "wan" and row["variant"] == variant}
+            missing = failed_rows(config, part="wan", variant=variant, frames=config.frames, units=units,
+                                  status="error", error=f"{type(error).__name__}: {error}")
+            report.rows += [row for row in missing if (row["frames"], row["unit"]) not in done]
         save()
 
 
@@ -295,8 +306,6 @@ def wan14b_part(config: Issue12Config, report: Report, deadline: Deadline, save:
     variants = {"LoRA + checkpointing": 1.0, **({"FSDP2, 1 rank": 1.0} if config.fsdp else {})}
     for variant, share in shares(variants, deadline):
         if variant.startswith("FSDP2"):
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", world_size=1, rank=0,
                                     init_method=f"tcp://127.0.0.1:{free_port()}")
         try:
@@ -305,6 +314,9 @@ def wan14b_part(config: Issue12Config, report: Report, deadline: Deadline, save:
             report.rows += wan_rows(policy, params, config, part="wan14b", variant=variant, frames=config.frames_14b,
                                     units=("rollout", "grpo"), deadline=share, peak_tflops=report.peak_tflops,
                                     repeats=1)
+        except Exception as error:  # the plain run's failure must not cost the FSDP one, nor the reverse
+            logger.exception("wan14b variant %r failed", variant)
+            report.errors.append(f"wan14b {variant}: {type(error).__name__}: {error}")
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
@@ -380,7 +392,8 @@ def markdown(report: Report) -> str:
               cell(row["speedup"], ".2f"), cell(row.get("peak_gib"), ".1f"), cell(row.get("mfu"), ".1%"),
               f"{cell(row.get('graphs_warmup'))}/{cell(row.get('graphs_timed'))}",
               row["status"] + (f" ({row['error'][:80]})" if row.get("error") else "")] for row in rows]
-    lines.append(markdown_table(header, table, numeric=[False, False, True, False, True, True, True, True, True, False]))
+    numeric = [False, False, True, False, True, True, True, True, True, False]
+    lines.append(markdown_table(header, table, numeric=numeric))
     lines += [f"\n{note}" for note in report.notes] + [f"\n**error** {error}" for error in report.errors]
     return "\n".join(lines)
 

@@ -76,12 +76,14 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_policy(tiny: bool, device: torch.device, dtype: torch.dtype, transformer: dict[str, Any] | None = None) -> tuple[WanPolicy, int]:
+def build_policy(
+    tiny: bool, device: torch.device, dtype: torch.dtype, transformer: dict[str, Any] | None = None
+) -> tuple[WanPolicy, int]:
     """The kit's ``WanPolicy`` over a random-init transformer (``transformer``: its config; default the 1.3B, or
     TINY) with LoRA, float32 LoRA weights and activation checkpointing; returns it and the base parameter count."""
     torch.manual_seed(0)
     with torch.device(device), default_dtype(dtype):
-        model = WanTransformer3DModel(**(transformer or (TINY if tiny else WAN_1_3B)))
+        model = WanTransformer3DModel(**(transformer or (TINY if tiny else WAN_1_3B))).to(dtype)  # buffers too
     with torch.device(device):
         vae = AutoencoderKLWan(base_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1) if tiny else AutoencoderKLWan()
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
@@ -167,16 +169,18 @@ def units(policy: WanPolicy, params: int, shape: VideoShape, device: torch.devic
     return {key: Unit(UNIT_NAMES[key], call, flops) for key, (call, flops) in calls.items()}
 
 
-def run_unit(unit: Unit, device: torch.device, *, repeats: int, warmup: int = 1, peak_tflops: float | None) -> dict[str, Any]:
-    """Median seconds of ``repeats`` calls after ``warmup`` untimed ones, peak GiB, MFU, and the graphs
+def run_unit(
+    unit: Unit, device: torch.device, *, repeats: int, warmup: int = 1, peak_tflops: float | None
+) -> dict[str, Any]:
+    """Median seconds of ``repeats`` calls after ``warmup`` untimed ones, their peak GiB, MFU, and the graphs
     torch.compile captured during the warm-up and during the timed calls (the latter should be 0). An OOM or
     a missing attention kernel is a status, not a crash."""
-    reset_peak(device)
     before = compiled_graphs()
     try:
         for _ in range(warmup):
             unit.call()
         warm = compiled_graphs()
+        reset_peak(device)  # the peak of the timed calls, as in the measurements recorded before
         seconds = statistics.median(repeated(unit.call, device, repeats=repeats))
         result = {"seconds": seconds, "peak_gib": peak_gib(device), "mfu": mfu(unit.flops, seconds, peak_tflops),
                   "status": "ok", "graphs_warmup": warm - before, "graphs_timed": compiled_graphs() - warm}

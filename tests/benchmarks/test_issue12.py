@@ -102,16 +102,20 @@ def test_driver_runs_the_wan_and_14b_parts_on_cpu(tmp_path, one_thread):
     under FSDP2 on one gloo rank."""
     out = tmp_path / "run"
     assert issue12.main(["--out", str(out), "--tiny", "--device", "cpu", "--parts", "wan", "wan14b", "--frames", "5",
-                         "--variants", "eager", "math", "flash_attention", "cudnn_attention", "--peak_tflops", "1"]) == 0
+                         "--variants", "eager", "math", "flash_attention", "cudnn_attention",
+                         "--peak_tflops", "1"]) == 0
     rows = _rows(out)
     for row in rows:
         _sane(row)
+    trained = ("rollout", "grpo", "dpo")
     wan = {(row["variant"], row["unit"]): row["status"] for row in rows if row["part"] == "wan"}
-    assert wan == {("eager", "rollout"): "ok", ("eager", "grpo"): "ok", ("eager", "dpo"): "ok", ("eager", "decode"): "ok",
-                   **{(name, unit): "ok" for name in ("math", "flash_attention") for unit in ("rollout", "grpo", "dpo")},
-                   **{("cudnn_attention", unit): "unsupported" for unit in ("rollout", "grpo", "dpo")}}
+    # math's train steps run only because the whole step (backward's recomputation too) is pinned: with the
+    # forward alone pinned, checkpointing recomputes with CPU flash and refuses the tensors.
+    assert wan == {**{("eager", unit): "ok" for unit in (*trained, "decode")},
+                   **{(name, unit): "ok" for name in ("math", "flash_attention") for unit in trained},
+                   **{("cudnn_attention", unit): "unsupported" for unit in trained}}
     big = {(row["variant"], row["unit"]) for row in rows if row["part"] == "wan14b" and row["status"] == "ok"}
-    assert big == {(variant, unit) for variant in ("LoRA + checkpointing", "FSDP2, 1 rank") for unit in ("rollout", "grpo")}
+    assert big == {(variant, unit) for variant in ("LoRA + checkpointing", "FSDP2, 1 rank") for unit in trained[:2]}
     table = (out / "issue12.md").read_text()
     assert "| wan14b | FSDP2, 1 rank | 5 | GRPO train step" in table and "unsupported" in table
 
