@@ -48,7 +48,7 @@ implementation; 14B: ~55 s per 33-frame pass, 81 frames only if time is left. Ti
 rolls on; a row that would start after its share is ``skipped`` (a started row is never cut), so an overrun —
 compilation is the unknown — costs the last variants (memory-efficient first), not the run. Rerun those alone
 with ``--parts wan --variants ...``. The JSON (``issue12.json``) and the markdown (``issue12.md``) in ``--out``
-are rewritten after each variant, so a run cut short keeps what it measured.
+are rewritten after each row, so a run cut short (or killed) keeps what it measured.
 """
 
 from __future__ import annotations
@@ -257,8 +257,10 @@ def wan_part(config: Issue12Config, report: Report, deadline: Deadline, save: Ca
                                                status="unsupported", error=problem)
                     continue
             policy.attention = None if variant in ("eager", "compiled") else attention_backend(variant)
-            report.rows += wan_rows(policy, params, config, part="wan", variant=variant, frames=config.frames,
-                                    units=units, deadline=share, peak_tflops=report.peak_tflops, repeats=config.repeats)
+            for row in wan_rows(policy, params, config, part="wan", variant=variant, frames=config.frames,
+                                units=units, deadline=share, peak_tflops=report.peak_tflops, repeats=config.repeats):
+                report.rows.append(row)
+                save()
             if variant == "compiled":
                 report.notes.append(f"wan compiled: {policy.recompiles} recompiles after the first compile "
                                     "(WanPolicy.recompiles: each gradient mode, adapter switch and shape compiles "
@@ -311,9 +313,10 @@ def wan14b_part(config: Issue12Config, report: Report, deadline: Deadline, save:
         try:
             if variant.startswith("FSDP2"):
                 shard_like_accelerate(policy, config.dtype)
-            report.rows += wan_rows(policy, params, config, part="wan14b", variant=variant, frames=config.frames_14b,
-                                    units=("rollout", "grpo"), deadline=share, peak_tflops=report.peak_tflops,
-                                    repeats=1)
+            for row in wan_rows(policy, params, config, part="wan14b", variant=variant, frames=config.frames_14b,
+                                units=("rollout", "grpo"), deadline=share, peak_tflops=report.peak_tflops, repeats=1):
+                report.rows.append(row)
+                save()
         except Exception as error:  # the plain run's failure must not cost the FSDP one, nor the reverse
             logger.exception("wan14b variant %r failed", variant)
             report.errors.append(f"wan14b {variant}: {type(error).__name__}: {error}")
@@ -415,17 +418,21 @@ def run(config: Issue12Config, argv: Sequence[str] = ()) -> Report:
     )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    save = lambda: save_report(report, out)  # noqa: E731 - rewritten after each variant
+    save = lambda: save_report(report, out)  # noqa: E731 - rewritten after each row
     parts = {"wan": wan_part, "descore": descore_part, "wan14b": wan14b_part}
     total = Deadline(config.budget_s)
     for name, share in shares({name: PART_SHARES[name] for name in config.parts}, total):
         started = time.monotonic()
-        try:
-            parts[name](config, report, share, save)
-        # One failed part must not cost the other parts' numbers on a one-shot GPU lease.
-        except Exception as error:
-            logger.exception("part %r failed", name)
-            report.errors.append(f"{name}: {type(error).__name__}: {error}")
+        if share.passed:  # not even its model is built
+            report.rows.append({"part": name, "variant": "all", "measurement": "all", "status": SKIPPED,
+                                "error": "time budget"})
+        else:
+            try:
+                parts[name](config, report, share, save)
+            # One failed part must not cost the other parts' numbers on a one-shot GPU lease.
+            except Exception as error:
+                logger.exception("part %r failed", name)
+                report.errors.append(f"{name}: {type(error).__name__}: {error}")
         report.part_seconds[name] = time.monotonic() - started
         release_memory(device)
         save()

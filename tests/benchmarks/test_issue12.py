@@ -139,3 +139,12 @@ def test_driver_runs_every_part_with_compile_on_cpu(tmp_path, one_thread):
     assert descore == {(attn, unit) for attn in ("sdpa", "eager")
                        for unit in ("train step (1 pair = 2 seqs)", "score no-CoT")}
     assert {row["part"] for row in rows} == {"wan", "descore", "wan14b"}
+
+
+def test_a_spent_budget_skips_parts_and_says_so(tmp_path):
+    out = tmp_path / "run"
+    assert issue12.main(["--out", str(out), "--tiny", "--device", "cpu", "--budget_s", "1e-9"]) == 0
+    rows = _rows(out)
+    assert [(row["part"], row["status"], row["error"]) for row in rows] == [
+        (part, "skipped", "time budget") for part in issue12.PARTS]
+    assert "| wan | all | - | all |" in (out / "issue12.md").read_text()
