@@ -90,6 +90,8 @@ MFU_FORMULA = (
     "4·T·512·d), x3 with gradient (forward + backward, recomputation not counted), x2 batch with CFG"
 )
 SKIPPED = "skipped"
+# transformers' attn_implementation values for Qwen3-VL.
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 @dataclass
@@ -97,7 +99,9 @@ class Issue12Config:
     out: str = field(metadata={"help": "Folder for issue12.json and issue12.md."})
     device: str = field(default="cuda", metadata={"help": "Torch device to benchmark on."})
     tiny: bool = field(default=False, metadata={"help": "Tiny models, 32x32 frames, float32: a CPU smoke test."})
-    quick: bool = field(default=False, metadata={"help": "1 timed call after 1 warm-up everywhere (fits ~8 min)."})
+    quick: bool = field(
+        default=False, metadata={"help": "1 timed call per Wan row, 2 DeScore train steps and scoring repeats."}
+    )
     parts: list[str] = field(default_factory=lambda: list(PARTS), metadata={"help": f"Parts to run, from {PARTS}."})
     budget_s: float = field(default=480.0, metadata={"help": "Wall-clock budget; rows past their share are skipped."})
     frames: list[int] | None = field(default=None, metadata={"help": "Wan 1.3B frame counts (33 81; tiny 5 9)."})
@@ -125,7 +129,8 @@ class Issue12Config:
         self.repeats = self.repeats or (1 if self.quick else 2)
         self.attn_implementations = self.attn_implementations or default_attn_implementations()
         for name, given, known in (("parts", self.parts, PARTS), ("variants", self.variants, VARIANTS),
-                                   ("units", self.units, wan_rl_steps.UNITS)):
+                                   ("units", self.units, wan_rl_steps.UNITS),
+                                   ("attn_implementations", self.attn_implementations, ATTN_IMPLEMENTATIONS)):
             if set(given) - set(known):
                 raise ConfigError(f"unknown {name} {sorted(set(given) - set(known))}; choose from {known}")
         if any(count < 1 or (count - 1) % 4 for count in (*self.frames, *self.frames_14b)):
@@ -217,8 +222,8 @@ def wan_rows(
     for count in frames:
         shape = config.shape(count)
         measured = wan_rl_steps.units(policy, params, shape, device)
+        tokens = wan_rl_steps.video_tokens(policy, shape)
         for key in units:
-            tokens = wan_rl_steps.video_tokens(policy, shape)
             row = {"part": part, "variant": variant, "frames": count, "tokens": tokens,
                    "measurement": measured[key].name, "unit": key}
             if deadline.passed:
@@ -239,16 +244,17 @@ def wan_part(config: Issue12Config, report: Report, deadline: Deadline, save: Ca
     """The 1.3B: each variant's rows in the order given; compilation works in place and cannot be undone, so
     ``compiled`` gets a fresh build, and so does the variant after it."""
     device = torch.device(config.device)
-    policy = None
+    policy, compiled = None, False
     for variant, share in shares({name: VARIANT_SHARES[name] for name in config.variants}, deadline):
         units = [key for key in config.units if variant == "eager" or key != "decode"]
-        if policy is not None and (variant == "compiled" or policy.compile_baseline is not None):
-            policy = None
+        if policy is not None and (variant == "compiled" or compiled):
+            policy, compiled = None, False
             release_memory(device)
         try:
             if policy is None:
                 policy, params = wan_rl_steps.build_policy(config.tiny, device, config.dtype)
             if variant == "compiled":
+                compiled = True  # set first: a compilation that fails half-way has still changed blocks
                 policy.compile_baseline = compile_transformer_blocks(policy.transformer)
             elif variant != "eager":
                 problem = backend_problem(variant, device, config.dtype, policy.transformer.config.attention_head_dim)
@@ -307,11 +313,10 @@ def wan14b_part(config: Issue12Config, report: Report, deadline: Deadline, save:
     report.notes.append(f"wan14b: {params:,} base transformer parameters")
     variants = {"LoRA + checkpointing": 1.0, **({"FSDP2, 1 rank": 1.0} if config.fsdp else {})}
     for variant, share in shares(variants, deadline):
-        if variant.startswith("FSDP2"):
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", world_size=1, rank=0,
-                                    init_method=f"tcp://127.0.0.1:{free_port()}")
         try:
             if variant.startswith("FSDP2"):
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo", world_size=1, rank=0,
+                                        init_method=f"tcp://127.0.0.1:{free_port()}")
                 shard_like_accelerate(policy, config.dtype)
             for row in wan_rows(policy, params, config, part="wan14b", variant=variant, frames=config.frames_14b,
                                 units=("rollout", "grpo"), deadline=share, peak_tflops=report.peak_tflops, repeats=1):
@@ -347,8 +352,10 @@ def descore_part(config: Issue12Config, report: Report, deadline: Deadline, save
             result = descore_stage1.new_report(replace(bench, attn=attn))
             descore_stage1.run_parts(directory, replace(bench, attn=attn), result)
             report.rows += [descore_row(attn, measurement) for measurement in result.measurements]
-            report.rows += [{"part": "descore", "variant": attn, "measurement": error.split(":")[0],
-                             "status": attn_status(error), "error": error} for error in result.errors]
+            failures = [{"part": "descore", "variant": attn, "measurement": error.split(":")[0],
+                         "status": attn_status(error), "error": error} for error in result.errors]
+            report.rows += failures
+            report.errors += [f"descore {attn}: {row['error']}" for row in failures if row["status"] == "error"]
             save()
 
 
@@ -382,7 +389,7 @@ def with_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(report: Report) -> str:
-    """The tables to paste into BENCHMARKS.md: machine, versions and formula first, one table per part."""
+    """The table to paste into BENCHMARKS.md, after the machine, versions, command and MFU formula."""
     rows = with_speedups(report.rows)
     lines = [f"### Issue 12 benchmark on {report.machine}, {report.date}", "",
              f"- versions: {', '.join(f'{k} {v}' for k, v in report.versions.items())}",
