@@ -40,7 +40,8 @@ from reward.prompts import judge_text
 from reward.scoring import DeScoreReward
 from reward.video import SampledVideo
 
-from .descore_stage1 import FULL_SCALE, PROMPT, TINY_SCALE, Scale, release_memory, save_random_backbone, synthetic_clip, timed
+from .descore_stage1 import FULL_SCALE, PROMPT, TINY_SCALE, Scale, save_random_backbone, synthetic_clip
+from .harness import release_memory, timed
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("hf", "vllm")

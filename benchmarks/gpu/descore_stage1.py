@@ -46,10 +46,7 @@ traceback, the other part still runs, and the exit code is 1. The JSON file is r
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
-import platform
 import statistics
 import sys
 import tempfile
@@ -59,7 +56,7 @@ from datetime import datetime, timezone
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -85,8 +82,9 @@ from reward.scoring import DeScoreReward
 from reward.tiny_models import CHAT_TEMPLATE, build_tiny_tokenizer
 from reward.video import SampledVideo, VideoFrames, VideoSpec, load_video
 
+from .harness import machine_name, release_memory, timed, write_json
+
 logger = logging.getLogger(__name__)
-Result = TypeVar("Result")
 
 PARTS = ("train", "score")
 PROMPT = "A red sports car drifts around a hairpin bend on a mountain road at sunset, cinematic lighting, drone shot."
@@ -166,6 +164,7 @@ class BenchmarkConfig:
     gen_tokens: int | None = field(default=None, metadata={"help": "New tokens per generated CoT (256; tiny 8)."})
     batch_sizes: list[int] | None = field(default=None, metadata={"help": "Scoring batch sizes (1 8; tiny 1 2)."})
     attn: str = field(default="sdpa", metadata={"help": "attn_implementation: sdpa, eager, flash_attention_2."})
+    cot: bool = field(default=True, metadata={"help": "Also time CoT generation and scoring with a CoT (off: no-CoT only)."})
     json_out: str | None = field(default=None, metadata={"help": "Also write every result to this JSON file."})
     scratch_dir: str | None = field(default=None, metadata={"help": "Folder for the random checkpoint (~18 GB)."})
     seed: int = field(default=0, metadata={"help": "Seed of the random weights and clips."})
@@ -318,25 +317,6 @@ def sequence_shape(batch: BatchFeature, video_token_id: int) -> tuple[int, int, 
 
 
 # ----- timing and memory -----------------------------------------------------------------------------------
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function: Callable[[], Result], device: torch.device) -> tuple[Result, float]:
-    synchronize(device)
-    start = time.perf_counter()
-    result = function()
-    synchronize(device)
-    return result, time.perf_counter() - start
-
-
-def release_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def guarded(measure: Callable[[], Measurement], device: torch.device, *, name: str, videos: int) -> Measurement:
@@ -520,10 +500,13 @@ def benchmark_scoring(directory: Path, config: BenchmarkConfig, *, report: Repor
         clips = [synthetic_clip(rng, scale, name=f"random-clip-{index}") for index in range(size)]
         judges = [judge_text(PROMPT)] * size
         head = partial(measure_head, reward, judges, clips=clips, repeats=config.repeats)
-        generate = partial(measure_generate, reward, judges, clips=clips, tokens=config.gen_tokens)
         no_cot = guarded(
             partial(head, cots=[None] * size, name="score no-CoT"), device, name="score no-CoT", videos=size
         )
+        if not config.cot:
+            results.append(no_cot)
+            continue
+        generate = partial(measure_generate, reward, judges, clips=clips, tokens=config.gen_tokens)
         cot_generate = guarded(generate, device, name="generate CoT", videos=size)
         cot_score = guarded(
             partial(head, cots=[cot] * size, name="score with CoT"), device, name="score with CoT", videos=size
@@ -591,20 +574,12 @@ def markdown_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def write_json(report: Report, path: str | None) -> None:
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(asdict(report), indent=2))
-
-
-def run(config: BenchmarkConfig) -> Report:
-    """Build and save the random checkpoint once, then run each part on it; returns the report."""
-    device, scale = torch.device(config.device), config.scale
-    torch.manual_seed(config.seed)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
+def new_report(config: BenchmarkConfig) -> Report:
+    """An empty report of ``config``'s scale and machine, with the backbone's parameter count."""
+    scale = config.scale
     report = Report(
         scale=scale.name,
-        machine=machine,
+        machine=machine_name(torch.device(config.device)),
         versions={name: version(name) for name in ("torch", "transformers", "peft")},
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         dtype=str(config.dtype).removeprefix("torch."),
@@ -612,27 +587,41 @@ def run(config: BenchmarkConfig) -> Report:
         parameters=count_parameters(backbone_config(scale, build_tiny_tokenizer())),
     )
     logger.info("%s: %.3f B parameters (counted on the meta device)", scale.name, report.parameters / 1e9)
+    return report
+
+
+def run(config: BenchmarkConfig) -> Report:
+    """Build and save the random checkpoint once, then run each part on it; returns the report."""
+    device, scale = torch.device(config.device), config.scale
+    torch.manual_seed(config.seed)
+    report = new_report(config)
     if config.dry_run:
         report.measurements += dry_run(config, report)
-        write_json(report, config.json_out)
+        write_json(asdict(report), config.json_out)
         return report
-    parts = {"train": benchmark_training, "score": benchmark_scoring}
     with tempfile.TemporaryDirectory(prefix="descore-bench-", dir=config.scratch_dir) as scratch:
         directory = Path(scratch)
         save = partial(save_random_backbone, directory, scale, device=device, dtype=config.dtype)
         _, report.setup_seconds["build_and_save"] = timed(save, device)
         release_memory(device)
-        for name in config.parts:
-            try:
-                report.measurements += parts[name](directory, config, report=report)
-            # One failed part must not cost the other part's numbers on a one-shot GPU lease: it is logged with
-            # its traceback, listed in the report, and makes the exit code 1.
-            except Exception as error:
-                logger.exception("part %r failed", name)
-                report.errors.append(f"{name}: {type(error).__name__}: {error}")
-            release_memory(device)
-            write_json(report, config.json_out)
+        run_parts(directory, config, report)
     return report
+
+
+def run_parts(directory: Path, config: BenchmarkConfig, report: Report) -> None:
+    """Each of ``config.parts`` on the saved checkpoint in ``directory``, its results and errors into ``report``."""
+    device = torch.device(config.device)
+    parts = {"train": benchmark_training, "score": benchmark_scoring}
+    for name in config.parts:
+        try:
+            report.measurements += parts[name](directory, config, report=report)
+        # One failed part must not cost the other part's numbers on a one-shot GPU lease: it is logged with
+        # its traceback, listed in the report, and makes the exit code 1.
+        except Exception as error:
+            logger.exception("part %r failed", name)
+            report.errors.append(f"{name}: {type(error).__name__}: {error}")
+        release_memory(device)
+        write_json(asdict(report), config.json_out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,8 @@ from reward.modeling import DeScoreModel, save_descore
 from reward.prompts import judge_text
 from reward.rollout_rewards import RolloutReward
 
-from .descore_stage1 import FULL_SCALE, PROMPT, TINY_SCALE, release_memory, save_random_backbone, synthetic_clip, timed
+from .descore_stage1 import FULL_SCALE, PROMPT, TINY_SCALE, save_random_backbone, synthetic_clip
+from .harness import release_memory, timed
 
 logger = logging.getLogger(__name__)
 

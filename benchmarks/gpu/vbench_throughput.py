@@ -40,7 +40,7 @@ from reward.decoding import open_reader
 from reward.errors import ConfigError
 from reward.video import write_video
 
-from .descore_stage1 import release_memory, timed
+from .harness import release_memory, timed
 
 logger = logging.getLogger(__name__)
 

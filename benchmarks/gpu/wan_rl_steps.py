@@ -28,12 +28,12 @@ forward + backward (recomputation by checkpointing is not counted as useful work
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import statistics
-import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
@@ -41,22 +41,53 @@ from diffusers.training_utils import cast_training_params
 
 from generator_rl.flow_dpo import FlowDpoConfig, dpo_micro_step
 from generator_rl.losses import ppo_clip_loss
-from generator_rl.policy import LEARNER, LoraSpec, VideoShape, WanPolicy
+from generator_rl.policy import LEARNER, LoraSpec, VideoShape, WanPolicy, compiled_graphs
 from generator_rl.sde import gaussian_kl, sde_step, step_mean_std
+
+from .harness import (
+    cell, failure_status, machine_name, markdown_table, mfu, peak_gib, release_memory, repeated, reset_peak, write_json,
+)
 
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
                 text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+# Wan-2.1 T2V 14B: the 1.3B block with 40 layers of 40 heads x 128 and a 13,824-wide FFN (same text width).
+WAN_14B = dict(WAN_1_3B, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40)
 TINY = dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=12, text_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32)
+# The tiny stand-in of the 14B: one layer and one head more than TINY, so the two builds differ.
+TINY_14B = dict(TINY, num_attention_heads=3, num_layers=3)
+UNITS = ("rollout", "grpo", "dpo", "decode")
+UNIT_NAMES = {
+    "rollout": "rollout step (CFG, 1 video)",
+    "grpo": "GRPO train step (CFG + KL ref, 1 video)",
+    "dpo": "Flow-DPO micro-step (1 pair + ref)",
+    "decode": "VAE decode (1 video)",
+}
 
 
-def build_policy(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[WanPolicy, int]:
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Build modules directly in ``dtype``: a 14B transformer made in float32 first would need 56 GB."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_policy(
+    tiny: bool, device: torch.device, dtype: torch.dtype, transformer: dict[str, Any] | None = None
+) -> tuple[WanPolicy, int]:
+    """The kit's ``WanPolicy`` over a random-init transformer (``transformer``: its config; default the 1.3B, or
+    TINY) with LoRA, float32 LoRA weights and activation checkpointing; returns it and the base parameter count."""
     torch.manual_seed(0)
+    with torch.device(device), default_dtype(dtype):
+        model = WanTransformer3DModel(**(transformer or (TINY if tiny else WAN_1_3B))).to(dtype)  # buffers too
     with torch.device(device):
-        transformer = WanTransformer3DModel(**(TINY if tiny else WAN_1_3B)).to(dtype)
         vae = AutoencoderKLWan(base_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1) if tiny else AutoencoderKLWan()
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    pipeline = WanPipeline(tokenizer=None, text_encoder=None, vae=vae.float(), scheduler=scheduler, transformer=transformer)
+    pipeline = WanPipeline(tokenizer=None, text_encoder=None, vae=vae.float(), scheduler=scheduler, transformer=model)
     pipeline.transformer.requires_grad_(False)
     pipeline.vae.requires_grad_(False)
     pipeline.transformer.add_adapter(LoraSpec().peft_config(), adapter_name=LEARNER)
@@ -69,33 +100,32 @@ def build_policy(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[
     return policy, sum(p.numel() for n, p in pipeline.transformer.named_parameters() if "lora_" not in n)
 
 
-def timed(function: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
-    """(median seconds over ``repeats`` after one warm-up, peak GiB allocated)."""
-    function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return statistics.median(times), peak
-
-
 def forward_flops(params: int, tokens: int, layers: int, width: int, text_tokens: int = 512) -> float:
-    """Matmul FLOPs of one transformer forward over ``tokens`` video tokens (self + cross attention)."""
+    """Matmul FLOPs of one transformer forward over ``tokens`` video tokens: 2·P·T for the weights, plus per
+    layer 4·T²·d for self-attention (QKᵀ and AV) and 4·T·512·d for cross-attention to the text."""
     return 2 * params * tokens + layers * (4 * tokens * tokens * width + 4 * tokens * text_tokens * width)
 
 
-def measure(policy: WanPolicy, params: int, shape: VideoShape, device: torch.device, repeats: int, peak_tflops: float) -> list[dict]:
+@dataclass
+class Unit:
+    """One measured workload: the call, and its useful FLOPs (None: not a transformer workload, no MFU)."""
+
+    name: str
+    call: Callable[[], object]
+    flops: float | None
+
+
+def video_tokens(policy: WanPolicy, shape: VideoShape) -> int:
+    latent = policy.latent_shape(1, shape)
+    return latent[2] * latent[3] * latent[4] // 4  # 1x2x2 patches
+
+
+def units(policy: WanPolicy, params: int, shape: VideoShape, device: torch.device) -> dict[str, Unit]:
+    """The four workloads at ``shape`` with their useful FLOPs: a gradient forward counts 3 forwards (forward +
+    backward; checkpointing's recomputation is not useful work), a no-grad forward 1, CFG doubles the batch."""
     config = policy.transformer.config
     width = config.num_attention_heads * config.attention_head_dim
     latent = policy.latent_shape(1, shape)
-    tokens = latent[2] * latent[3] * latent[4] // 4
     sigmas, timesteps = policy.schedule(20)
     conditional, unconditional = policy.prompt_embeddings(["benchmark prompt"])
     state = torch.randn(latent, device=device)
@@ -133,29 +163,47 @@ def measure(policy: WanPolicy, params: int, shape: VideoShape, device: torch.dev
     def decode():
         return policy.decode(state)
 
-    forward = forward_flops(params, tokens, config.num_layers, width)
-    rows = []
-    for name, function, useful in (
-        ("rollout step (CFG, 1 video)", rollout_step, 2 * forward),
-        ("GRPO train step (CFG + KL ref, 1 video)", grpo_step, 2 * 3 * forward + 2 * forward),
-        ("Flow-DPO micro-step (1 pair + ref)", dpo_step, 2 * 3 * forward + 2 * forward),
-        ("VAE decode (1 video)", decode, None),
-    ):
-        try:
-            seconds, peak = timed(function, device, repeats)
-            status = "ok"
-        except torch.OutOfMemoryError:
-            seconds, peak, status = float("nan"), float("nan"), "OOM"
-            torch.cuda.empty_cache()
-        mfu = useful / seconds / (peak_tflops * 1e12) if useful and status == "ok" else None
-        rows.append({"frames": shape.num_frames, "tokens": tokens, "measurement": name, "seconds": seconds,
-                     "peak_gib": peak, "mfu": mfu, "status": status})
-    return rows
+    forward = forward_flops(params, video_tokens(policy, shape), config.num_layers, width)
+    calls = {"rollout": (rollout_step, 2 * forward), "grpo": (grpo_step, 2 * 3 * forward + 2 * forward),
+             "dpo": (dpo_step, 2 * 3 * forward + 2 * forward), "decode": (decode, None)}
+    return {key: Unit(UNIT_NAMES[key], call, flops) for key, (call, flops) in calls.items()}
+
+
+def run_unit(
+    unit: Unit, device: torch.device, *, repeats: int, warmup: int = 1, peak_tflops: float | None
+) -> dict[str, Any]:
+    """Median seconds of ``repeats`` calls after ``warmup`` untimed ones, their peak GiB, MFU, and the graphs
+    torch.compile captured during the warm-up and during the timed calls (the latter should be 0). An OOM or
+    a missing attention kernel is a status, not a crash."""
+    before = compiled_graphs()
+    try:
+        for _ in range(warmup):
+            unit.call()
+        warm = compiled_graphs()
+        reset_peak(device)  # the peak of the timed calls, as in the measurements recorded before
+        seconds = statistics.median(repeated(unit.call, device, repeats=repeats))
+        result = {"seconds": seconds, "peak_gib": peak_gib(device), "mfu": mfu(unit.flops, seconds, peak_tflops),
+                  "status": "ok", "graphs_warmup": warm - before, "graphs_timed": compiled_graphs() - warm}
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        status = failure_status(error)
+        if status == "error":
+            raise
+        result = {"seconds": None, "peak_gib": None, "mfu": None, "status": status, "error": str(error).splitlines()[0]}
+    release_memory(device)  # after the except block, so the traceback's tensors are gone
+    return result
+
+
+def measure(policy: WanPolicy, params: int, shape: VideoShape, device: torch.device, repeats: int, peak_tflops: float) -> list[dict]:
+    tokens = video_tokens(policy, shape)
+    return [{"frames": shape.num_frames, "tokens": tokens, "measurement": unit.name,
+             **run_unit(unit, device, repeats=repeats, peak_tflops=peak_tflops)}
+            for unit in units(policy, params, shape, device).values()]
 
 
 def estimate_grpo_step(rows: list[dict], videos: int, steps: int = 20) -> dict:
     unit = {row["measurement"].split(" (")[0]: row["seconds"] for row in rows}
-    seconds = videos * (steps * unit["rollout step"] + unit["VAE decode"] + (steps - 1) * unit["GRPO train step"])
+    needed = (unit.get("rollout step"), unit.get("VAE decode"), unit.get("GRPO train step"))
+    seconds = None if None in needed else videos * (steps * needed[0] + needed[1] + (steps - 1) * needed[2])
     return {"frames": rows[0]["frames"], "videos_per_gpu": videos, "sampling_steps": steps, "estimated_seconds": seconds}
 
 
@@ -177,20 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         shape = VideoShape(32, 32, frames) if args.tiny else VideoShape(480, 832, frames)
         rows += measure(policy, params, shape, device, args.repeats, args.peak_tflops)
     estimates = [estimate_grpo_step([r for r in rows if r["frames"] == f], args.videos) for f in args.frames]
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    machine = machine_name(device)
     report = {"machine": machine, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "transformer_params": params, "rows": rows, "grpo_step_estimates": estimates}
-    lines = [f"### Wan-2.1 RL step costs ({'tiny' if args.tiny else '1.3B'}, random init) on {machine}, {report['date']}", "",
-             "| frames | tokens | measurement | seconds | peak GiB | MFU | status |", "|---:|---:|---|---:|---:|---:|---|"]
-    for row in rows:
-        mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
-        lines.append(f"| {row['frames']} | {row['tokens']} | {row['measurement']} | {row['seconds']:.3f} | {row['peak_gib']:.1f} | {mfu} | {row['status']} |")
+    table = markdown_table(
+        ["frames", "tokens", "measurement", "seconds", "peak GiB", "MFU", "status"],
+        [[str(row["frames"]), str(row["tokens"]), row["measurement"], cell(row["seconds"], ".3f"),
+          cell(row["peak_gib"], ".1f"), cell(row["mfu"], ".1%"), row["status"]] for row in rows],
+        numeric=[True, True, False, True, True, True, False])
+    lines = [f"### Wan-2.1 RL step costs ({'tiny' if args.tiny else '1.3B'}, random init) on {machine}, {report['date']}", "", table]
     for estimate in estimates:
         lines.append(f"\nestimated GRPO optimizer step, {estimate['frames']} frames, {estimate['videos_per_gpu']} videos/GPU: "
-                     f"{estimate['estimated_seconds']:.1f} s (arithmetic on the units above)")
+                     f"{cell(estimate['estimated_seconds'], '.1f')} s (arithmetic on the units above)")
     print("\n".join(lines))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2))
+    write_json(report, args.json_out)
     return 0
 
 

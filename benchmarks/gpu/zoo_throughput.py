@@ -55,7 +55,8 @@ from reward.tiny_clip import (CLIP_VIT_B_32, CLIP_VIT_H_14, CLIP_VIT_L_14, OPEN_
                               save_aesthetic_head, save_hf_clip, save_open_clip_checkpoint)
 from reward.videoreward_layout import QWEN2_VL_2B, Qwen2VLSizes, save_tiny_videoreward
 
-from .descore_stage1 import FULL_SCALE, TINY_SCALE, release_memory, save_random_backbone, timed
+from .descore_stage1 import FULL_SCALE, TINY_SCALE, save_random_backbone
+from .harness import release_memory, timed
 
 logger = logging.getLogger(__name__)
 
