@@ -130,6 +130,12 @@ def _report_plan(plan: Any) -> str:
     return format_plan(plan)
 
 
+def _report_reward_plan(plan: Any) -> str:
+    from reward.planner import format_reward_plan
+
+    return format_reward_plan(plan)
+
+
 def _report_sample(paths: list[Any]) -> str:
     """Videos written; a test-time search leaves out videos whose every candidate failed (candidates.csv)."""
     failed = sum(not path.is_file() for path in paths)
@@ -183,6 +189,10 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("reward", "serve"): Command(
         "Serve a reward model over HTTP for RL jobs on other GPUs or nodes: batching, limits, token, /metrics",
         ("reward.server:ServeConfig",), "reward.server:run_serve"),
+    ("reward", "plan"): Command(
+        "Estimate peak memory and step times of DeScore stage-1 training and no-CoT scoring on a GPU class",
+        ("reward.planner:RewardPlanConfig",), "reward.planner:run_reward_plan", _report_reward_plan,
+        ignores=("reward.cold_start:ColdStartConfig",)),
     ("tune", "grpo"): Command(
         "GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
         (_POLICY, _RUN, _GRPO, _EVAL), "generator_rl.grpo:run_grpo", _report_tuning),

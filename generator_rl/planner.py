@@ -20,30 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reward.errors import ConfigError
+from reward.gpu_classes import GIB, GPUS, Gpu, gpu_class, usable_gib
 
-GIB = 2**30
-
-
-@dataclass(frozen=True)
-class Gpu:
-    """One GPU class: memory as the driver reports it, dense bf16 tensor peak, HBM bandwidth (public spec sheets)."""
-
-    name: str
-    memory_gib: float
-    bf16_tflops: float
-    hbm_tb_per_s: float
-
-
-GPUS: dict[str, Gpu] = {gpu.name: gpu for gpu in (
-    Gpu("h200", 140.4, 989.0, 4.8),       # the calibration machine
-    Gpu("h100-80gb", 79.6, 989.0, 3.35),  # SXM
-    Gpu("a100-80gb", 80.0, 312.0, 2.04),  # SXM
-    Gpu("l40s", 45.0, 362.0, 0.864),
-    Gpu("4090", 24.0, 165.2, 1.008),      # bf16 with fp32 accumulation
-)}
 CALIBRATION_GPU = "h200"
-# Left free on every GPU: CUDA context, NCCL buffers and allocator fragmentation (not measured; a safety margin).
-RESERVED_GIB = 2.0
 
 # ----- constants fitted to the H200 1.3B points (33 and 81 frames, 480x832, batch 1, checkpointing on) ------
 # Time = FLOPs / (bf16 peak x efficiency) + a fixed per-call overhead (kernel launches, SDE step, Python), fitted
@@ -307,10 +286,6 @@ def estimate(work: Workload, settings: Settings, gpu: Gpu, gpus: int = 1) -> Est
                     pair_sampling_s=work.num_steps * rollout_s + decode_s)
 
 
-def usable_gib(gpu: Gpu) -> float:
-    return gpu.memory_gib - RESERVED_GIB
-
-
 def candidate_settings(work: Workload, recipe: Settings, gpus: int) -> list[Settings]:
     """Every combination of the knobs around the recipe's own values (batch sizes 1, 2, 4, 8 that divide the
     per-GPU work; FSDP only with more than one GPU)."""
@@ -336,12 +311,6 @@ class Plan:
     @property
     def measured(self) -> bool:
         return self.gpu.name == CALIBRATION_GPU
-
-
-def gpu_class(name: str) -> Gpu:
-    if name not in GPUS:
-        raise ConfigError(f"unknown gpu {name!r}; choose from {', '.join(GPUS)}")
-    return GPUS[name]
 
 
 def make_plan(work: Workload, recipe: Settings, gpu: Gpu, gpus: int = 1) -> Plan:
