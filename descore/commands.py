@@ -125,7 +125,7 @@ def _report_tuning(result: Any) -> str:
 
 
 def _report_plan(plan: Any) -> str:
-    from generator_rl.planner import format_plan
+    from generator_rl.plan_job import format_plan
 
     return format_plan(plan)
 
@@ -153,7 +153,7 @@ def _report_comparison(report: Any) -> str:
 _POLICY, _RUN = "generator_rl.config:PolicyConfig", "generator_rl.config:RunConfig"
 _GRPO, _FLOW_DPO = "generator_rl.grpo:GrpoConfig", "generator_rl.flow_dpo:FlowDpoConfig"
 _EVAL = "generator_rl.evaluation:EvalConfig"
-_PLAN = "generator_rl.planner:PlanConfig"
+_PLAN = "generator_rl.plan_job:PlanConfig"
 
 GROUPS: dict[str, str] = {
     "reward": "Train, score and export DeScore reward models",
@@ -209,9 +209,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         ignores=(_EVAL,)),
     ("tune", "plan"): Command(
         "Estimate peak memory per GPU and step times of a recipe on a GPU class; rank the settings that fit",
-        (_POLICY, _GRPO, _PLAN), "generator_rl.planner:run_plan", _report_plan, ignores=(_RUN, _EVAL),
+        (_POLICY, _GRPO, _PLAN), "generator_rl.plan_job:run_plan", _report_plan, ignores=(_RUN, _EVAL),
         variants=Variants("algorithm", "grpo", {"flow-dpo": Command(
-            "Plan a Flow-DPO recipe", (_POLICY, _FLOW_DPO, _PLAN), "generator_rl.planner:run_plan", _report_plan,
+            "Plan a Flow-DPO recipe", (_POLICY, _FLOW_DPO, _PLAN), "generator_rl.plan_job:run_plan", _report_plan,
             ignores=(_RUN, _EVAL))})),
     ("bench", "reward-acc"): Command(
         "Preference accuracy of several reward models on one benchmark (with / without ties), cached and resumable",

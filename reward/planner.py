@@ -15,7 +15,6 @@ import math
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .errors import ConfigError
 from .gpu_classes import GIB, GPUS, Gpu, gpu_class, usable_gib
@@ -226,7 +225,10 @@ def format_reward_plan(plan: RewardPlan | str) -> str:
                             f"EXTRAPOLATED from H100 measurements by bf16 peak ({plan.gpu.bf16_tflops:.0f} vs 989 "
                             "TFLOP/s): not measured"), "",
              f"{'':<3} {'peak GiB':>8} {'micro-step s':>12} {'optimizer step s':>16}  flags"]
-    row = lambda label, e: f"{label:<3} {e.peak_gib:>8.1f} {e.seconds:>12.3f} {e.rate:>16.2f}  {e.flags}"  # noqa: E731
+
+    def row(label: str, e: RewardEstimate) -> str:
+        return f"{label:<3} {e.peak_gib:>8.1f} {e.seconds:>12.3f} {e.rate:>16.2f}  {e.flags}"
+
     fits = "fits" if plan.recipe.peak_gib <= usable_gib(plan.gpu) else "does NOT fit"
     lines += [row("rec", plan.recipe) + f"   <- the recipe as written ({fits})",
               *(row(str(i), e) for i, e in enumerate(plan.training, 1)), "",

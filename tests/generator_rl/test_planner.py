@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -21,8 +20,10 @@ from descore.cli import parse_command, run_cli
 from descore.commands import COMMANDS
 from descore.recipes import resolve_recipe
 from generator_rl import planner
+from generator_rl.plan_job import workload_from_configs
 from generator_rl.policy import LoraSpec
 from reward.errors import ConfigError
+from reward.gpu_classes import GPUS, gpu_class, usable_gib
 
 from ..conftest import REPO_ROOT
 
@@ -45,7 +46,7 @@ BATCH_ONE = planner.Settings(gradient_checkpointing=True, vae_tiling=False, vae_
 def predicted(row: dict) -> tuple[float, float]:
     """(seconds, peak GiB) the planner gives for one measured row."""
     algorithm = "flow-dpo" if row["measurement"].startswith("Flow-DPO") else "grpo"
-    e = planner.estimate(benchmark_workload(row["frames"], algorithm), BATCH_ONE, planner.GPUS["h200"])
+    e = planner.estimate(benchmark_workload(row["frames"], algorithm), BATCH_ONE, gpu=GPUS["h200"])
     kind = row["measurement"].split(" (")[0]
     return {"rollout step": (e.rollout_step_s, e.peak_gib["rollout"]),
             "GRPO train step": (e.train_micro_step_s, e.peak_gib["training"]),
@@ -158,14 +159,14 @@ def test_activation_memory_is_conservative_on_cpu(small_wan, phase):
 def test_fitting_settings_are_ranked_and_the_recipe_is_estimated():
     work = replace(benchmark_workload(33, "grpo"), videos_per_step=64, trained_steps=19)
     recipe = replace(BATCH_ONE, rollout_batch_size=4, train_batch_size=2)
-    plan = planner.make_plan(work, recipe, planner.GPUS["l40s"], gpus=8)
+    plan = planner.make_plan(work, recipe, gpu=GPUS["l40s"], gpus=8)
     times = [e.optimizer_step_s for e in plan.fitting]
-    assert times == sorted(times) and all(e.peak <= planner.usable_gib(plan.gpu) for e in plan.fitting)
+    assert times == sorted(times) and all(e.peak <= usable_gib(plan.gpu) for e in plan.fitting)
     # Independent arithmetic of one GRPO step: 8 videos per GPU in 2 batches of 4 (20 calls + a decode each),
     # 8 x 19 trained timesteps in micro-batches of 2.
     e = plan.recipe
     assert e.optimizer_step_s == pytest.approx(2 * (20 * e.rollout_step_s + e.decode_s) + 76 * e.train_micro_step_s)
-    assert e.decode_s > planner.estimate(work, recipe, planner.GPUS["h200"]).decode_s * 4.8 / 0.864 * 0.999
+    assert e.decode_s > planner.estimate(work, recipe, gpu=GPUS["h200"]).decode_s * 4.8 / 0.864 * 0.999
 
 
 def test_a_recipe_that_fits_nowhere_says_what_dominates():
@@ -173,9 +174,9 @@ def test_a_recipe_that_fits_nowhere_says_what_dominates():
                    height=720, width=1280)
     with pytest.raises(ConfigError, match=r"no setting fits 1 x 4090 \(22.0 GiB usable each\): the smallest peak is "
                                           r"[\d.]+ GiB, in training, with [\d.]+ GiB of weights and LoRA state"):
-        planner.make_plan(work, BATCH_ONE, planner.GPUS["4090"])
+        planner.make_plan(work, BATCH_ONE, gpu=GPUS["4090"])
     with pytest.raises(ConfigError, match="unknown gpu 'v100'; choose from h200, h100-80gb, a100-80gb, l40s, 4090"):
-        planner.gpu_class("v100")
+        gpu_class("v100")
 
 
 def test_plan_command_prints_the_table_and_json(capsys):
@@ -188,8 +189,8 @@ def test_plan_command_prints_the_table_and_json(capsys):
     assert run_cli(["tune", "plan", *argv, "--json", "true"]) == 0
     record = json.loads(capsys.readouterr().out)
     policy, grpo, config = parse_command(COMMANDS[("tune", "plan")], argv, prog="descore tune plan")
-    work, recipe = planner.workload_from_configs(policy, grpo, "grpo")
-    expected = planner.estimate(work, recipe, planner.GPUS["h100-80gb"], 8)
+    work, recipe = workload_from_configs(policy, grpo, "grpo")
+    expected = planner.estimate(work, recipe, gpu=GPUS["h100-80gb"], gpus=8)
     assert (work.num_frames, work.videos_per_step, work.trained_steps) == (81, 64, 19)
     assert record["recipe"]["optimizer_step_s"] == round(expected.optimizer_step_s, 1)
     assert record["recipe"]["peak_gib"] == round(expected.peak, 2) and not record["measured_gpu"]
@@ -219,6 +220,6 @@ def test_presets_load_through_the_normal_path_and_fit(preset, tmp_path):
     gpu, gpus = preset_target(preset)
     header = preset.read_text().split("\nmodel:")[0]
     assert ("PLANNED, not measured" in header) and (("measured 1.3B points" in header) == (gpu == "h200" and "1.3b" in preset.stem))
-    work, settings = planner.workload_from_configs(policy, grpo, "grpo")
+    work, settings = workload_from_configs(policy, grpo, "grpo")
     settings = replace(settings, fsdp="fsdp_wan_8gpu.yaml" in header)
-    assert planner.estimate(work, settings, planner.GPUS[gpu], gpus).peak <= planner.usable_gib(planner.GPUS[gpu])
+    assert planner.estimate(work, settings, gpu=GPUS[gpu], gpus=gpus).peak <= usable_gib(GPUS[gpu])
