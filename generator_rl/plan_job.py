@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from reward.errors import ConfigError
 from reward.gpu_classes import GPUS, gpu_class, usable_gib
+from reward.planner import reward_term_gib
 
 from .planner import CALIBRATION_GPU, Estimate, Plan, Settings, Workload, make_plan, text_encoder_params, wan_architecture
 
@@ -51,7 +52,21 @@ def workload_from_configs(policy: Any, algo: Any, algorithm: str) -> tuple[Workl
                     policy.text_encoder_dtype, **sizes)
     recipe = Settings(policy.gradient_checkpointing, policy.vae_tiling, policy.vae_slicing, rollout_batch,
                       algo.train_batch_size)
-    return work, recipe
+    counted = reward_memory(algo.rewards or [], policy)
+    return replace(work, reward_gib=sum(gib for gib, _ in counted), reward_notes=tuple(note for _, note in counted)), recipe
+
+
+def reward_memory(terms: list, policy: Any) -> list[tuple[float, str]]:
+    """(GiB, description) of every reward term on the training GPU; terms the planner does not model count 0
+    and say so (a remote reward needs no memory here)."""
+    counted = []
+    for term in terms:
+        entry = term.to_dict()
+        found = reward_term_gib(entry, num_frames=policy.num_frames, height=policy.height, width=policy.width)
+        if entry["name"] == "remote":
+            found = (0.0, "remote: scored on the reward server's GPUs")
+        counted.append(found or (0.0, f"{entry['name']}: not modelled, counted as 0"))
+    return counted
 
 
 def run_plan(policy: Any, algo: Any, config: PlanConfig) -> Plan | str:
@@ -111,5 +126,7 @@ def format_plan(plan: Plan | str) -> str:
         lines.append(f"\npair sampling: {plan.recipe.pair_sampling_s:.1f} s per prompt ({work.videos_per_step} "
                      "videos, decode included) before training, and again at each online round")
     lines.append("\nrollout s: one guided transformer call over a rollout batch; train s: one train micro-batch; "
-                 "reward scoring and FSDP communication are not included.")
+                 "reward scoring time and FSDP communication are not included.")
+    if work.reward_notes:
+        lines.append("reward models held on each GPU (in the peaks): " + "; ".join(work.reward_notes))
     return "\n".join(lines)

@@ -151,6 +151,8 @@ class Workload:
     trained_steps: int          # GRPO: timesteps trained per video; Flow-DPO: 1
     kl_reference: bool          # GRPO beta > 0; Flow-DPO always
     accumulation: int = 1       # Flow-DPO micro-steps per optimizer step
+    reward_gib: float = 0.0     # reward models held on the same GPU (weights + a scoring batch)
+    reward_notes: tuple[str, ...] = ()  # how each reward term was counted
 
     @property
     def tokens(self) -> int:
@@ -219,11 +221,11 @@ class Estimate:
 
 def _resident_gib(work: Workload, shards: int) -> float:
     """Weights and trainable state held through the run: the frozen base (sharded by FSDP), fp32 LoRA with its
-    gradient and AdamW moments (sharded too), the float32 VAE."""
+    gradient and AdamW moments (sharded too), the float32 VAE and the reward models on the same GPU."""
     base = work.arch.params() * DTYPE_BYTES[work.transformer_dtype]
     gathered = 2 * work.arch.block_params() * DTYPE_BYTES[work.transformer_dtype] if shards > 1 else 0
     lora = work.arch.lora_params(work.lora_rank, work.lora_targets) * LORA_STATE_BYTES
-    return ((base + lora) / shards + gathered + WAN_VAE_PARAMS * 4) / GIB
+    return ((base + lora) / shards + gathered + WAN_VAE_PARAMS * 4) / GIB + work.reward_gib
 
 
 def _vae_pixels(height: int, width: int, tiled: bool) -> tuple[int, int]:
@@ -333,7 +335,7 @@ def make_plan(work: Workload, recipe: Settings, *, gpu: Gpu, gpus: int = 1) -> P
         raise ConfigError(
             f"no setting fits {gpus} x {gpu.name} ({usable_gib(gpu):.1f} GiB usable each): the smallest peak is "
             f"{best.peak:.1f} GiB, in {best.dominant()}, with {_resident_gib(work, gpus if best.settings.fsdp else 1):.1f} "
-            f"GiB of weights and LoRA state; {_advice(best)}")
+            f"GiB of weights, LoRA state and reward models; {_advice(work, best)}")
     return Plan(work, gpu, gpus, estimate(work, recipe, gpu=gpu, gpus=gpus), fitting)
 
 
@@ -341,7 +343,13 @@ def _outcome(e: Estimate) -> tuple[float, float]:
     return round(e.optimizer_step_s, 3), round(e.peak, 3)
 
 
-def _advice(best: Estimate) -> str:
+def _advice(work: Workload, best: Estimate) -> str:
+    hints = []
+    if work.reward_gib:
+        hints.append(f"the reward models take {work.reward_gib:.1f} GiB: serve them from other GPUs (descore reward "
+                     "serve + a remote reward term)")
     if best.dominant().startswith("prompt encoding"):
-        return "the text encoder dominates: use text_encoder_dtype bfloat16 or a GPU with more memory"
-    return "fewer frames or pixels, more GPUs (FSDP) or a GPU with more memory"
+        hints.append(f"UMT5 takes {work.text_encoder_params * DTYPE_BYTES[work.text_encoder_dtype] / GIB:.1f} GiB "
+                     "while prompts are encoded")
+    rest = "fewer frames or pixels, more GPUs (FSDP) or a GPU with more memory"
+    return "; ".join([*hints, f"else {rest}" if hints else rest])

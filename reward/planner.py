@@ -144,6 +144,26 @@ def score_estimate(model: QwenVl, gpu: Gpu, *, batch: int, tokens: int) -> Rewar
     return RewardEstimate("no-CoT scoring", f"--batch_size {batch}", peak, seconds, batch / seconds)
 
 
+DESCORE_REWARDS = {"descore": 256, "descore_no_cot": 0}  # registry name -> CoT tokens written before scoring
+WAN_FPS = 16
+
+
+def reward_term_gib(entry: dict, *, num_frames: int, height: int, width: int) -> tuple[float, str] | None:
+    """Memory a DeScore reward term holds on a training GPU (bf16 weights + one scoring batch of the generated
+    clips under the stage-1 video contract) and how it was counted; None for a term the planner does not model.
+    A ``path`` that is not a local checkpoint is taken to be Qwen3-VL-8B."""
+    if entry["name"] not in DESCORE_REWARDS:
+        return None
+    path = entry.get("path")
+    local = path is not None and (Path(path) / "config.json").is_file()
+    model = qwen_vl(path) if local else HUB[QWEN3_VL_8B]
+    batch = entry.get("batch_size", 4)
+    tokens = video_tokens(num_frames / WAN_FPS, height, width, fps=2.0, min_frames=4, max_frames=768,
+                          max_pixels=200_704) + 695 + DESCORE_REWARDS[entry["name"]]
+    peak = score_estimate(model, GPUS[CALIBRATION_GPU], batch=batch, tokens=tokens).peak_gib
+    return peak, f"{entry['name']} ({path if local else 'Qwen3-VL-8B assumed'}, batch {batch}): {peak:.1f} GiB"
+
+
 @dataclass
 class RewardPlanConfig:
     """Where to plan for, and the clip and text lengths to plan with. The recipe (--config, flags) supplies the

@@ -173,7 +173,13 @@ def test_a_recipe_that_fits_nowhere_says_what_dominates():
     work = replace(benchmark_workload(81, "grpo"), arch=planner.WAN_HUB["14B"], text_encoder_dtype="float32",
                    height=720, width=1280)
     with pytest.raises(ConfigError, match=r"no setting fits 1 x 4090 \(22.0 GiB usable each\): the smallest peak is "
-                                          r"[\d.]+ GiB, in training, with [\d.]+ GiB of weights and LoRA state"):
+                                          r"[\d.]+ GiB, in training, with 29.4 GiB of weights, LoRA state and reward "
+                                          r"models; fewer frames or pixels"):
+        planner.make_plan(work, BATCH_ONE, gpu=GPUS["4090"])
+    # Wan 1.3B with a float32 UMT5 (5.68 B x 4 bytes = 21.2 GiB) and an 8B reward beside it: both are named.
+    work = replace(benchmark_workload(33, "grpo"), text_encoder_dtype="float32", reward_gib=17.9)
+    with pytest.raises(ConfigError, match=r"in prompt encoding \(UMT5 resident\).*the reward models take 17.9 GiB: "
+                                          r"serve them .*; UMT5 takes 21.2 GiB while prompts are encoded; else fewer"):
         planner.make_plan(work, BATCH_ONE, gpu=GPUS["4090"])
     with pytest.raises(ConfigError, match="unknown gpu 'v100'; choose from h200, h100-80gb, a100-80gb, l40s, 4090"):
         gpu_class("v100")
@@ -194,6 +200,22 @@ def test_plan_command_prints_the_table_and_json(capsys):
     assert (work.num_frames, work.videos_per_step, work.trained_steps) == (81, 64, 19)
     assert record["recipe"]["optimizer_step_s"] == round(expected.optimizer_step_s, 1)
     assert record["recipe"]["peak_gib"] == round(expected.peak, 2) and not record["measured_gpu"]
+
+
+def test_a_descore_reward_on_the_same_gpu_is_in_the_peak():
+    """grpo_wan1.3b scores with descore_no_cot (batch 8) on each GPU. Its 33 frames last 2.06 s at 16 fps: 4 frames
+    at 2 fps (the contract's minimum), 320x576 each -> 2 x 10 x 18 = 360 video tokens + 695 prompt tokens."""
+    from reward.planner import HUB, QWEN3_VL_8B, score_estimate
+
+    argv = ["--config", "grpo_wan1.3b", "--gpu", "h200"]
+    work, _ = workload_from_configs(*parse_command(COMMANDS[("tune", "plan")], argv, prog="x")[:2], "grpo")
+    expected = score_estimate(HUB[QWEN3_VL_8B], GPUS["h200"], batch=8, tokens=360 + 695).peak_gib
+    assert work.reward_gib == pytest.approx(expected) and "Qwen3-VL-8B assumed" in work.reward_notes[0]
+    cheap, _ = workload_from_configs(*parse_command(COMMANDS[("tune", "plan")], [*argv, "--rewards",
+                                                    "name=brightness,weight=1"], prog="x")[:2], "grpo")
+    assert cheap.reward_gib == 0 and cheap.reward_notes == ("brightness: not modelled, counted as 0",)
+    gap = planner.estimate(work, BATCH_ONE, gpu=GPUS["h200"]).peak - planner.estimate(cheap, BATCH_ONE, gpu=GPUS["h200"]).peak
+    assert gap == pytest.approx(expected)
 
 
 def test_flow_dpo_recipes_plan_with_their_algorithm(capsys):
