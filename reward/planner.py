@@ -49,10 +49,10 @@ class QwenVl:
 HUB = {QWEN3_VL_8B: QwenVl(8_767_123_696, 750_984_432 - 174_587_904, 36, 4096, 12_288, 1024)}
 
 # ----- fitted to the H100 points --------------------------------------------------------------------------------
-# No-CoT scoring, exactly through batch 1 (0.094 s) and batch 8 (0.740 s); peak memory: weights + bytes per token,
-# the mean of the two points' fits.
+# No-CoT scoring, exactly through batch 1 (0.094 s) and batch 8 (0.740 s); peak memory: weights + bytes per token
+# and unit of LLM width (the mean of the two points' fits, 199 kB per token at width 4096).
 SCORE_EFFICIENCY, SCORE_OVERHEAD_S = 0.3228, 0.0016
-SCORE_BYTES_PER_TOKEN = 199_000.0
+SCORE_BYTES_PER_TOKEN_AND_WIDTH = 48.6
 # Stage-1 step (one pair, checkpointing on, 0.974 s, 25.2 GiB): one point, so the efficiency is fitted exactly and
 # the trained modules' state is what the peak leaves after the weights and the activations (counted as in the Wan
 # planner: every layer's input plus ~2 layers' worth live in the checkpointed backward). It comes to 8.7 bytes per
@@ -139,7 +139,7 @@ def train_estimate(model: QwenVl, gpu: Gpu, *, lora_rank: int, pairs: int, check
 
 def score_estimate(model: QwenVl, gpu: Gpu, *, batch: int, tokens: int) -> RewardEstimate:
     """One no-CoT scoring forward over ``batch`` videos."""
-    peak = (model.params * 2 + SCORE_BYTES_PER_TOKEN * tokens * batch) / GIB
+    peak = (model.params * 2 + SCORE_BYTES_PER_TOKEN_AND_WIDTH * model.hidden * tokens * batch) / GIB
     seconds = forward_flops(model, tokens, batch) / (gpu.bf16_tflops * 1e12 * SCORE_EFFICIENCY) + SCORE_OVERHEAD_S
     return RewardEstimate("no-CoT scoring", f"--batch_size {batch}", peak, seconds, batch / seconds)
 

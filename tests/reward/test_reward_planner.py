@@ -54,6 +54,11 @@ def test_a_local_checkpoint_is_counted_from_its_weights(tiny_qwen3_vl_dir):
                 counts["visual"] += numel if "visual" in name.split(".") else 0
     backbone = planner.qwen_vl(str(tiny_qwen3_vl_dir))
     assert (backbone.params, backbone.vision_params) == (counts["all"], counts["visual"]) and counts["visual"] > 0
+    # As a reward term beside Wan (81 frames = 5.06 s -> 10 frames at 2 fps, 320x576: 900 video tokens + 695).
+    gib, note = planner.reward_term_gib({"name": "descore_no_cot", "path": str(tiny_qwen3_vl_dir), "batch_size": 2},
+                                        num_frames=81, height=480, width=832)
+    assert gib == pytest.approx(planner.score_estimate(backbone, H100, batch=2, tokens=900 + 695).peak_gib)
+    assert str(tiny_qwen3_vl_dir) in note
 
 
 def test_reward_plan_command(capsys):
