@@ -124,6 +124,18 @@ def _report_tuning(result: Any) -> str:
     return "\n".join([*lines, f"LoRA: {result.final}"])
 
 
+def _report_plan(plan: Any) -> str:
+    from generator_rl.plan_job import format_plan
+
+    return format_plan(plan)
+
+
+def _report_reward_plan(plan: Any) -> str:
+    from reward.planner import format_reward_plan
+
+    return format_reward_plan(plan)
+
+
 def _report_sample(paths: list[Any]) -> str:
     """Videos written; a test-time search leaves out videos whose every candidate failed (candidates.csv)."""
     failed = sum(not path.is_file() for path in paths)
@@ -141,6 +153,7 @@ def _report_comparison(report: Any) -> str:
 _POLICY, _RUN = "generator_rl.config:PolicyConfig", "generator_rl.config:RunConfig"
 _GRPO, _FLOW_DPO = "generator_rl.grpo:GrpoConfig", "generator_rl.flow_dpo:FlowDpoConfig"
 _EVAL = "generator_rl.evaluation:EvalConfig"
+_PLAN = "generator_rl.plan_job:PlanConfig"
 
 GROUPS: dict[str, str] = {
     "reward": "Train, score and export DeScore reward models",
@@ -176,6 +189,10 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("reward", "serve"): Command(
         "Serve a reward model over HTTP for RL jobs on other GPUs or nodes: batching, limits, token, /metrics",
         ("reward.server:ServeConfig",), "reward.server:run_serve"),
+    ("reward", "plan"): Command(
+        "Estimate peak memory and step times of DeScore stage-1 training and no-CoT scoring on a GPU class",
+        ("reward.planner:RewardPlanConfig",), "reward.planner:run_reward_plan", _report_reward_plan,
+        ignores=("reward.cold_start:ColdStartConfig",)),
     ("tune", "grpo"): Command(
         "GRPO on flow matching (Flow-GRPO / DanceGRPO / LongCat variants) with any reward model",
         (_POLICY, _RUN, _GRPO, _EVAL), "generator_rl.grpo:run_grpo", _report_tuning),
@@ -190,6 +207,12 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         "A few tiny GRPO steps: log-prob parity, ratio == 1, reward rises",
         (_POLICY, _RUN, _GRPO, "generator_rl.doctor:DoctorConfig"), "generator_rl.doctor:run_doctor", str,
         ignores=(_EVAL,)),
+    ("tune", "plan"): Command(
+        "Estimate peak memory per GPU and step times of a recipe on a GPU class; rank the settings that fit",
+        (_POLICY, _GRPO, _PLAN), "generator_rl.plan_job:run_plan", _report_plan, ignores=(_RUN, _EVAL),
+        variants=Variants("algorithm", "grpo", {"flow-dpo": Command(
+            "Plan a Flow-DPO recipe", (_POLICY, _FLOW_DPO, _PLAN), "generator_rl.plan_job:run_plan", _report_plan,
+            ignores=(_RUN, _EVAL))})),
     ("bench", "reward-acc"): Command(
         "Preference accuracy of several reward models on one benchmark (with / without ties), cached and resumable",
         ("benchmarks.reward_accuracy:RewardAccuracyConfig",), "benchmarks.reward_accuracy:run_reward_accuracy",

@@ -69,8 +69,10 @@ def test_a_command_prints_its_own_help(capsys):
 USER_ERRORS = [
     ([], r"descore: error: name a group or command: reward, tune, bench, demo, recipes \(see descore --help\)"),
     (["nope"], r"descore: error: unknown group or command 'nope'; choose from reward, tune, bench, demo, recipes"),
-    (["reward"], r"descore reward: error: name a command: train, score, export, calibrate, collect-cot, import-official, serve \(see descore reward --help\)"),
-    (["tune", "dpo"], r"descore tune: error: unknown command 'dpo'; choose from grpo, flow-dpo, sample, doctor"),
+    (["reward"], r"descore reward: error: name a command: train, score, export, calibrate, collect-cot, import-official, serve, plan \(see descore reward --help\)"),
+    (["tune", "dpo"], r"descore tune: error: unknown command 'dpo'; choose from grpo, flow-dpo, sample, doctor, plan"),
+    (["tune", "plan", "--config", "grpo_wan1.3b", "--gpu", "v100"],
+     r"descore tune plan: error: unknown gpu 'v100'; choose from h200, h100-80gb, a100-80gb, l40s, 4090"),
     (["tune", "grpo", "--learning_rate", "abc"],
      r"descore tune grpo: error: argument --learning_rate/--learning-rate: invalid float value: 'abc'"),
     (["demo", "--output_dir"], r"descore demo: error: argument --output_dir/--output-dir: expected one argument"),
