@@ -19,8 +19,10 @@
 * ``decode`` returns frames in [0, 1] (B, T, 3, H, W) that go to reward models in memory, at Wan's 16 fps.
 * Speed switches: ``compile_transformer_blocks`` compiles each repeated transformer block (regional
   compilation: one graph serves every block, so compiling costs one block, not the whole model) with static shapes,
-  after LoRA injection so the adapters are traced into the graph; ``attention_backend`` pins the
-  scaled-dot-product attention kernel that every transformer forward uses (None: PyTorch chooses per call).
+  after LoRA injection so the adapters are traced into the graph; ``set_attention`` pins the
+  scaled-dot-product attention kernel of every attention call (None: PyTorch chooses per call). The pin lives in
+  the attention modules (diffusers' per-module attention backend), not in a context around the forward, so the
+  recomputation of activation checkpointing in backward runs the same kernel.
 """
 
 from __future__ import annotations
@@ -34,21 +36,26 @@ import torch
 from diffusers import WanPipeline
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from reward import VideoFrames
 
 WAN_FPS = 16.0
 LEARNER = "default"
-# SDPA kernels one can pin (torch.nn.attention.SDPBackend, lower-case); ERROR is PyTorch's "none" marker.
-ATTENTION_BACKENDS = tuple(name.lower() for name in SDPBackend.__members__ if name != "ERROR")
+# SDPA kernels one can pin (torch.nn.attention.SDPBackend names, lower-case) and the diffusers attention backend
+# that calls scaled_dot_product_attention under that kernel alone, inside each attention call.
+ATTENTION_BACKENDS = {
+    "math": "_native_math",
+    "flash_attention": "_native_flash",
+    "efficient_attention": "_native_efficient",
+    "cudnn_attention": "_native_cudnn",
+}
 
 
-def attention_backend(name: str) -> SDPBackend:
-    """The SDPA backend called ``name`` (case-insensitive); a ValueError lists the valid names."""
+def attention_backend(name: str) -> str:
+    """The canonical (lower-case) name of the SDPA kernel ``name``; a ValueError lists the valid names."""
     if name.lower() not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend {name!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
-    return SDPBackend.__members__[name.upper()]
+    return name.lower()
 
 
 def compiled_graphs() -> int:
@@ -107,8 +114,8 @@ class WanPolicy:
     runner: torch.nn.Module | None = field(default=None, repr=False)
     # Online Flow-DPO's frozen reference: learner parameter name -> float32 copy; None: the base model.
     reference_lora: dict[str, torch.Tensor] | None = field(default=None, repr=False)
-    # The SDPA kernel pinned around every transformer forward; None: PyTorch's own choice per call.
-    attention: SDPBackend | None = None
+    # The SDPA kernel pinned in every attention call (see ``set_attention``); None: PyTorch's own choice per call.
+    attention: str | None = None
     # compiled_graphs() when the blocks were compiled; None: the transformer runs eagerly.
     compile_baseline: int | None = None
     _in_reference: bool = field(default=False, repr=False)
@@ -128,7 +135,7 @@ class WanPolicy:
         vae_tiling: bool = False,
         vae_slicing: bool = False,
         compile_transformer: bool = False,
-        attention: SDPBackend | None = None,
+        attention: str | None = None,
     ) -> WanPolicy:
         pipeline = WanPipeline.from_pretrained(str(model), dtype=component_dtypes(transformer_dtype, text_encoder_dtype))
         if vae_tiling:
@@ -140,7 +147,9 @@ class WanPolicy:
         pipeline.transformer.requires_grad_(False)
         pipeline.text_encoder.requires_grad_(False)
         pipeline.vae.requires_grad_(False)
-        policy = cls(pipeline, torch.device(device), max_sequence_length, attention=attention)
+        policy = cls(pipeline, torch.device(device), max_sequence_length)
+        if attention is not None:
+            policy.set_attention(attention)
         if lora is not None:
             pipeline.transformer.add_adapter(lora.peft_config(), adapter_name=LEARNER)
             # Trainable LoRA weights in float32 even when the frozen base is bf16 (AdamW on bf16 loses updates).
@@ -148,6 +157,16 @@ class WanPolicy:
         if compile_transformer:
             policy.compile_baseline = compile_transformer_blocks(pipeline.transformer)
         return policy
+
+    def set_attention(self, name: str | None) -> None:
+        """Pin the SDPA kernel ``name`` (a key of :data:`ATTENTION_BACKENDS`) in every attention module; a kernel
+        that cannot run raises instead of falling back to another. None: unpinned again (PyTorch chooses)."""
+        if name is None:
+            if self.attention is not None:
+                self.transformer.set_attention_backend("native")
+        else:
+            self.transformer.set_attention_backend(ATTENTION_BACKENDS[attention_backend(name)])
+        self.attention = None if name is None else attention_backend(name)
 
     @property
     def recompiles(self) -> int:
@@ -247,13 +266,12 @@ class WanPolicy:
         steps = torch.as_tensor(timestep, device=latents.device).float().expand(hidden.shape[0])
         inputs = dict(hidden_states=hidden.to(dtype), timestep=steps, encoder_hidden_states=text.to(dtype),
                       return_dict=False)
-        with contextlib.nullcontext() if self.attention is None else sdpa_kernel(self.attention):
-            if self._in_reference:
-                # The frozen copy replaces the learner's LoRA tensors for this call only; nothing is trained
-                # through it, so the bare transformer runs (no DDP wrapper, whose forward prepares a gradient sync).
-                output = torch.func.functional_call(self.transformer, self.reference_lora, args=(), kwargs=inputs)[0]
-            else:
-                output = (self.runner if self.runner is not None else self.transformer)(**inputs)[0]
+        if self._in_reference:
+            # The frozen copy replaces the learner's LoRA tensors for this call only; nothing is trained
+            # through it, so the bare transformer runs (no DDP wrapper, whose forward prepares a gradient sync).
+            output = torch.func.functional_call(self.transformer, self.reference_lora, args=(), kwargs=inputs)[0]
+        else:
+            output = (self.runner if self.runner is not None else self.transformer)(**inputs)[0]
         output = output.float()
         if not guided:
             return output

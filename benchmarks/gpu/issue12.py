@@ -9,17 +9,14 @@ Parts, in order (each survives a failure of another: the error is recorded and t
 1. ``wan`` — Wan-2.1 1.3B, random init, the kit's ``WanPolicy`` (LoRA r32/α64, float32 LoRA, bf16 base,
    activation checkpointing) at 33 and 81 frames 480×832: rollout step, GRPO train step, Flow-DPO micro-step and
    VAE decode (``wan_rl_steps.units``), for each variant: ``eager`` (PyTorch picks the SDPA kernel per call), one
-   pinned SDPA backend each (``WanPolicy.attention``: cudnn_attention, flash_attention, efficient_attention; math
+   pinned SDPA backend each (``WanPolicy.set_attention``: cudnn_attention, flash_attention, efficient_attention; math
    only with --tiny, since its T×T scores at 81 frames — 32,760² × 24 heads·batch × 2 bytes ≈ 51 GB per
    layer — do not fit), and ``compiled`` (``compile_transformer_blocks``, the code path of
    ``PolicyConfig.compile_transformer``: diffusers' regional compile after LoRA, fullgraph, static shapes). The
    variants change only the transformer, so the VAE decode is measured once, in ``eager``. ``compiled`` gets a
    fresh build, and so does the variant after it (compilation works in place and cannot be undone); each row
    counts the graphs dynamo captured during its warm-up and during its timed calls (the second should be 0: no
-   recompiles in steady state). A pinned backend runs the whole step under ``sdpa_kernel``, backward included:
-   ``WanPolicy.attention`` alone pins the forward, and activation checkpointing's recomputation in backward
-   would pick PyTorch's default kernel (see ``pinned``). A backend this GPU/torch lacks is ``unsupported``, an
-   out-of-memory ``OOM``.
+   recompiles in steady state). A backend this GPU/torch lacks is ``unsupported``, an out-of-memory ``OOM``.
 2. ``descore`` — ``descore_stage1`` at Qwen3-VL-8B scale: the stage-1 train step and no-CoT scoring (batch 1 and
    8) per ``attn_implementation`` (sdpa, eager, and flash_attention_2 where the package is importable), on one
    random checkpoint.
@@ -191,26 +188,11 @@ def backend_problem(name: str, device: torch.device, dtype: torch.dtype, head_di
     """Why the SDPA backend ``name`` cannot run attention of this head size here, or None when it can."""
     query = torch.randn(1, 2, 64, head_dim, device=device, dtype=dtype)
     try:
-        with sdpa_kernel(attention_backend(name)):
+        with sdpa_kernel(SDPBackend.__members__[attention_backend(name).upper()]):
             torch.nn.functional.scaled_dot_product_attention(query, query, query)
     except RuntimeError as error:
         return str(error).splitlines()[0]
     return None
-
-
-def pinned(unit: wan_rl_steps.Unit, backend: SDPBackend | None) -> wan_rl_steps.Unit:
-    """``unit`` with its whole call, backward included, under the SDPA ``backend``. ``WanPolicy.attention`` pins the
-    kernel around the forward only; activation checkpointing recomputes each block during backward, outside that
-    context, where PyTorch's default choice differs (on CPU: flash instead of math) and checkpointing then refuses
-    the recomputed tensors (CheckpointError)."""
-    if backend is None:
-        return unit
-
-    def call() -> object:
-        with sdpa_kernel(backend):
-            return unit.call()
-
-    return replace(unit, call=call)
 
 
 def wan_rows(
@@ -229,7 +211,7 @@ def wan_rows(
             if deadline.passed:
                 yield row | {"status": SKIPPED, "error": "time budget"}
                 continue
-            yield row | wan_rl_steps.run_unit(pinned(measured[key], policy.attention), device, repeats=repeats,
+            yield row | wan_rl_steps.run_unit(measured[key], device, repeats=repeats,
                                               warmup=config.warmup, peak_tflops=peak_tflops)
 
 
@@ -262,7 +244,7 @@ def wan_part(config: Issue12Config, report: Report, deadline: Deadline, save: Ca
                     report.rows += failed_rows(config, part="wan", variant=variant, frames=config.frames, units=units,
                                                status="unsupported", error=problem)
                     continue
-            policy.attention = None if variant in ("eager", "compiled") else attention_backend(variant)
+            policy.set_attention(None if variant in ("eager", "compiled") else variant)
             for row in wan_rows(policy, params, config, part="wan", variant=variant, frames=config.frames,
                                 units=units, deadline=share, peak_tflops=report.peak_tflops, repeats=config.repeats):
                 report.rows.append(row)

@@ -109,8 +109,7 @@ def test_driver_runs_the_wan_and_14b_parts_on_cpu(tmp_path, one_thread):
         _sane(row)
     trained = ("rollout", "grpo", "dpo")
     wan = {(row["variant"], row["unit"]): row["status"] for row in rows if row["part"] == "wan"}
-    # math's train steps run only because the whole step (backward's recomputation too) is pinned: with the
-    # forward alone pinned, checkpointing recomputes with CPU flash and refuses the tensors.
+    # math's train steps run because the pin holds in checkpointing's recomputation too (WanPolicy.set_attention).
     assert wan == {**{("eager", unit): "ok" for unit in (*trained, "decode")},
                    **{(name, unit): "ok" for name in ("math", "flash_attention") for unit in trained},
                    **{("cudnn_attention", unit): "unsupported" for unit in trained}}
