@@ -1,8 +1,8 @@
-"""Issue 12's GPU benchmark in one command: Wan steps eager vs compiled vs each attention backend, the Wan 14B
+"""The speed switches on one GPU in one command: Wan steps eager vs compiled vs each attention backend, the Wan 14B
 configuration on one GPU (plain and under FSDP2 on one rank), and DeScore stage 1 per attention implementation.
 
-    python -m benchmarks.gpu.issue12 --out results/issue12 --quick   # one H100/H200, designed for ~8 min
-    python -m benchmarks.gpu.issue12 --out /tmp/issue12 --tiny --device cpu   # CPU smoke test of every path
+    python -m benchmarks.gpu.speed_suite --out results/speed_suite --quick   # one H100/H200, designed for ~8 min
+    python -m benchmarks.gpu.speed_suite --out /tmp/speed_suite --tiny --device cpu   # CPU smoke test of every path
 
 Parts, in order (each survives a failure of another: the error is recorded and the next part runs):
 
@@ -44,7 +44,7 @@ wan14b ~120 s) and the Wan variants share theirs by expected cost — eager 1.5 
 implementation; 14B: ~55 s per 33-frame pass, 81 frames only if time is left. Time one share leaves unused
 rolls on; a row that would start after its share is ``skipped`` (a started row is never cut), so an overrun —
 compilation is the unknown — costs the last variants (memory-efficient first), not the run. Rerun those alone
-with ``--parts wan --variants ...``. The JSON (``issue12.json``) and the markdown (``issue12.md``) in ``--out``
+with ``--parts wan --variants ...``. The JSON (``speed_suite.json``) and the markdown (``speed_suite.md``) in ``--out``
 are rewritten after each row, so a run cut short (or killed) keeps what it measured.
 """
 
@@ -92,8 +92,8 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3
 
 
 @dataclass
-class Issue12Config:
-    out: str = field(metadata={"help": "Folder for issue12.json and issue12.md."})
+class SuiteConfig:
+    out: str = field(metadata={"help": "Folder for speed_suite.json and speed_suite.md."})
     device: str = field(default="cuda", metadata={"help": "Torch device to benchmark on."})
     tiny: bool = field(default=False, metadata={"help": "Tiny models, 32x32 frames, float32: a CPU smoke test."})
     quick: bool = field(
@@ -167,7 +167,7 @@ def shares(weights: dict[str, float], deadline: Deadline) -> Iterator[tuple[str,
 
 @dataclass
 class Report:
-    """Everything the run measured, as written to issue12.json."""
+    """Everything the run measured, as written to speed_suite.json."""
 
     machine: str
     date: str
@@ -196,7 +196,7 @@ def backend_problem(name: str, device: torch.device, dtype: torch.dtype, head_di
 
 
 def wan_rows(
-    policy: WanPolicy, params: int, config: Issue12Config, *, part: str, variant: str, frames: Sequence[int],
+    policy: WanPolicy, params: int, config: SuiteConfig, *, part: str, variant: str, frames: Sequence[int],
     units: Sequence[str], deadline: Deadline, peak_tflops: float | None, repeats: int,
 ) -> Iterator[dict[str, Any]]:
     """One row per (frames, unit): measured, or skipped once ``deadline`` has passed."""
@@ -215,14 +215,14 @@ def wan_rows(
                                               warmup=config.warmup, peak_tflops=peak_tflops)
 
 
-def failed_rows(config: Issue12Config, *, part: str, variant: str, frames: Sequence[int], units: Sequence[str],
+def failed_rows(config: SuiteConfig, *, part: str, variant: str, frames: Sequence[int], units: Sequence[str],
                 status: str, error: str) -> list[dict[str, Any]]:
     """Rows of a variant that did not run (``unsupported`` backend, or an ``error`` while building it)."""
     return [{"part": part, "variant": variant, "frames": count, "measurement": wan_rl_steps.UNIT_NAMES[key],
              "unit": key, "status": status, "error": error} for count in frames for key in units]
 
 
-def wan_part(config: Issue12Config, report: Report, deadline: Deadline, save: Callable[[], None]) -> None:
+def wan_part(config: SuiteConfig, report: Report, deadline: Deadline, save: Callable[[], None]) -> None:
     """The 1.3B: each variant's rows in the order given; compilation works in place and cannot be undone, so
     ``compiled`` gets a fresh build, and so does the variant after it."""
     device = torch.device(config.device)
@@ -285,7 +285,7 @@ def shard_like_accelerate(policy: WanPolicy, dtype: torch.dtype) -> None:
     fully_shard(policy.transformer, mp_policy=precision, reshard_after_forward=True)
 
 
-def wan14b_part(config: Issue12Config, report: Report, deadline: Deadline, save: Callable[[], None]) -> None:
+def wan14b_part(config: SuiteConfig, report: Report, deadline: Deadline, save: Callable[[], None]) -> None:
     """The 14B configuration: rollout + GRPO step per frame count, then the same under FSDP2 on one rank."""
     import torch.distributed as dist
 
@@ -316,7 +316,7 @@ def wan14b_part(config: Issue12Config, report: Report, deadline: Deadline, save:
 # ----- DeScore ---------------------------------------------------------------------------------------------
 
 
-def descore_part(config: Issue12Config, report: Report, deadline: Deadline, save: Callable[[], None]) -> None:
+def descore_part(config: SuiteConfig, report: Report, deadline: Deadline, save: Callable[[], None]) -> None:
     """Stage-1 train step and no-CoT scoring per attn_implementation, on one saved random checkpoint."""
     device = torch.device(config.device)
     bench = descore_stage1.BenchmarkConfig(
@@ -373,9 +373,9 @@ def with_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(report: Report) -> str:
     """The table to paste into BENCHMARKS.md, after the machine, versions, command and MFU formula."""
     rows = with_speedups(report.rows)
-    lines = [f"### Issue 12 benchmark on {report.machine}, {report.date}", "",
+    lines = [f"### Speed switches on {report.machine}, {report.date}", "",
              f"- versions: {', '.join(f'{k} {v}' for k, v in report.versions.items())}",
-             f"- command: `python -m benchmarks.gpu.issue12 {' '.join(report.config['argv'])}`",
+             f"- command: `python -m benchmarks.gpu.speed_suite {' '.join(report.config['argv'])}`",
              f"- MFU: {report.mfu_formula}; peak {cell(report.peak_tflops, 'g')} TFLOP/s",
              f"- part seconds: {', '.join(f'{k} {v:.0f}' for k, v in report.part_seconds.items())}", ""]
     header = ["part", "variant", "frames", "measurement", "s", "x baseline", "peak GiB", "MFU", "graphs warm-up/timed",
@@ -392,11 +392,11 @@ def markdown(report: Report) -> str:
 
 def save_report(report: Report, out: Path) -> None:
     data = asdict(report) | {"rows": with_speedups(report.rows)}
-    write_json(data, out / "issue12.json")
-    (out / "issue12.md").write_text(markdown(report) + "\n")
+    write_json(data, out / "speed_suite.json")
+    (out / "speed_suite.md").write_text(markdown(report) + "\n")
 
 
-def run(config: Issue12Config, argv: Sequence[str] = ()) -> Report:
+def run(config: SuiteConfig, argv: Sequence[str] = ()) -> Report:
     """Each part in order within its share of the budget; a part's failure is recorded and the next one runs."""
     device = torch.device(config.device)
     machine = machine_name(device)
@@ -431,7 +431,7 @@ def run(config: Issue12Config, argv: Sequence[str] = ()) -> Report:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    (config,) = HfArgumentParser(Issue12Config).parse_args_into_dataclasses(args=argv)
+    (config,) = HfArgumentParser(SuiteConfig).parse_args_into_dataclasses(args=argv)
     report = run(config, argv)
     print(markdown(report))
     return 1 if report.errors else 0

@@ -1,4 +1,4 @@
-"""Issue 12's GPU benchmark (benchmarks/gpu/issue12.py) at tiny size on CPU, so what a lent GPU runs cannot rot
+"""The speed-switch GPU benchmark (benchmarks/gpu/speed_suite.py) at tiny size on CPU, so what a lent GPU runs cannot rot
 between loans: every part and variant gives a row that is measured or honestly ``unsupported``; plus its pieces —
 the MFU formula against a hand count and the numbers recorded on the H200, the attention-backend table, the
 budget split and the speed-up column."""
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.gpu import harness, issue12, wan_rl_steps
+from benchmarks.gpu import harness, speed_suite, wan_rl_steps
 from benchmarks.gpu.harness import Deadline
 from reward.errors import ConfigError
 from ..conftest import REPO_ROOT
@@ -46,10 +46,10 @@ def test_mfu_reproduces_the_h200_measurements():
 def test_backend_table_on_this_cpu():
     """math and PyTorch's CPU flash kernel run here; cuDNN and memory-efficient attention are CUDA-only."""
     cpu = torch.device("cpu")
-    assert issue12.backend_problem("math", cpu, torch.float32, 12) is None
-    assert issue12.backend_problem("flash_attention", cpu, torch.float32, 12) is None
+    assert speed_suite.backend_problem("math", cpu, torch.float32, 12) is None
+    assert speed_suite.backend_problem("flash_attention", cpu, torch.float32, 12) is None
     for name in ("cudnn_attention", "efficient_attention"):
-        problem = issue12.backend_problem(name, cpu, torch.float32, 12)
+        problem = speed_suite.backend_problem(name, cpu, torch.float32, 12)
         assert harness.failure_status(RuntimeError(problem)) == "unsupported", problem
     assert harness.failure_status(torch.OutOfMemoryError("CUDA out of memory")) == "OOM"
     assert harness.failure_status(ValueError("bad")) == "error"
@@ -59,10 +59,10 @@ def test_backend_table_on_this_cpu():
 
 def test_shares_split_the_time_left_by_weight():
     deadline = Deadline(100.0)
-    (first, a), (second, b) = list(issue12.shares({"wan": 3.0, "descore": 1.0}, deadline))
+    (first, a), (second, b) = list(speed_suite.shares({"wan": 3.0, "descore": 1.0}, deadline))
     assert (first, second) == ("wan", "descore")
     assert a.left() == pytest.approx(75.0, abs=1.0) and b.left() == pytest.approx(100.0, abs=1.0)  # a's rest rolls on
-    assert all(not late.left() > 0 for _, late in issue12.shares({"x": 1.0}, Deadline(-5.0)))
+    assert all(not late.left() > 0 for _, late in speed_suite.shares({"x": 1.0}, Deadline(-5.0)))
 
 
 def test_speedups_are_relative_to_each_parts_baseline():
@@ -71,21 +71,21 @@ def test_speedups_are_relative_to_each_parts_baseline():
             {"part": "wan", "variant": "math", "frames": 33, "measurement": "m", "status": "OOM"},
             {"part": "descore", "variant": "sdpa", "measurement": "m", "seconds": 1.0},
             {"part": "descore", "variant": "eager", "measurement": "m", "seconds": 4.0}]
-    assert [row["speedup"] for row in issue12.with_speedups(rows)] == [1.0, 1.25, None, 1.0, 0.25]
+    assert [row["speedup"] for row in speed_suite.with_speedups(rows)] == [1.0, 1.25, None, 1.0, 0.25]
 
 
 def test_bad_options_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown variants"):
-        issue12.Issue12Config(out=str(tmp_path), tiny=True, device="cpu", variants=["xformers"])
+        speed_suite.SuiteConfig(out=str(tmp_path), tiny=True, device="cpu", variants=["xformers"])
     with pytest.raises(ConfigError, match="4k\\+1"):
-        issue12.Issue12Config(out=str(tmp_path), tiny=True, device="cpu", frames=[8])
+        speed_suite.SuiteConfig(out=str(tmp_path), tiny=True, device="cpu", frames=[8])
     with pytest.raises(ConfigError, match="needs a GPU"):
-        issue12.Issue12Config(out=str(tmp_path), device="cpu")
+        speed_suite.SuiteConfig(out=str(tmp_path), device="cpu")
 
 
 def _rows(out) -> list[dict]:
-    report = json.loads((out / "issue12.json").read_text())
-    assert report["errors"] == [] and report["mfu_formula"] == issue12.MFU_FORMULA
+    report = json.loads((out / "speed_suite.json").read_text())
+    assert report["errors"] == [] and report["mfu_formula"] == speed_suite.MFU_FORMULA
     return report["rows"]
 
 
@@ -101,7 +101,7 @@ def test_driver_runs_the_wan_and_14b_parts_on_cpu(tmp_path, one_thread):
     """Eager, the pinned math/flash/cuDNN kernels (cuDNN: unsupported on CPU), and the 14B stand-in plain and
     under FSDP2 on one gloo rank."""
     out = tmp_path / "run"
-    assert issue12.main(["--out", str(out), "--tiny", "--device", "cpu", "--parts", "wan", "wan14b", "--frames", "5",
+    assert speed_suite.main(["--out", str(out), "--tiny", "--device", "cpu", "--parts", "wan", "wan14b", "--frames", "5",
                          "--variants", "eager", "math", "flash_attention", "cudnn_attention",
                          "--peak_tflops", "1"]) == 0
     rows = _rows(out)
@@ -115,7 +115,7 @@ def test_driver_runs_the_wan_and_14b_parts_on_cpu(tmp_path, one_thread):
                    **{("cudnn_attention", unit): "unsupported" for unit in trained}}
     big = {(row["variant"], row["unit"]) for row in rows if row["part"] == "wan14b" and row["status"] == "ok"}
     assert big == {(variant, unit) for variant in ("LoRA + checkpointing", "FSDP2, 1 rank") for unit in trained[:2]}
-    table = (out / "issue12.md").read_text()
+    table = (out / "speed_suite.md").read_text()
     assert "| wan14b | FSDP2, 1 rank | 5 | GRPO train step" in table and "unsupported" in table
 
 
@@ -124,7 +124,7 @@ def test_driver_runs_every_part_with_compile_on_cpu(tmp_path, one_thread):
     """The whole driver at tiny size: the Wan variants including ``compiled`` (inductor builds C++ kernels here:
     minutes), DeScore per attention implementation, and the 14B stand-in."""
     out = tmp_path / "run"
-    assert issue12.main(["--out", str(out), "--tiny", "--device", "cpu", "--frames", "5", "--units", "rollout",
+    assert speed_suite.main(["--out", str(out), "--tiny", "--device", "cpu", "--frames", "5", "--units", "rollout",
                          "--variants", "eager", "efficient_attention", "compiled", "--budget_s", "3600",
                          "--peak_tflops", "1"]) == 0
     rows = _rows(out)
@@ -142,8 +142,8 @@ def test_driver_runs_every_part_with_compile_on_cpu(tmp_path, one_thread):
 
 def test_a_spent_budget_skips_parts_and_says_so(tmp_path):
     out = tmp_path / "run"
-    assert issue12.main(["--out", str(out), "--tiny", "--device", "cpu", "--budget_s", "1e-9"]) == 0
+    assert speed_suite.main(["--out", str(out), "--tiny", "--device", "cpu", "--budget_s", "1e-9"]) == 0
     rows = _rows(out)
     assert [(row["part"], row["status"], row["error"]) for row in rows] == [
-        (part, "skipped", "time budget") for part in issue12.PARTS]
-    assert "| wan | all | - | all |" in (out / "issue12.md").read_text()
+        (part, "skipped", "time budget") for part in speed_suite.PARTS]
+    assert "| wan | all | - | all |" in (out / "speed_suite.md").read_text()
