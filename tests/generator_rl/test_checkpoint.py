@@ -183,6 +183,7 @@ save_lora(tiny_policy_arguments(sys.argv[1]).load_policy(torch.device("cpu")), s
 """
 
 
+@pytest.mark.slow  # two processes: about 20 s on 2 cores
 def test_the_same_lora_is_the_same_file_in_every_process(tiny_wan_dir, tmp_path):
     """peft keeps target_modules as a set, iterated in an order that follows each process's string hashing; the
     LoRA file's metadata lists them sorted, so two processes (different PYTHONHASHSEED) write the same LoRA —

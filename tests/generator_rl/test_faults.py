@@ -133,6 +133,7 @@ def test_consecutive_skipped_steps_stop_the_run(tiny_wan_dir, prompt_file, tmp_p
     assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_1", "step_2", "step_3"]
 
 
+@pytest.mark.slow  # two processes: about 20 s on 2 cores
 def test_two_processes_skip_the_same_steps_without_hanging(tiny_wan_dir, prompt_file, tmp_path):
     """torchrun, 2 processes, one prompt each. Step 1: only process 1's rewards are all invalid; step 2: every
     reward is. Both steps are skipped on both processes (no hang: the run finishes within the timeout), the

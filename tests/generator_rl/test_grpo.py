@@ -76,6 +76,7 @@ def test_killed_run_resumes_to_the_same_lora(tiny_wan_dir, prompt_file, tmp_path
     assert same_lora(tmp_path / "a", tmp_path / "b")
 
 
+@pytest.mark.slow  # two processes: about 20 s on 2 cores
 def test_two_processes_compute_the_same_advantages_as_one(tiny_wan_dir, prompt_file, tmp_path):
     """Samples are seeded per (step, sample id), so one and two processes draw the same videos; rewards and
     group ids are gathered before normalisation, so the advantages agree (up to float noise)."""
