@@ -131,9 +131,10 @@ class RunConfig:
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA weights."})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (flow_grpo: 1e-4)."})
     fused_adamw: bool = field(
-        default=True,
-        metadata={"help": "AdamW as PyTorch's fused kernel (faster than the foreach kernel, the same update up to "
-                          "float rounding: benchmarks/optimizer_kernels.py); false: the foreach kernel."},
+        default=False,
+        metadata={"help": "AdamW as PyTorch's fused kernel instead of the foreach kernel: faster, the same update up "
+                          "to float rounding (benchmarks/optimizer_kernels.py), but the optimizer step is a tiny "
+                          "share of a Wan step, so off by default."},
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip."})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="bf16", metadata={"help": "accelerate mixed precision."})

@@ -13,6 +13,7 @@ from reward.planner import reward_term_gib
 
 from .planner import CALIBRATION_GPU, Estimate, Plan, Settings, Workload, make_plan, text_encoder_params, wan_architecture
 
+
 @dataclass
 class PlanConfig:
     """Where to plan for. The recipe (--config, flags) supplies the model, video size and batch settings."""

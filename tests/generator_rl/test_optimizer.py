@@ -1,5 +1,5 @@
 """The LoRA optimizer of a generator run: ``fused_adamw`` picks PyTorch's fused AdamW kernel or the foreach
-kernel, and switching it is allowed on resume (the optimizer state is the same)."""
+kernel (the default), and switching it is allowed on resume (the optimizer state is the same)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_the_run_steps_adamw_with_the_chosen_kernel(tiny_wan_dir, prompt_file, t
 
 def test_a_run_resumes_with_the_other_kernel(tiny_wan_dir, prompt_file, tmp_path):
     arguments = dict(max_steps=1, save_steps=1)
-    first = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", **arguments))
-    again = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", **arguments,
-                                     fused_adamw=False))
+    first = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", **arguments,
+                                     fused_adamw=True))
+    again = run_grpo(*tiny_arguments("tiny_grpo", GrpoConfig, tiny_wan_dir, prompt_file, tmp_path / "run", **arguments))
     assert len(first.reward_history) == 1 and again.reward_history == []  # resumed, finished: not refused
