@@ -64,6 +64,7 @@ def test_final_checkpoint_scores_held_out_pairs(trained, visual_pairs, tmp_path)
             assert all(line["cot"] is None and line["parse_ok"] is None for line in lines)
 
 
+@pytest.mark.slow  # trains stage 1 twice: about 30 s on 2 cores
 def test_head_reads_the_cot_when_only_the_cot_carries_the_answer(tiny_qwen3_vl_dir, tmp_path):
     """Both clips come from one distribution; only the CoTs say which is better. With the CoT the head is
     right; without it, it cannot be (chance is 0.5)."""
