@@ -29,6 +29,9 @@ Parts, in order (each survives a failure of another: the error is recorded and t
    reduce-scatter hooks, casts, with checkpointing and peft's adapter switch) and measures its overhead; it
    does not measure 8-rank memory (each rank would hold 1/8 of the base weights) or communication.
 
+4. ``optimizer`` — one AdamW step on the LoRA of Wan 1.3B and 14B (rank 32), foreach kernel vs fused kernel
+   (``RunConfig.fused_adamw``), as ``benchmarks/optimizer_kernels.py`` measures it; a few seconds.
+
 Measured numbers: median of ``--repeats`` calls after ``--warmup`` untimed ones (``--quick``: 1 after 1), peak
 ``torch.cuda.max_memory_allocated`` per row, speed-up = eager seconds / variant seconds. MFU = useful FLOPs /
 seconds / the GPU's dense bf16 peak (989 TFLOP/s for H100 SXM and H200; ``--peak_tflops`` overrides), with
@@ -37,8 +40,8 @@ cross-attention), P the base parameters and d the width; a gradient forward coun
 checkpointing's recomputation is not useful work) and CFG doubles the batch.
 
 Time budget (``--budget_s``, default 480 s), designed from the H200 units in BENCHMARKS.md (estimates, not
-measurements, for --quick: each row runs twice): the parts share it 6 : 1.5 : 2.5 (wan ~290 s, descore ~70 s,
-wan14b ~120 s) and the Wan variants share theirs by expected cost — eager 1.5 (build ~10 s + 33 frames ~12 s +
+measurements, for --quick: each row runs twice): the parts share it 6 : 1.5 : 2.5 : 0.2 (wan ~290 s, descore ~70 s,
+wan14b ~120 s, optimizer ~10 s) and the Wan variants share theirs by expected cost — eager 1.5 (build ~10 s + 33 frames ~12 s +
 81 frames ~37 s with decode), compiled 3 (~32 s of steps plus compiling a few graphs per shape), cuDNN 1
 (~40 s), flash 1.2 (~50 s), memory-efficient 2 (~85 s); DeScore: random 8B checkpoint ~20 s, then ~15 s per
 implementation; 14B: ~55 s per 33-frame pass, 81 frames only if time is left. Time one share leaves unused
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -68,6 +72,7 @@ from transformers import HfArgumentParser
 from generator_rl.policy import VideoShape, WanPolicy, attention_backend, compile_transformer_blocks
 from reward.errors import ConfigError
 
+from .. import optimizer_kernels
 from . import descore_stage1, wan_rl_steps
 from .harness import (
     Deadline, cell, dense_bf16_peak, machine_name, markdown_table, release_memory, versions, write_json,
@@ -75,9 +80,9 @@ from .harness import (
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("wan", "descore", "wan14b")
+PARTS = ("wan", "descore", "wan14b", "optimizer")
 # Shares of the time budget: parts, and Wan variants by their expected cost on an H200 (compiled: compilation).
-PART_SHARES = {"wan": 6.0, "descore": 1.5, "wan14b": 2.5}
+PART_SHARES = {"wan": 6.0, "descore": 1.5, "wan14b": 2.5, "optimizer": 0.2}
 BACKENDS = ("cudnn_attention", "flash_attention", "efficient_attention")
 VARIANTS = ("eager", "compiled", *BACKENDS, "math")
 VARIANT_SHARES = {"eager": 1.5, "compiled": 3.0, "cudnn_attention": 1.0, "flash_attention": 1.2,
@@ -313,6 +318,26 @@ def wan14b_part(config: SuiteConfig, report: Report, deadline: Deadline, save: C
         save()
 
 
+# ----- AdamW kernels ---------------------------------------------------------------------------------------
+
+
+def optimizer_part(config: SuiteConfig, report: Report, deadline: Deadline, save: Callable[[], None]) -> None:
+    """One AdamW step on the Wan LoRA (1.3B and 14B shapes, rank 32; rank 4 with --tiny): foreach, then fused."""
+    device = torch.device(config.device)
+    for model in optimizer_kernels.WAN:
+        shapes = optimizer_kernels.lora_shapes(model, 4 if config.tiny else 32)
+        for variant in ("foreach", "fused"):
+            row = {"part": "optimizer", "variant": variant, "measurement": f"AdamW step, Wan {model} LoRA",
+                   "unit": "adamw"}
+            if deadline.passed:
+                report.rows.append(row | {"status": SKIPPED, "error": "time budget"})
+                continue
+            _, seconds = optimizer_kernels.stepped(shapes, fused=variant == "fused", steps=4, device=device)
+            report.rows.append(row | {"seconds": statistics.median(seconds[1:]), "status": "ok"})
+            save()
+        release_memory(device)
+
+
 # ----- DeScore ---------------------------------------------------------------------------------------------
 
 
@@ -359,7 +384,7 @@ def attn_status(error: str) -> str:
 def with_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row with ``speedup``: its baseline's seconds / its seconds (baseline: Wan ``eager``, DeScore ``sdpa``,
     the 14B unsharded run)."""
-    baselines = {"wan": "eager", "descore": "sdpa", "wan14b": "LoRA + checkpointing"}
+    baselines = {"wan": "eager", "descore": "sdpa", "wan14b": "LoRA + checkpointing", "optimizer": "foreach"}
     reference = {(row["part"], row.get("frames"), row["measurement"]): row.get("seconds")
                  for row in rows if row["variant"] == baselines[row["part"]]}
     result = []
@@ -408,7 +433,7 @@ def run(config: SuiteConfig, argv: Sequence[str] = ()) -> Report:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save = lambda: save_report(report, out)  # noqa: E731 - rewritten after each row
-    parts = {"wan": wan_part, "descore": descore_part, "wan14b": wan14b_part}
+    parts = {"wan": wan_part, "descore": descore_part, "wan14b": wan14b_part, "optimizer": optimizer_part}
     total = Deadline(config.budget_s)
     for name, share in shares({name: PART_SHARES[name] for name in config.parts}, total):
         started = time.monotonic()

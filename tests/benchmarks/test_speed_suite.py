@@ -97,11 +97,12 @@ def _sane(row: dict) -> None:
             assert 0 < row["mfu"] < 1, row  # on a made-up 1 TFLOP/s peak: tiny FLOPs, a small positive fraction
 
 
-def test_driver_runs_the_wan_and_14b_parts_on_cpu(tmp_path, one_thread):
-    """Eager, the pinned math/flash/cuDNN kernels (cuDNN: unsupported on CPU), and the 14B stand-in plain and
-    under FSDP2 on one gloo rank."""
+def test_driver_runs_the_wan_14b_and_optimizer_parts_on_cpu(tmp_path, one_thread):
+    """Eager, the pinned math/flash/cuDNN kernels (cuDNN: unsupported on CPU), the 14B stand-in plain and
+    under FSDP2 on one gloo rank, and both AdamW kernels on each LoRA."""
     out = tmp_path / "run"
-    assert speed_suite.main(["--out", str(out), "--tiny", "--device", "cpu", "--parts", "wan", "wan14b", "--frames", "5",
+    assert speed_suite.main(["--out", str(out), "--tiny", "--device", "cpu", "--parts", "wan", "wan14b", "optimizer",
+                             "--frames", "5",
                          "--variants", "eager", "math", "flash_attention", "cudnn_attention",
                          "--peak_tflops", "1"]) == 0
     rows = _rows(out)
@@ -115,6 +116,8 @@ def test_driver_runs_the_wan_and_14b_parts_on_cpu(tmp_path, one_thread):
                    **{("cudnn_attention", unit): "unsupported" for unit in trained}}
     big = {(row["variant"], row["unit"]) for row in rows if row["part"] == "wan14b" and row["status"] == "ok"}
     assert big == {(variant, unit) for variant in ("LoRA + checkpointing", "FSDP2, 1 rank") for unit in trained[:2]}
+    adamw = {(row["variant"], row["measurement"]) for row in rows if row["part"] == "optimizer" and row["status"] == "ok"}
+    assert adamw == {(kernel, f"AdamW step, Wan {model} LoRA") for kernel in ("foreach", "fused") for model in ("1.3b", "14b")}
     table = (out / "speed_suite.md").read_text()
     assert "| wan14b | FSDP2, 1 rank | 5 | GRPO train step" in table and "unsupported" in table
 
