@@ -240,12 +240,17 @@ def _route_library_logging() -> None:
 
 
 def selected_command(command: Command, argv: list[str]) -> Command:
-    """The job ``argv`` picks when the command has variants: ``--<key> value`` over the recipe's ``key``."""
+    """The job ``argv`` picks when the command has variants: ``--<key> value`` over the recipe's ``key``, over
+    the keys that recognise a variant's recipe."""
     if command.variants is None:
         return command
     key = command.variants.key
     name, rest = _split_config(argv)
-    value = _read_recipe(name).get(key) if name is not None else None
+    recipe = _read_recipe(name) if name is not None else {}
+    value = recipe.get(key)
+    if value is None:
+        value = next((variant for variant, keys in command.variants.recognised_by.items()
+                      if any(marker in recipe for marker in keys)), None)
     for index, token in enumerate(rest):
         if token == f"--{key}" and index + 1 < len(rest):
             value = rest[index + 1]

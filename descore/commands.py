@@ -8,7 +8,7 @@ the kit's packages. The report functions below take the run function's result an
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
@@ -19,6 +19,8 @@ class Variants:
     key: str
     default: str
     others: dict[str, Command]
+    # A recipe without ``key`` that holds one of these keys picks that job (a Flow-DPO recipe has pair_mode).
+    recognised_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         (_POLICY, _GRPO, _PLAN), "generator_rl.plan_job:run_plan", _report_plan, ignores=(_RUN, _EVAL),
         variants=Variants("algorithm", "grpo", {"flow-dpo": Command(
             "Plan a Flow-DPO recipe", (_POLICY, _FLOW_DPO, _PLAN), "generator_rl.plan_job:run_plan", _report_plan,
-            ignores=(_RUN, _EVAL))})),
+            ignores=(_RUN, _EVAL))}, recognised_by={"flow-dpo": ("samples_per_prompt", "pair_mode")})),
     ("bench", "reward-acc"): Command(
         "Preference accuracy of several reward models on one benchmark (with / without ties), cached and resumable",
         ("benchmarks.reward_accuracy:RewardAccuracyConfig",), "benchmarks.reward_accuracy:run_reward_accuracy",

@@ -19,8 +19,8 @@ class PlanConfig:
     """Where to plan for. The recipe (--config, flags) supplies the model, video size and batch settings."""
 
     algorithm: Literal["grpo", "flow-dpo"] = field(
-        default="grpo", metadata={"help": "The recipe's job: grpo or flow-dpo (a Flow-DPO recipe needs "
-                                          "--algorithm flow-dpo; otherwise its keys are unknown options)."})
+        default="grpo", metadata={"help": "The recipe's job: grpo or flow-dpo. Without it, a recipe holding "
+                                          "samples_per_prompt or pair_mode is planned as Flow-DPO, any other as GRPO."})
     gpu: str = field(default="h200", metadata={"help": f"GPU class: {', '.join(GPUS)}. Only {CALIBRATION_GPU} "
                                                        "(Wan 1.3B) is measured; the others are extrapolated."})
     gpus: int = field(default=1, metadata={"help": "GPUs per run (FSDP shards the frozen base across them)."})
@@ -72,7 +72,9 @@ def reward_memory(terms: list, policy: Any) -> list[tuple[float, str]]:
 
 def run_plan(policy: Any, algo: Any, config: PlanConfig) -> Plan | str:
     """``descore tune plan``: the plan (the table report prints it), or its JSON when --json."""
-    work, recipe = workload_from_configs(policy, algo, config.algorithm)
+    from .grpo import GrpoConfig  # loaded already: the command parsed the recipe with it or FlowDpoConfig
+
+    work, recipe = workload_from_configs(policy, algo, "grpo" if isinstance(algo, GrpoConfig) else "flow-dpo")
     plan = make_plan(work, recipe, gpu=gpu_class(config.gpu), gpus=config.gpus)
     plan = replace(plan, fitting=plan.fitting[: config.top])
     return json.dumps(plan_record(plan), indent=2) if config.json else plan

@@ -219,11 +219,14 @@ def test_a_descore_reward_on_the_same_gpu_is_in_the_peak():
 
 
 def test_flow_dpo_recipes_plan_with_their_algorithm(capsys):
-    assert run_cli(["tune", "plan", "--config", "flow_dpo_wan1.3b", "--algorithm", "flow-dpo", "--gpu", "h200"]) == 0
-    table = capsys.readouterr().out
-    assert "flow-dpo plan" in table and "pair sampling:" in table and "calibrated on this GPU class" in table
+    """A Flow-DPO recipe is recognised by its keys; --algorithm overrides, and then its keys are unknown to GRPO."""
+    for flags in ([], ["--algorithm", "flow-dpo"]):
+        assert run_cli(["tune", "plan", "--config", "flow_dpo_wan1.3b", *flags, "--gpu", "h200"]) == 0
+        table = capsys.readouterr().out
+        assert "flow-dpo plan" in table and "pair sampling:" in table and "calibrated on this GPU class" in table
+    assert run_cli(["tune", "plan", "--config", "tiny_grpo"]) == 0 and "grpo plan" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="unknown option.*samples_per_prompt"):
-        run_cli(["tune", "plan", "--config", "flow_dpo_wan1.3b"])
+        run_cli(["tune", "plan", "--config", "flow_dpo_wan1.3b", "--algorithm", "grpo"])
 
 
 def preset_target(path: Path) -> tuple[str, int]:
