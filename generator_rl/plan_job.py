@@ -114,7 +114,7 @@ def format_plan(plan: Plan | str) -> str:
               "bandwidth: not measured")
     step = "optimizer step (pairs given)" if work.algorithm == "flow-dpo" else "optimizer step"
     lines = [f"{work.algorithm} plan: {plan.gpus} x {gpu.name} ({usable_gib(gpu):.1f} GiB usable each), "
-             f"{work.arch.params() / 1e9:.2f} B transformer, {work.num_frames} frames {work.height}x{work.width} = "
+             f"{work.arch.params():,} parameters in the transformer, {work.num_frames} frames {work.height}x{work.width} = "
              f"{work.tokens:,} tokens, {_per_gpu(plan)}", f"numbers: {source}", "",
              f"{'':<3} {'peak GiB':>8} {'rollout s':>9} {'decode s':>8} {'train s':>8} {step + ' s':>14}  flags"]
 
