@@ -161,11 +161,17 @@ class WanPolicy:
     def set_attention(self, name: str | None) -> None:
         """Pin the SDPA kernel ``name`` (a key of :data:`ATTENTION_BACKENDS`) in every attention module; a kernel
         that cannot run raises instead of falling back to another. None: unpinned again (PyTorch chooses)."""
-        if name is None:
-            if self.attention is not None:
-                self.transformer.set_attention_backend("native")
-        else:
-            self.transformer.set_attention_backend(ATTENTION_BACKENDS[attention_backend(name)])
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        if name is None and self.attention is None:
+            return
+        # diffusers also makes the backend the process-wide default of every attention module without one of its
+        # own (another policy, the reference copy of a test); only this transformer's modules are meant.
+        process_default, _ = _AttentionBackendRegistry.get_active_backend()
+        try:
+            self.transformer.set_attention_backend("native" if name is None else ATTENTION_BACKENDS[attention_backend(name)])
+        finally:
+            _AttentionBackendRegistry.set_active_backend(process_default)
         self.attention = None if name is None else attention_backend(name)
 
     @property

@@ -117,6 +117,10 @@ def test_a_pinned_backend_that_cannot_run_fails_instead_of_falling_back(tiny_wan
     latents = torch.zeros(pinned.latent_shape(1, tiny_policy(tiny_wan_dir).shape))
     with torch.no_grad(), pytest.raises(RuntimeError, match="No viable backend"):
         pinned.velocity(latents, 500.0, conditional, unconditional, 1.0)
+    # The pin is this policy's only: a policy loaded afterwards still lets PyTorch choose.
+    unpinned = tiny_policy(tiny_wan_dir).load_policy(torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.isfinite(unpinned.velocity(latents, 500.0, conditional, unconditional, 1.0)).all()
 
 
 def test_backend_names_are_case_insensitive_and_an_unknown_one_is_refused(tiny_wan_dir):
