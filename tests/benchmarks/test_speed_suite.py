@@ -125,7 +125,7 @@ def test_driver_runs_the_wan_14b_and_optimizer_parts_on_cpu(tmp_path, one_thread
 @pytest.mark.slow
 def test_driver_runs_every_part_with_compile_on_cpu(tmp_path, one_thread):
     """The whole driver at tiny size: the Wan variants including ``compiled`` (inductor builds C++ kernels here:
-    minutes), DeScore per attention implementation, and the 14B stand-in."""
+    minutes), DeScore per attention implementation, the 14B stand-in and both AdamW kernels."""
     out = tmp_path / "run"
     assert speed_suite.main(["--out", str(out), "--tiny", "--device", "cpu", "--frames", "5", "--units", "rollout",
                          "--variants", "eager", "efficient_attention", "compiled", "--budget_s", "3600",
@@ -140,7 +140,8 @@ def test_driver_runs_every_part_with_compile_on_cpu(tmp_path, one_thread):
     descore = {(row["variant"], row["unit"]) for row in rows if row["part"] == "descore"}
     assert descore == {(attn, unit) for attn in ("sdpa", "eager")
                        for unit in ("train step (1 pair = 2 seqs)", "score no-CoT")}
-    assert {row["part"] for row in rows} == {"wan", "descore", "wan14b"}
+    assert {row["part"] for row in rows} == {"wan", "descore", "wan14b", "optimizer"}
+    assert {row["status"] for row in rows if row["part"] == "optimizer"} == {"ok"}
 
 
 def test_a_spent_budget_skips_parts_and_says_so(tmp_path):
